@@ -1,0 +1,21 @@
+"""Student zoo: small networks by name, their costs, and (later) their low-bit forms."""
+
+# Architecture modules register themselves on import.
+from . import mobilenet_v1 as _mobilenet_v1  # noqa: F401
+from .base import StudentNet
+from .cost import ZooRow, count_macs, count_params, model_bytes, zoo_table
+from .registry import ModelInfo, create_model, list_models, model_info, register_model
+
+__all__ = [
+    "ModelInfo",
+    "StudentNet",
+    "ZooRow",
+    "count_macs",
+    "count_params",
+    "create_model",
+    "list_models",
+    "model_bytes",
+    "model_info",
+    "register_model",
+    "zoo_table",
+]

@@ -37,9 +37,16 @@ class LossInputs:
 
 class LossTerm(nn.Module):
     """Base class: a named, weighted term. Subclasses set ``needs_teacher`` and
-    list the student/teacher feature paths they read so the module can hook them."""
+    list the student/teacher feature paths they read so the module can hook them.
+
+    Every term contributes for epochs in ``[start_epoch, stop_epoch)``; the
+    defaults (0, None) mean always. FitNets' two-stage schedule is a hint term
+    with ``stop_epoch = N`` next to KD/CE terms with ``start_epoch = N``.
+    """
 
     needs_teacher: bool = True
+    start_epoch: int = 0
+    stop_epoch: int | None = None
 
     def __init__(self, name: str) -> None:
         super().__init__()
@@ -54,4 +61,22 @@ class LossTerm(nn.Module):
 
     def active(self, epoch: int) -> bool:
         """Whether the term contributes at ``epoch`` (FitNets' two-stage schedule uses this)."""
-        return True
+        return epoch >= self.start_epoch and (self.stop_epoch is None or epoch < self.stop_epoch)
+
+    def set_epochs(self, start_epoch: int = 0, stop_epoch: int | None = None) -> None:
+        """Set the epoch window, with a one-line error naming the term when it is empty or negative."""
+        if int(start_epoch) < 0:
+            raise ValueError(f"loss term {self.name!r}: start_epoch must be >= 0, got {start_epoch}")
+        if stop_epoch is not None and int(stop_epoch) <= int(start_epoch):
+            raise ValueError(f"loss term {self.name!r}: the term would never be active "
+                             f"(start_epoch={start_epoch}, stop epoch={stop_epoch})")
+        self.start_epoch = int(start_epoch)
+        self.stop_epoch = None if stop_epoch is None else int(stop_epoch)
+
+    def teacher_index(self, inp: LossInputs, teacher: str) -> int:
+        """Position of ``teacher`` in ``inp.teacher_names``, or a one-line error naming this term."""
+        try:
+            return inp.teacher_names.index(teacher)
+        except ValueError:
+            raise ValueError(f"loss term {self.name!r}: teacher {teacher!r} is not in this batch's "
+                             f"teachers {inp.teacher_names}") from None

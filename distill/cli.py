@@ -1,0 +1,109 @@
+"""The `distill` command line.
+
+Every subcommand loads and checks its inputs first; bad input prints one line,
+``error: <what is wrong>``, and exits 2 before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from distill.data import DataError
+from distill.spec import SpecError
+
+SET_HELP = "override a spec field, e.g. --set trainer.epochs=3 (repeatable; values parsed as YAML)"
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, help="job spec YAML (see configs/demo.yaml and README)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distill",
+        description="Distill an ensemble of teachers into a small student: Ray-served teachers, "
+                    "Lightning + DeepSpeed students, packed low-bit export.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train a student against its teachers and write a report",
+                         description="Run a distillation job: start (or join) Ray, serve the teachers as "
+                                     "actors, train the student with Ray Train + Lightning + DeepSpeed, "
+                                     "evaluate, and write report.json and TensorBoard events.")
+    _add_spec_args(run)
+    run.add_argument("--address", default=None,
+                     help="Ray address to join ('auto' or ray://host:10001); default: the spec's "
+                          "cluster.address, else an embedded Ray on this machine")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from the run folder's last checkpoint (same optimizer and step)")
+
+    teachers = sub.add_parser("teachers", help="teacher utilities",
+                              description="Teacher utilities.")
+    tsub = teachers.add_subparsers(dest="teachers_command", required=True, metavar="ACTION")
+    train = tsub.add_parser("train", help="train the spec's teachers whose files are missing",
+                            description="Train each teacher that has a train: recipe and whose source "
+                                        "file does not exist yet (for the embedded demo).")
+    _add_spec_args(train)
+    train.add_argument("--force", action="store_true", help="retrain even if the file exists")
+
+    data = sub.add_parser("data", help="dataset utilities", description="Dataset utilities.")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    pack = dsub.add_parser("pack", help="pack a dataset into WebDataset shards",
+                           description="Pack SRC ('sklearn-digits', an image folder with one subfolder per "
+                                       "class, or an .npz with images/labels) into shards at DST with a "
+                                       "fixed validation split (the last N samples of each class).")
+    pack.add_argument("src", help="'sklearn-digits', an image folder, or an .npz file")
+    pack.add_argument("dst", type=Path, help="output folder for shards and meta.json")
+    pack.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    pack.add_argument("--val-per-class", type=int, default=30,
+                      help="validation samples per class, taken from the end of each class (default 30)")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from distill.runner import run_job
+    from distill.spec import load_spec
+
+    spec = load_spec(args.config, args.overrides)
+    run_job(spec, address=args.address, resume=args.resume)
+    return 0
+
+
+def _cmd_teachers(args: argparse.Namespace) -> int:
+    from distill.runner import prepare_data
+    from distill.spec import load_spec
+    from distill.teacher_training import train_teachers
+
+    spec = load_spec(args.config, args.overrides)
+    root, meta = prepare_data(spec)
+    train_teachers(spec, root, meta, force=args.force)
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from distill.data import pack_source
+
+    if args.shard_size < 1 or args.val_per_class < 1:
+        raise DataError("--shard-size and --val-per-class must be positive")
+    meta = pack_source(args.src, args.dst, shard_size=args.shard_size, val_per_class=args.val_per_class)
+    print(f"{args.dst}: {meta.count('train')} train / {meta.count('val')} val samples, "
+          f"{meta.num_classes} classes, {meta.channels}x{meta.image_size}x{meta.image_size}")
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "teachers": _cmd_teachers, "data": _cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (SpecError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Packing datasets into WebDataset shards with a fixed validation split.
+
+Each sample is ``{__key__, png, cls}``: the image as lossless PNG bytes and the
+class index. The validation split is fixed by file order (the last N samples of
+each class) so every run, teacher and student, scores on the same held-out
+images. Packing is idempotent: an existing, complete shard folder is reused.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+from rich.progress import Progress
+
+from .meta import DataError, DatasetMeta, load_meta
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _channel_stats(images: Iterable[np.ndarray], channels: int) -> tuple[list[float], list[float]]:
+    total = np.zeros(channels)
+    total_sq = np.zeros(channels)
+    n = 0
+    for img in images:
+        x = img.reshape(-1, channels).astype(np.float64) / 255.0
+        total += x.sum(0)
+        total_sq += (x**2).sum(0)
+        n += x.shape[0]
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean**2, 1e-12))
+    return mean.round(4).tolist(), std.round(4).tolist()
+
+
+def _write_split(dst: Path, split: str, samples: list[tuple[str, np.ndarray, int]], shard_size: int,
+                 progress: Progress) -> dict:
+    task = progress.add_task(f"packing {split}", total=len(samples))
+    pattern = str(dst / f"{split}-%06d.tar")
+    with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
+        for key, image, label in samples:
+            sink.write({"__key__": key, "png": _png_bytes(image), "cls": int(label)})
+            progress.advance(task)
+    shards = sorted(p.name for p in dst.glob(f"{split}-*.tar"))
+    return {"shards": shards, "count": len(samples)}
+
+
+def split_by_class(labels: np.ndarray, val_per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of (train, val): the last ``val_per_class`` items of each class, in order, are val."""
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) <= val_per_class:
+            raise DataError(f"class {c} has {len(idx)} samples, not more than val_per_class={val_per_class}")
+        train.extend(idx[:-val_per_class])
+        val.extend(idx[-val_per_class:])
+    return np.array(sorted(train)), np.array(sorted(val))
+
+
+def pack_arrays(images: np.ndarray, labels: np.ndarray, classes: list[str], dst: Path, *,
+                shard_size: int, val_per_class: int, source: str, keys: list[str] | None = None) -> DatasetMeta:
+    """Pack uint8 images ``[N, H, W]`` or ``[N, H, W, C]`` with integer labels."""
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise DataError(f"{source}: images must be uint8 [N,H,W] or [N,H,W,C], got {images.dtype} {images.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{source}: {len(images)} images but {len(labels)} labels")
+    if images.shape[1] != images.shape[2]:
+        raise DataError(f"{source}: images must be square, got {images.shape[1]}x{images.shape[2]}")
+    keys = keys or [f"{i:07d}" for i in range(len(images))]
+    channels = 1 if images.ndim == 3 else images.shape[3]
+    train_idx, val_idx = split_by_class(labels, val_per_class)
+    dst.mkdir(parents=True, exist_ok=True)
+    for old in dst.glob("*.tar"):
+        old.unlink()
+    mean, std = _channel_stats((images[i] for i in train_idx), channels)
+    splits = {}
+    with Progress() as progress:
+        for split, idx in (("train", train_idx), ("val", val_idx)):
+            samples = [(keys[i], images[i], int(labels[i])) for i in idx]
+            splits[split] = _write_split(dst, split, samples, shard_size, progress)
+    meta = DatasetMeta(classes=classes, channels=channels, image_size=int(images.shape[1]), mean=mean,
+                       std=std, splits=splits, source=source)
+    meta.save(dst)
+    return meta
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """scikit-learn's 8x8 handwritten digits (1,797 real images shipped with the package)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    return images, digits.target.astype(np.int64), [str(i) for i in range(10)]
+
+
+def _iter_image_folder(src: Path) -> Iterator[tuple[str, Path, int]]:
+    classes = sorted(p.name for p in src.iterdir() if p.is_dir())
+    for label, cls in enumerate(classes):
+        for f in sorted((src / cls).iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                yield f"{cls}/{f.stem}", f, label
+
+
+def image_folder_arrays(src: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """An image folder (one subfolder per class) as arrays, files in sorted order per class."""
+    classes = sorted(p.name for p in src.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{src}: no class subfolders found")
+    keys, images, labels = [], [], []
+    for key, path, label in _iter_image_folder(src):
+        with Image.open(path) as im:
+            images.append(np.asarray(im.convert("RGB")))
+        keys.append(key.replace("/", "_"))
+        labels.append(label)
+    return np.stack(images), np.array(labels, dtype=np.int64), classes, keys
+
+
+def pack_source(source: str, dst: Path, *, shard_size: int, val_per_class: int) -> DatasetMeta:
+    """Pack a named source: 'sklearn-digits', an image folder, or an .npz with images/labels."""
+    if source == "sklearn-digits":
+        images, labels, classes = digits_arrays()
+        return pack_arrays(images, labels, classes, dst, shard_size=shard_size, val_per_class=val_per_class,
+                           source=source)
+    path = Path(source)
+    if path.is_dir():
+        images, labels, classes, keys = image_folder_arrays(path)
+        return pack_arrays(images, labels, classes, dst, shard_size=shard_size, val_per_class=val_per_class,
+                           source=source, keys=keys)
+    if path.suffix == ".npz" and path.is_file():
+        arrays = np.load(path)
+        if "images" not in arrays or "labels" not in arrays:
+            raise DataError(f"{path}: an .npz source needs 'images' and 'labels' arrays")
+        labels = arrays["labels"].astype(np.int64)
+        classes = [str(c) for c in range(int(labels.max()) + 1)]
+        return pack_arrays(arrays["images"], labels, classes, dst, shard_size=shard_size,
+                           val_per_class=val_per_class, source=source)
+    raise DataError(f"data.source {source!r}: not 'sklearn-digits', an image folder or an .npz file")
+
+
+def ensure_shards(source: str, dst: Path, *, shard_size: int, val_per_class: int) -> DatasetMeta:
+    """Shards at ``dst``, packing ``source`` on first use."""
+    if (dst / "meta.json").is_file():
+        return load_meta(dst)
+    if Path(source).is_dir() and (Path(source) / "meta.json").is_file():
+        return load_meta(source)
+    return pack_source(source, dst, shard_size=shard_size, val_per_class=val_per_class)

@@ -1,0 +1,118 @@
+"""The LightningModule that distills: student, loss terms, optimizer.
+
+A training batch arrives as ``((x, y, keys), TeacherOutput | None)``: the
+prefetcher already attached the teachers' answers for this exact view. The
+module runs the student once (hooks capture hint features), builds one
+``LossInputs``, and sums the weighted terms, logging each under ``loss/<name>``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+import students
+from distill.data.augment import mix_batch
+from distill.hooks import FeatureTap
+from distill.losses import LossInputs, build_term
+from distill.spec import JobSpec
+
+
+def build_student(spec: JobSpec, num_classes: int, in_chans: int) -> nn.Module:
+    model = students.create_model(spec.student.arch, num_classes=num_classes, in_chans=in_chans,
+                                  variant=spec.student.variant, **spec.student.options)
+    if spec.student.quantization is not None:
+        model = students.quantize(model, spec.student.quantization.scheme, **spec.student.quantization.options)
+    return model
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int = 1) -> torch.Tensor:
+    k = min(k, logits.shape[1])
+    return (logits.topk(k, dim=1).indices == targets[:, None]).any(dim=1).float().mean()
+
+
+class DistillModule(pl.LightningModule):
+    def __init__(self, spec: dict[str, Any], num_classes: int, in_chans: int, image_size: int,
+                 steps_per_epoch: int) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = JobSpec.model_validate(spec)
+        self.num_classes = num_classes
+        self.steps_per_epoch = steps_per_epoch
+        self.student = build_student(self.spec, num_classes, in_chans)
+        members = self.spec.teachers.members if self.spec.teachers.mode != "none" else []
+        self.teacher_names = [m.name for m in members]
+        self.teacher_weights = [m.weight for m in members]
+        self.terms = nn.ModuleList(
+            build_term(t.type, t.label(), **t.options()) for t in self.spec.loss.terms)
+        self.term_weights = [t.weight for t in self.spec.loss.terms]
+        hint_paths = sorted({p for term in self.terms for p in term.student_hint_paths()})
+        self.tap = FeatureTap(self.student, hint_paths) if hint_paths else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+    def _inputs(self, logits: torch.Tensor, targets: torch.Tensor, teacher_out: Any) -> LossInputs:
+        return LossInputs(
+            student_logits=logits, targets=targets,
+            teacher_logits=[z.to(logits.device) for z in teacher_out.logits] if teacher_out else [],
+            teacher_names=self.teacher_names, teacher_weights=self.teacher_weights,
+            student_feats=self.tap.pop() if self.tap else {},
+            teacher_feats=[{k: v.to(logits.device).float() for k, v in h.items()} for h in teacher_out.hints]
+            if teacher_out else [],
+            epoch=self.current_epoch)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        (x, y, _keys), teacher_out = batch
+        logits = self.student(x)
+        inputs = self._inputs(logits, y, teacher_out)
+        total = logits.new_zeros(())
+        for term, weight in zip(self.terms, self.term_weights, strict=True):
+            if not term.active(self.current_epoch):
+                continue
+            value = term(inputs)
+            self.log(f"loss/{term.name}", value, on_step=True, on_epoch=True, batch_size=len(x))
+            total = total + weight * value
+        self.log("loss/total", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
+        hard = y if y.dim() == 1 else y.argmax(dim=1)
+        self.log("train/top1", accuracy(logits.detach(), hard), on_step=False, on_epoch=True, batch_size=len(x))
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return total
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y, _keys = batch
+        logits = self.student(x)
+        if self.tap:
+            self.tap.pop()
+        self.log("val/top1", accuracy(logits, y), on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log("val/top5", accuracy(logits, y, 5), on_epoch=True, batch_size=len(x))
+
+    def configure_optimizers(self) -> Any:
+        t = self.spec.trainer
+        params = [p for p in self.parameters() if p.requires_grad]
+        if t.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
+        else:
+            opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        total = max(1, t.epochs * self.steps_per_epoch)
+        if t.schedule == "constant":
+            return opt
+        if t.schedule == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, total_steps=total)
+        else:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def mix_if_configured(batch: tuple, spec: JobSpec, num_classes: int, rng) -> tuple:
+    """Apply mixup/cutmix to a loader batch before teachers see it."""
+    aug = spec.data.augment
+    if aug.mixup <= 0 and aug.cutmix <= 0:
+        return batch
+    x, y, keys = batch
+    x, soft = mix_batch(x, y, num_classes, aug.mixup, aug.cutmix, rng)
+    return x, soft, keys

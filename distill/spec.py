@@ -1,0 +1,263 @@
+"""The job spec: one YAML file, validated by pydantic before anything starts.
+
+Every section forbids unknown keys, so a typo fails at load time with the
+field's dotted path instead of being silently ignored mid-run. ``load_spec``
+applies ``--set a.b=value`` overrides to the raw YAML first, so an override is
+validated exactly like the file. Checks that need the filesystem or the models
+(teacher files exist, class counts agree) live in ``distill.checks``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class SpecError(ValueError):
+    """A bad job spec; the message is one line naming the field or file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AugmentSpec(_Section):
+    crop_padding: int = Field(0, ge=0, description="random crop after reflect-padding by this many pixels")
+    hflip: bool = Field(False, description="random horizontal flip (off for digits: they are not symmetric)")
+    mixup: float = Field(0.0, ge=0.0, description="mixup Beta(a, a) parameter; 0 disables")
+    cutmix: float = Field(0.0, ge=0.0, description="cutmix Beta(a, a) parameter; 0 disables")
+
+
+class DataSpec(_Section):
+    source: str = Field("sklearn-digits", description="'sklearn-digits', an image folder, or a shard folder")
+    shards: Path = Field(Path("data_cache/digits"), description="folder of WebDataset shards (made on first use)")
+    shard_size: int = Field(200, ge=1, description="samples per shard when packing")
+    val_per_class: int = Field(30, ge=1, description="fixed validation split: last N files of each class")
+    shuffle_buffer: int = Field(500, ge=0)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes per training worker")
+    on_corrupt: Literal["skip", "fail"] = "skip"
+    augment: AugmentSpec = AugmentSpec()
+
+
+class ResourcesSpec(_Section):
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    custom: dict[str, float] = Field(default_factory=dict, description="custom Ray resources, e.g. {teacher_node: 1}")
+
+
+class TeacherTrainSpec(_Section):
+    """How `distill teachers train` makes this teacher when its file does not exist yet."""
+
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(0.05, gt=0)
+    batch_size: int = Field(64, ge=1)
+    seed: int = 0
+
+
+class TeacherSpec(_Section):
+    name: str
+    source: Path
+    format: Literal["auto", "state_dict", "torchscript", "export"] = "auto"
+    arch: str | None = Field(None, description="project arch name or module:callable, for state dicts")
+    arch_options: dict[str, Any] = Field(default_factory=dict)
+    weight: float = Field(1.0, gt=0, description="weight in the ensemble combination")
+    temperature: float | None = Field(None, gt=0, description="overrides the KD temperature for this teacher")
+    hints: list[str] = Field(default_factory=list, description="module paths whose outputs are returned")
+    replicas: int = Field(1, ge=1)
+    resources: ResourcesSpec = ResourcesSpec()
+    train: TeacherTrainSpec | None = None
+
+
+class TeachersSpec(_Section):
+    mode: Literal["online", "offline", "none"] = "online"
+    combine: Literal["mean_probs", "mean_logits"] = "mean_probs"
+    window: int = Field(4, ge=1, description="batches kept in flight to the teacher pool")
+    output: Literal["fp16", "fp32", "topk"] = "fp16"
+    topk: int = Field(0, ge=0, description="k for output: topk")
+    members: list[TeacherSpec] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _list_shorthand(cls, value: Any) -> Any:
+        # `teachers: [ {...}, {...} ]` is shorthand for `teachers: {members: [...]}`.
+        return {"members": value} if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TeachersSpec:
+        names = [m.name for m in self.members]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher names must be unique, got {names}")
+        if self.output == "topk" and self.topk < 1:
+            raise ValueError("output: topk needs topk >= 1")
+        return self
+
+
+class QuantSpec(_Section):
+    scheme: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class StudentSpec(_Section):
+    arch: str = "mobilenet_v1"
+    variant: Literal["cifar", "imagenet"] = "cifar"
+    num_classes: int | None = Field(None, ge=2, description="defaults to the dataset's class count")
+    options: dict[str, Any] = Field(default_factory=dict)
+    quantization: QuantSpec | None = None
+
+
+class LossTermSpec(BaseModel):
+    """One weighted term; keys besides type/weight/name go to the term's constructor."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    weight: float = Field(1.0, ge=0)
+    name: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def label(self) -> str:
+        return self.name or self.type
+
+
+class LossSpec(_Section):
+    terms: list[LossTermSpec] = Field(default_factory=lambda: [LossTermSpec(type="ce")])
+
+    @field_validator("terms")
+    @classmethod
+    def _unique(cls, terms: list[LossTermSpec]) -> list[LossTermSpec]:
+        labels = [t.label() for t in terms]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"loss term names must be unique (set name:), got {labels}")
+        if not terms:
+            raise ValueError("at least one loss term is needed")
+        return terms
+
+
+class TrainerSpec(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1, description="per training worker")
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    precision: Literal["32", "bf16", "16"] = "32"
+    deepspeed_stage: int = Field(2, ge=0, le=3)
+    devices: int = Field(1, ge=1, description="devices per worker")
+    grad_clip: float | None = Field(None, gt=0)
+    deterministic: bool = False
+    steps_per_epoch: int | None = Field(None, ge=1, description="default: train samples / global batch")
+
+
+class ClusterSpec(_Section):
+    address: str | None = Field(None, description="None: embedded Ray; 'auto' or ray://host:10001 to join")
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    namespace: str = "distill"
+
+
+class LoggingSpec(_Section):
+    tensorboard: Path = Path("runs/tensorboard")
+    log_every_n_steps: int = Field(5, ge=1)
+
+
+class OutputSpec(_Section):
+    dir: Path = Field(Path("runs/job"), description="run folder: config, checkpoints, report.json")
+
+
+class JobSpec(_Section):
+    name: str = "job"
+    seed: int = 0
+    data: DataSpec = DataSpec()
+    teachers: TeachersSpec = TeachersSpec()
+    student: StudentSpec = StudentSpec()
+    loss: LossSpec = LossSpec()
+    trainer: TrainerSpec = TrainerSpec()
+    cluster: ClusterSpec = ClusterSpec()
+    logging: LoggingSpec = LoggingSpec()
+    output: OutputSpec = OutputSpec()
+
+    @model_validator(mode="after")
+    def _teachers_for_terms(self) -> JobSpec:
+        from distill.losses import TERM_TYPES
+
+        names = {m.name for m in self.teachers.members}
+        for i, term in enumerate(self.loss.terms):
+            if term.type not in TERM_TYPES:
+                raise ValueError(f"loss.terms.{i}.type: unknown term {term.type!r}; known: {sorted(TERM_TYPES)}")
+            needs = TERM_TYPES[term.type].needs_teacher
+            if needs and (self.teachers.mode == "none" or not self.teachers.members):
+                raise ValueError(f"loss.terms.{i}: term {term.type!r} needs teachers, but none are configured")
+            teacher = term.options().get("teacher")
+            if teacher is not None and teacher not in names:
+                raise ValueError(f"loss.terms.{i}.teacher: no teacher named {teacher!r}")
+        return self
+
+
+def _set_path(doc: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node: Any = doc
+    for j, key in enumerate(keys[:-1]):
+        nxt = keys[j + 1]
+        if isinstance(node, list):
+            node = node[int(key)]
+            continue
+        if key not in node or node[key] is None:
+            node[key] = [] if nxt.isdigit() else {}
+        node = node[key]
+    last = keys[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def apply_overrides(doc: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings; values are parsed as YAML (so 3, true, [1,2] work)."""
+    for item in overrides:
+        if "=" not in item:
+            raise SpecError(f"--set {item!r}: expected key.sub=value")
+        key, raw = item.split("=", 1)
+        try:
+            _set_path(doc, key.strip(), yaml.safe_load(raw))
+        except (IndexError, ValueError, TypeError, KeyError) as exc:
+            raise SpecError(f"--set {key}: cannot set this path ({exc})") from None
+    return doc
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "spec"
+    msg = err["msg"].removeprefix("Value error, ")
+    extra = f" (got {err['input']!r})" if err["type"] not in ("missing", "value_error") and not isinstance(
+        err.get("input"), dict | list) else ""
+    more = f" [+{exc.error_count() - 1} more]" if exc.error_count() > 1 else ""
+    return f"{where}: {msg}{extra}{more}"
+
+
+def parse_spec(doc: dict) -> JobSpec:
+    try:
+        return JobSpec.model_validate(doc)
+    except ValidationError as exc:
+        raise SpecError(_first_error(exc)) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read, override and validate a job spec; raises ``SpecError`` with one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: config file not found")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}:{where} is not valid YAML") from None
+    if not isinstance(doc, dict):
+        raise SpecError(f"{path}: a job spec must be a YAML mapping")
+    return parse_spec(apply_overrides(doc, overrides or []))

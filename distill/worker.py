@@ -1,0 +1,116 @@
+"""What each Ray Train worker runs: data, teacher client, Lightning + DeepSpeed.
+
+The driver passes the validated spec (as a dict), the dataset folder and the
+teacher actor handles in the config. Each worker reads its slice of the
+shards, pipelines its batches through the shared teacher pool, and trains the
+student under the CPU-capable DeepSpeed strategy. Rank 0 writes TensorBoard
+events and, at the end, the student's weights (atomically).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cluster.deepspeed_strategy import make_strategy, prepare_cpu_environment
+from cluster.train import lightning_plugins, worker_rank
+from distill.checkpoint import atomic_save, last_checkpoint
+from distill.data import CorruptCounter, load_meta, train_loader, val_loader
+from distill.spec import JobSpec
+
+
+def steps_per_epoch(spec: JobSpec, train_count: int, world: int) -> int:
+    return spec.trainer.steps_per_epoch or max(1, train_count // (spec.trainer.batch_size * world))
+
+
+class _NoTeacher:
+    """Yields ``(batch, None)`` so the module sees one batch shape with or without teachers."""
+
+    def __init__(self, loader: Any, length: int) -> None:
+        self.loader, self.length = loader, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield batch, None
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    prepare_cpu_environment()
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from ray.train.lightning import prepare_trainer
+
+    from distill.callbacks import TeacherStatsCallback
+    from distill.module import DistillModule
+    from teachers.client import Prefetcher, TeacherPool
+
+    spec = JobSpec.model_validate(config["spec"])
+    torch.set_num_threads(max(1, int(spec.cluster.cpus_per_worker)))
+    rank, world = worker_rank()
+    root = Path(config["data_root"])
+    meta = load_meta(root)
+    steps = steps_per_epoch(spec, meta.count("train"), world)
+    pl.seed_everything(spec.seed + rank, workers=True)
+
+    counter = CorruptCounter(spec.data.on_corrupt)
+    aug = spec.data.augment
+    train = train_loader(root, meta, batch_size=spec.trainer.batch_size, steps_per_epoch=steps, rank=rank,
+                         world=world, seed=spec.seed, shuffle_buffer=spec.data.shuffle_buffer,
+                         num_workers=spec.data.num_workers, crop_padding=aug.crop_padding, hflip=aug.hflip,
+                         counter=counter)
+    pool = None
+    if spec.teachers.mode == "online" and config.get("teacher_handles"):
+        pool = TeacherPool([m.name for m in spec.teachers.members], config["teacher_handles"])
+        train = Prefetcher(train, pool, spec.teachers.window, length=steps)
+    else:
+        train = _NoTeacher(train, steps)
+    val = val_loader(root, meta, batch_size=max(spec.trainer.batch_size, 256), counter=counter)
+
+    module = DistillModule(config["spec"], meta.num_classes, meta.channels, meta.image_size, steps)
+    run_dir = Path(config["run_dir"])
+    ckpt_dir = run_dir / "checkpoints"
+    logger = TensorBoardLogger(save_dir=str(Path(config["tensorboard_dir"])), name=spec.name,
+                               version=config["run_version"], default_hp_metric=False)
+    trainer = pl.Trainer(
+        max_epochs=spec.trainer.epochs,
+        accelerator="gpu" if spec.cluster.use_gpu else "cpu",
+        devices="auto",
+        strategy=make_strategy(spec.trainer.deepspeed_stage, spec.trainer.precision, spec.trainer.batch_size,
+                               spec.trainer.grad_clip, ray=True),
+        plugins=lightning_plugins(),
+        precision="bf16-mixed" if spec.trainer.precision == "bf16" else "32-true",
+        logger=logger,
+        callbacks=[ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, monitor="val/top1", mode="max",
+                                   save_top_k=1, filename="best"),
+                   TeacherStatsCallback(pool, counter)],
+        use_distributed_sampler=False,
+        log_every_n_steps=spec.logging.log_every_n_steps,
+        deterministic=spec.trainer.deterministic,
+        enable_progress_bar=rank == 0,
+        num_sanity_val_steps=0,
+    )
+    trainer = prepare_trainer(trainer)
+    resume = last_checkpoint(ckpt_dir) if config.get("resume") else None
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=resume)
+    _save_student(trainer, module, run_dir / "student.pt", spec.trainer.deepspeed_stage, rank)
+
+
+def _save_student(trainer: Any, module: Any, path: Path, stage: int, rank: int) -> None:
+    """Full student weights on rank 0; ZeRO-3 first gathers the partitioned parameters."""
+    params = list(module.student.parameters())
+    if stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            state = {k: v.detach().clone() for k, v in module.student.state_dict().items()} if rank == 0 else None
+    else:
+        state = module.student.state_dict() if rank == 0 else None
+    if rank == 0:
+        atomic_save(state, path)
+    trainer.strategy.barrier()

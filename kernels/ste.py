@@ -1,0 +1,413 @@
+"""Straight-through estimators (STE) for low-precision training: the plain-torch spec.
+
+Every quantizer here maps a full-precision ("latent") tensor to a low-precision one
+in the forward pass and passes a chosen surrogate gradient back in the backward
+pass. Each comes as a `torch.autograd.Function` (the exact backward rule, written
+out so it can be read and tested) and a functional wrapper (what layers call).
+The packed kernels and the export code treat these functions as the reference
+they must reproduce.
+
+Sign convention, used everywhere in this file (weights and activations):
+
+    sgn(x) = +1 if x > 0 else -1
+
+so binary values are exactly {-1, +1} (`torch.sign` would give 0 at 0). For
+activations that come out of a ReLU this makes sgn(relu(y)) == sgn(y), i.e. a
+binary conv placed after Conv -> BN -> ReLU sees the same bits as XNOR-Net's
+BN -> BinActiv -> BinConv order. A packed kernel stores bit = (x > 0).
+
+Schemes and papers:
+  binary-connect  Courbariaux et al. 2015, BinaryConnect
+  xnor            Rastegari et al. 2016, XNOR-Net (weights + activations)
+  twn             Li & Liu 2016, Ternary Weight Networks
+  ttq             Zhu et al. 2017, Trained Ternary Quantization
+  dorefa          Zhou et al. 2016, DoReFa-Net (k-bit weights and activations)
+  int8            QAT with torch.ao.quantization fake-quant modules
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from torch import Tensor
+from torch.ao.quantization.fake_quantize import FusedMovingAvgObsFakeQuantize
+from torch.ao.quantization.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
+
+__all__ = [
+    "sgn",
+    "hard_sigmoid",
+    "SignSTE",
+    "StochasticSignSTE",
+    "SignHardTanhSTE",
+    "XnorWeightSTE",
+    "TernarySTE",
+    "TTQWeightSTE",
+    "RoundSTE",
+    "binary_connect_weight",
+    "clip_latent_",
+    "xnor_alpha",
+    "xnor_weight",
+    "binary_activation",
+    "twn_threshold",
+    "twn_alpha",
+    "twn_weight",
+    "ternary_codes",
+    "ttq_threshold",
+    "ttq_init_scales",
+    "ttq_weight",
+    "quantize_k",
+    "dorefa_weight",
+    "dorefa_weight_codes",
+    "dorefa_activation",
+    "int8_weight",
+    "int8_fake_quant_factories",
+]
+
+
+def _filter_dims(w: Tensor) -> tuple[int, ...]:
+    """All dims but the first: the dims of one output filter (Conv2d: in/g, kh, kw; Linear: in)."""
+    return tuple(range(1, w.dim()))
+
+
+def sgn(x: Tensor) -> Tensor:
+    """sgn(x) = +1 if x > 0 else -1, in x's dtype."""
+    return (x > 0).to(x.dtype) * 2 - 1
+
+
+def hard_sigmoid(x: Tensor) -> Tensor:
+    """sigma(x) = clip((x + 1) / 2, 0, 1)."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+# --------------------------------------------------------------------------- autograd Functions
+
+
+class SignSTE(torch.autograd.Function):
+    """Deterministic BinaryConnect binarization.
+
+    forward:  w_b = sgn(w)                       in {-1, +1}
+    backward: dL/dw = dL/dw_b                    (identity; the paper's estimator, with
+                                                  latent weights clipped to [-1, 1])
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor) -> Tensor:
+        return sgn(w)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
+class StochasticSignSTE(torch.autograd.Function):
+    """Stochastic BinaryConnect binarization.
+
+    forward:  w_b = +1 with probability sigma(w), else -1,  sigma(w) = clip((w + 1) / 2, 0, 1)
+    backward: dL/dw = dL/dw_b                    (identity)
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        u = torch.rand(w.shape, generator=generator, device=w.device, dtype=w.dtype)
+        return (u < hard_sigmoid(w)).to(w.dtype) * 2 - 1
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
+
+
+class SignHardTanhSTE(torch.autograd.Function):
+    """Binary activation with the hard-tanh STE (BNN / XNOR-Net BinActiv).
+
+    forward:  x_b = sgn(x)                       in {-1, +1}
+    backward: dL/dx = dL/dx_b * 1{|x| <= 1}      (derivative of hardtanh(x) = clip(x, -1, 1))
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return sgn(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1).to(grad.dtype)
+
+
+class XnorWeightSTE(torch.autograd.Function):
+    """XNOR-Net weight binarization with a per-output-filter scale.
+
+    forward:  alpha_o = mean_i |W_o,i|   (n = elements of one filter)
+              Wq_o,i  = alpha_o * sgn(W_o,i)
+    backward: the chain rule through alpha and the hard-tanh STE for sgn:
+              dL/dW_o,i = alpha_o * 1{|W_o,i| <= 1} * g_o,i + sign(W_o,i) / n * sum_j g_o,j * sgn(W_o,j)
+              with g = dL/dWq. (The paper prints the elementwise shorthand
+              g * (1/n + alpha * dsign/dW); the sum over the filter is the exact form.)
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor) -> Tensor:
+        alpha = w.abs().mean(dim=_filter_dims(w), keepdim=True)
+        ctx.save_for_backward(w, alpha)
+        return alpha * sgn(w)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        w, alpha = ctx.saved_tensors
+        dims = _filter_dims(w)
+        n = w[0].numel()
+        through_sign = alpha * (w.abs() <= 1).to(grad.dtype) * grad
+        through_alpha = torch.sign(w) * (grad * sgn(w)).sum(dim=dims, keepdim=True) / n
+        return through_sign + through_alpha
+
+
+class TernarySTE(torch.autograd.Function):
+    """TWN ternarization with a fixed (non-learned) per-layer scale.
+
+    forward:  Wq_i = alpha * sgn(W_i) * 1{|W_i| > delta}      in {-alpha, 0, +alpha}
+    backward: dL/dW = dL/dWq                                   (identity, as in the TWN paper)
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, delta: Tensor, alpha: Tensor) -> Tensor:
+        return alpha * ternary_codes(w, delta).to(w.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        return grad, None, None
+
+
+class TTQWeightSTE(torch.autograd.Function):
+    """Trained Ternary Quantization with learned scales Wp, Wn > 0 (one pair per layer).
+
+    forward:  Wq_i = +Wp if W_i > delta;  0 if |W_i| <= delta;  -Wn if W_i < -delta
+    backward (TTQ paper, eqs. 6-7), g = dL/dWq, I_p = {W > delta}, I_n = {W < -delta}:
+              dL/dWp  =  sum_{i in I_p} g_i
+              dL/dWn  = -sum_{i in I_n} g_i      (the paper prints it without the minus;
+                                                  with Wq = -Wn on I_n the chain rule has it)
+              dL/dW_i = Wp * g_i on I_p;  g_i where |W_i| <= delta;  Wn * g_i on I_n
+    delta is not differentiated.
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, wp: Tensor, wn: Tensor, delta: Tensor) -> Tensor:
+        pos = w > delta
+        neg = w < -delta
+        ctx.save_for_backward(pos, neg, wp, wn)
+        zero = torch.zeros((), dtype=w.dtype, device=w.device)
+        return torch.where(pos, wp.to(w.dtype), torch.where(neg, -wn.to(w.dtype), zero))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+        pos, neg, wp, wn = ctx.saved_tensors
+        grad_w = torch.where(pos, wp.to(grad.dtype) * grad, torch.where(neg, wn.to(grad.dtype) * grad, grad))
+        grad_wp = (grad * pos).sum().reshape(wp.shape).to(wp.dtype)
+        grad_wn = -(grad * neg).sum().reshape(wn.shape).to(wn.dtype)
+        return grad_w, grad_wp, grad_wn, None
+
+
+class RoundSTE(torch.autograd.Function):
+    """Rounding with the identity STE (DoReFa's quantize_k building block).
+
+    forward:  round(x)     (torch.round: halves to even)
+    backward: dL/dx = dL/dround(x)
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
+# --------------------------------------------------------------------------- binary-connect
+
+
+def binary_connect_weight(w: Tensor, stochastic: bool = False, generator: torch.Generator | None = None) -> Tensor:
+    """BinaryConnect weights in {-1, +1}.
+
+    deterministic: w_b = sgn(w)
+    stochastic:    w_b = +1 with p = sigma(w) = clip((w + 1) / 2, 0, 1), else -1
+    Gradient: identity STE. Latent weights should be kept in [-1, 1] with `clip_latent_`
+    after each optimizer step; the forward value does not depend on it (sgn and sigma
+    are unchanged by clipping), so a missed clip only affects optimization dynamics.
+    """
+    if stochastic:
+        return StochasticSignSTE.apply(w, generator)
+    return SignSTE.apply(w)
+
+
+@torch.no_grad()
+def clip_latent_(w: Tensor, bound: float = 1.0) -> Tensor:
+    """In place: w <- clip(w, -bound, bound). The BinaryConnect post-step hook."""
+    return w.clamp_(-bound, bound)
+
+
+# --------------------------------------------------------------------------- xnor
+
+
+def xnor_alpha(w: Tensor) -> Tensor:
+    """alpha_o = mean |W_o| over each output filter; shape (out, 1, ...) broadcastable to w."""
+    return w.abs().mean(dim=_filter_dims(w), keepdim=True)
+
+
+def xnor_weight(w: Tensor) -> Tensor:
+    """Wq = alpha_o * sgn(W), per output filter (see `XnorWeightSTE` for the gradient)."""
+    return XnorWeightSTE.apply(w)
+
+
+def binary_activation(x: Tensor) -> Tensor:
+    """XNOR-Net BinActiv: sgn(x) with the hard-tanh STE (grad passes where |x| <= 1).
+
+    XNOR-Net's block is BN -> BinActiv -> BinConv -> Pool; the layers apply this to
+    their own input, so it sits right before the binary conv. The activation scale K
+    of the paper is left out (the BN that follows the conv absorbs it), as is usual.
+    """
+    return SignHardTanhSTE.apply(x)
+
+
+# --------------------------------------------------------------------------- ternary (TWN, TTQ)
+
+
+def ternary_codes(w: Tensor, delta: Tensor | float) -> Tensor:
+    """codes_i = +1 if W_i > delta, -1 if W_i < -delta, else 0 (int8)."""
+    return (w > delta).to(torch.int8) - (w < -delta).to(torch.int8)
+
+
+def twn_threshold(w: Tensor, factor: float = 0.7) -> Tensor:
+    """delta = factor * mean |W| over the whole layer (TWN's approximation, factor 0.7)."""
+    return factor * w.detach().abs().mean()
+
+
+def twn_alpha(w: Tensor, delta: Tensor | float) -> Tensor:
+    """alpha = mean of |W_i| over {i : |W_i| > delta} (0 if that set is empty)."""
+    a = w.detach().abs()
+    mask = a > delta
+    return (a * mask).sum() / mask.sum().clamp_min(1)
+
+
+def twn_weight(w: Tensor, factor: float = 0.7) -> Tensor:
+    """TWN: Wq = alpha * sgn(W) * 1{|W| > delta}, delta = factor * mean|W|, alpha = mean_{|W|>delta} |W|.
+
+    Values {-alpha, 0, +alpha}, one alpha per layer; identity STE (`TernarySTE`).
+    """
+    delta = twn_threshold(w, factor)
+    return TernarySTE.apply(w, delta, twn_alpha(w, delta))
+
+
+def ttq_threshold(w: Tensor, t: float = 0.05) -> Tensor:
+    """delta = t * max |W| (TTQ, t = 0.05); not differentiated."""
+    return t * w.detach().abs().max()
+
+
+@torch.no_grad()
+def ttq_init_scales(w: Tensor, t: float = 0.05) -> tuple[Tensor, Tensor]:
+    """Starting values for (Wp, Wn): mean |W| over {W > delta} and over {W < -delta}.
+
+    Falls back to mean |W| (or 1.0 for an all-zero tensor) when a side is empty.
+    """
+    delta = ttq_threshold(w, t)
+    a = w.abs()
+    fallback = a.mean() if bool(a.sum() > 0) else torch.ones((), dtype=w.dtype, device=w.device)
+
+    def side(mask: Tensor) -> Tensor:
+        return (a * mask).sum() / mask.sum() if bool(mask.any()) else fallback
+
+    return side(w > delta).reshape(1), side(w < -delta).reshape(1)
+
+
+def ttq_weight(w: Tensor, wp: Tensor, wn: Tensor, t: float = 0.05) -> Tensor:
+    """TTQ: Wq in {-Wn, 0, +Wp} with threshold delta = t * max|W| (see `TTQWeightSTE`)."""
+    return TTQWeightSTE.apply(w, wp, wn, ttq_threshold(w, t))
+
+
+# --------------------------------------------------------------------------- DoReFa
+
+
+def _check_bits(k: int) -> None:
+    if not isinstance(k, int) or isinstance(k, bool) or not 2 <= k <= 8:
+        raise ValueError(f"bits must be an int in 2..8, got {k!r}")
+
+
+def quantize_k(x: Tensor, k: int) -> Tensor:
+    """quantize_k(x) = round((2^k - 1) x) / (2^k - 1) for x in [0, 1]; identity STE through round."""
+    n = 2**k - 1
+    return RoundSTE.apply(x * n) / n
+
+
+def _dorefa_unit(w: Tensor) -> Tensor:
+    """r = tanh(W) / (2 max|tanh(W)|) + 1/2, in [0, 1]."""
+    t = torch.tanh(w)
+    return t / (2 * t.abs().max().clamp_min(torch.finfo(t.dtype).tiny)) + 0.5
+
+
+def dorefa_weight(w: Tensor, k: int) -> Tensor:
+    """DoReFa k-bit weights: Wq = 2 * quantize_k(tanh(W) / (2 max|tanh(W)|) + 1/2) - 1.
+
+    Values are the 2^k levels {2i / (2^k - 1) - 1 : i = 0..2^k-1} in [-1, 1]. The gradient is
+    the exact derivative of the tanh normalization (max included) with the identity STE
+    through round, i.e. the gradient of 2r - 1 = tanh(W) / max|tanh(W)|.
+    """
+    _check_bits(k)
+    return 2 * quantize_k(_dorefa_unit(w), k) - 1
+
+
+@torch.no_grad()
+def dorefa_weight_codes(w: Tensor, k: int) -> Tensor:
+    """Integer codes i in 0..2^k-1 (uint8) with Wq = 2 i / (2^k - 1) - 1."""
+    _check_bits(k)
+    return torch.round(_dorefa_unit(w) * (2**k - 1)).to(torch.uint8)
+
+
+def dorefa_activation(x: Tensor, k: int) -> Tensor:
+    """DoReFa k-bit activations: xq = quantize_k(clip(x, 0, 1)); grad passes where 0 <= x <= 1."""
+    _check_bits(k)
+    return quantize_k(x.clamp(0, 1), k)
+
+
+# --------------------------------------------------------------------------- int8
+
+
+def int8_weight(w: Tensor) -> Tensor:
+    """Reference per-output-channel symmetric int8 fake quantization of a weight.
+
+    scale_o = max|W_o| / 127.5 (torch.ao's symmetric rule for qint8 [-128, 127]), zero point 0,
+    Wq = clip(round(W / scale_o), -128, 127) * scale_o; gradient passes inside the range.
+    """
+    amax = w.detach().abs().amax(dim=_filter_dims(w)).float()
+    scale = (amax / 127.5).clamp_min(torch.finfo(torch.float32).eps)
+    zero_point = torch.zeros_like(scale, dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(w, scale, zero_point, 0, -128, 127)
+
+
+def int8_fake_quant_factories(backend: str = "x86") -> tuple[Callable[[], torch.nn.Module], ...]:
+    """(activation, weight) constructors of torch.ao fake-quant modules for int8 QAT.
+
+    activation: quint8 per-tensor affine, moving-average min/max; range 0..127 on x86/fbgemm
+                (their kernels want the reduced range), 0..255 elsewhere.
+    weight:     qint8 per-output-channel symmetric, moving-average min/max, range -128..127.
+    These are torch.ao's default QAT settings, spelled out to avoid its deprecated reduce_range.
+    """
+    act_max = 127 if backend in ("x86", "fbgemm") else 255
+    activation = partial(
+        FusedMovingAvgObsFakeQuantize,
+        observer=MovingAverageMinMaxObserver,
+        quant_min=0,
+        quant_max=act_max,
+        dtype=torch.quint8,
+        qscheme=torch.per_tensor_affine,
+    )
+    weight = partial(
+        FusedMovingAvgObsFakeQuantize,
+        observer=MovingAveragePerChannelMinMaxObserver,
+        quant_min=-128,
+        quant_max=127,
+        dtype=torch.qint8,
+        qscheme=torch.per_channel_symmetric,
+        ch_axis=0,
+    )
+    return activation, weight

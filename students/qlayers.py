@@ -1,0 +1,352 @@
+"""Low-precision Conv2d / Linear layers for quantization-aware training.
+
+`QConv2d` and `QLinear` subclass nn.Conv2d / nn.Linear: same constructor arguments,
+same `weight` / `bias` parameters and state-dict keys, plus the scheme's extra state.
+In forward they quantize their input (schemes with an activation quantizer) and
+their latent weight with the STEs of `kernels.ste`, then run the ordinary op.
+
+What export code reads (all layers):
+  scheme          str, one of SCHEMES
+  options         dict of the scheme's resolved options
+  weight          nn.Parameter, the latent full-precision weight (what the optimizer updates)
+  bias            fp bias or None (never quantized)
+  weight_bits     bits per weight: 1 (binary), 2 (ternary), k (dorefa), 8 (int8)
+  act_bits        bits of the input quantizer: 1 (xnor), k (dorefa), 8 (int8), None = fp input
+  quantized_weight()  the weight the eval-mode forward uses (detached)
+  export_state()      dict with integer codes and the scales that rebuild quantized_weight()
+
+Per scheme (scales are detached tensors, computed from the latent weight now):
+  binary-connect  codes in {-1,+1} (int8), alpha = 1.0;              Wq = codes
+                  option stochastic: training forward samples, eval forward uses sgn
+  xnor            codes in {-1,+1}, alpha shape (out,) per filter;   Wq = alpha[o] * codes
+                  input binarized to sgn(x) in {-1,+1} (bit = x > 0) unless binarize_input=False
+  twn             codes in {-1,0,+1}, alpha (scalar), threshold delta = threshold_factor * mean|W| (0.7)
+                  Wq = alpha * codes
+  ttq             codes in {-1,0,+1}, learned nn.Parameters wp, wn (shape (1,), both > 0),
+                  threshold delta = threshold_factor * max|W| (0.05);  Wq = wp if code>0, -wn if code<0
+  dorefa          codes in 0..2^k-1 (uint8), k = weight_bits;        Wq = 2 * codes / (2^k-1) - 1
+                  input: clip(x, 0, 1) quantized to act_bits levels (none if act_bits is None)
+  int8            torch.ao fake-quant submodules input_fake_quant, weight_fake_quant,
+                  output_fake_quant (their .scale / .zero_point buffers); see
+                  students.quantize.convert_int8 for the real int8 model.
+
+Sign convention: sgn(x) = +1 if x > 0 else -1 (see kernels.ste).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kernels import ste
+
+SCHEMES: tuple[str, ...] = ("binary-connect", "xnor", "twn", "ttq", "dorefa", "int8")
+
+# scheme -> {option: default}. `act_bits=None` for dorefa means "same as bits".
+SCHEME_OPTIONS: dict[str, dict[str, Any]] = {
+    "binary-connect": {"stochastic": False},
+    "xnor": {"binarize_input": True},
+    "twn": {"threshold_factor": 0.7},
+    "ttq": {"threshold_factor": 0.05},
+    "dorefa": {"bits": 4, "act_bits": None},
+    "int8": {"backend": "x86"},
+}
+
+
+def resolve_options(scheme: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Defaults merged with `options`, validated. Raises ValueError naming the bad scheme or option."""
+    if scheme not in SCHEME_OPTIONS:
+        raise ValueError(f"unknown quantization scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    allowed = SCHEME_OPTIONS[scheme]
+    for name in options:
+        if name not in allowed:
+            accepts = ", ".join(allowed) or "none"
+            raise ValueError(f"unknown option {name!r} for scheme {scheme!r} (accepts: {accepts})")
+    out = {**allowed, **options}
+    if scheme == "binary-connect" and not isinstance(out["stochastic"], bool):
+        raise ValueError(f"option 'stochastic' must be a bool, got {out['stochastic']!r}")
+    if scheme == "xnor" and not isinstance(out["binarize_input"], bool):
+        raise ValueError(f"option 'binarize_input' must be a bool, got {out['binarize_input']!r}")
+    if scheme in ("twn", "ttq") and not _is_number_in(out["threshold_factor"], 0.0, 1.0 if scheme == "ttq" else 10.0):
+        hi = 1 if scheme == "ttq" else 10
+        raise ValueError(f"option 'threshold_factor' must be a number in (0, {hi}), got {out['threshold_factor']!r}")
+    if scheme == "dorefa":
+        if out["act_bits"] is None:
+            out["act_bits"] = out["bits"]
+        for name in ("bits", "act_bits"):
+            k = out[name]
+            ok = isinstance(k, int) and not isinstance(k, bool) and (2 <= k <= 8 or (name == "act_bits" and k == 32))
+            if not ok:
+                extra = " (or 32 for full-precision activations)" if name == "act_bits" else ""
+                raise ValueError(f"option {name!r} must be an int in 2..8{extra}, got {k!r}")
+    if scheme == "int8":
+        engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+        if out["backend"] not in engines:
+            raise ValueError(f"option 'backend' must be one of {engines}, got {out['backend']!r}")
+    return out
+
+
+def _is_number_in(x: Any, lo: float, hi: float) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and lo < x < hi
+
+
+class _QuantMixin:
+    """The scheme logic shared by QConv2d and QLinear; the host class supplies `_op(x, w)`."""
+
+    weight: nn.Parameter
+    scheme: str
+    options: dict[str, Any]
+
+    def _setup_quant(self, scheme: str, options: dict[str, Any]) -> None:
+        self.scheme = scheme
+        self.options = resolve_options(scheme, options)
+        if scheme == "ttq":
+            wp, wn = ste.ttq_init_scales(self.weight.detach(), self.options["threshold_factor"])
+            self.wp = nn.Parameter(wp.clone())
+            self.wn = nn.Parameter(wn.clone())
+        if scheme == "int8":
+            act_fq, weight_fq = ste.int8_fake_quant_factories(self.options["backend"])
+            self.input_fake_quant = act_fq()
+            self.weight_fake_quant = weight_fq()
+            self.output_fake_quant = act_fq()
+            self._set_observers(self.training)
+
+    # ---------------------------------------------------------------- what export reads
+
+    @property
+    def weight_bits(self) -> int:
+        return {"binary-connect": 1, "xnor": 1, "twn": 2, "ttq": 2, "int8": 8}.get(
+            self.scheme, self.options.get("bits", 0)
+        )
+
+    @property
+    def act_bits(self) -> int | None:
+        if self.scheme == "xnor":
+            return 1 if self.options["binarize_input"] else None
+        if self.scheme == "dorefa":
+            return None if self.options["act_bits"] == 32 else self.options["act_bits"]
+        return 8 if self.scheme == "int8" else None
+
+    @property
+    def threshold(self) -> Tensor:
+        """Ternary threshold delta: twn threshold_factor * mean|W|, ttq threshold_factor * max|W|."""
+        if self.scheme == "twn":
+            return ste.twn_threshold(self.weight, self.options["threshold_factor"])
+        if self.scheme == "ttq":
+            return ste.ttq_threshold(self.weight, self.options["threshold_factor"])
+        raise AttributeError(f"scheme {self.scheme!r} has no threshold")
+
+    @property
+    def alpha(self) -> Tensor:
+        """Binary/ternary scale: 1.0 (binary-connect), (out,) per filter (xnor), scalar (twn)."""
+        w = self.weight.detach()
+        if self.scheme == "binary-connect":
+            return torch.ones((), dtype=w.dtype, device=w.device)
+        if self.scheme == "xnor":
+            return ste.xnor_alpha(w).flatten()
+        if self.scheme == "twn":
+            return ste.twn_alpha(w, self.threshold)
+        raise AttributeError(f"scheme {self.scheme!r} has no alpha (ttq: wp / wn)")
+
+    @torch.no_grad()
+    def quantized_weight(self) -> Tensor:
+        """The weight the eval-mode forward multiplies with (binary-connect: deterministic sgn)."""
+        return self._weight_q(deterministic=True).detach()
+
+    @torch.no_grad()
+    def export_state(self) -> dict[str, Any]:
+        """Integer codes plus scales; see the module docstring for how they rebuild the weight."""
+        w = self.weight.detach()
+        state: dict[str, Any] = {"scheme": self.scheme, "weight_bits": self.weight_bits, "act_bits": self.act_bits}
+        if self.scheme in ("binary-connect", "xnor"):
+            state.update(codes=ste.sgn(w).to(torch.int8), alpha=self.alpha)
+        elif self.scheme == "twn":
+            state.update(codes=ste.ternary_codes(w, self.threshold), alpha=self.alpha, threshold=self.threshold)
+        elif self.scheme == "ttq":
+            state.update(
+                codes=ste.ternary_codes(w, self.threshold),
+                wp=self.wp.detach().clone(),
+                wn=self.wn.detach().clone(),
+                threshold=self.threshold,
+            )
+        elif self.scheme == "dorefa":
+            state.update(codes=ste.dorefa_weight_codes(w, self.options["bits"]))
+        else:  # int8
+            wfq = self.weight_fake_quant
+            qw = torch.quantize_per_channel(w.float(), wfq.scale, wfq.zero_point.long(), 0, torch.qint8)
+            state.update(
+                codes=qw.int_repr(),
+                scale=wfq.scale.clone(),
+                zero_point=wfq.zero_point.clone(),
+                input_scale=self.input_fake_quant.scale.clone(),
+                input_zero_point=self.input_fake_quant.zero_point.clone(),
+                output_scale=self.output_fake_quant.scale.clone(),
+                output_zero_point=self.output_fake_quant.zero_point.clone(),
+            )
+        return state
+
+    # ---------------------------------------------------------------- training
+
+    def clip_latent_(self) -> None:
+        """BinaryConnect: clip the latent weight to [-1, 1]; call after each optimizer step.
+
+        A no-op for other schemes. Under DeepSpeed with fp32 master weights the clip of the
+        module copy does not reach the master copy; the forward is correct either way.
+        """
+        if self.scheme == "binary-connect":
+            ste.clip_latent_(self.weight.data)
+
+    def train(self, mode: bool = True):  # type: ignore[override]
+        super().train(mode)  # type: ignore[misc]
+        if self.scheme == "int8":
+            self._set_observers(mode)
+        return self
+
+    def _set_observers(self, enabled: bool) -> None:
+        """int8 observers learn ranges in training mode only; eval uses the frozen scales."""
+        for fq in (self.input_fake_quant, self.weight_fake_quant, self.output_fake_quant):
+            if enabled:
+                fq.enable_observer()
+            else:
+                fq.disable_observer()
+
+    # ---------------------------------------------------------------- forward
+
+    def _weight_q(self, deterministic: bool = False) -> Tensor:
+        w, o, s = self.weight, self.options, self.scheme
+        if s == "binary-connect":
+            return ste.binary_connect_weight(w, stochastic=o["stochastic"] and self.training and not deterministic)
+        if s == "xnor":
+            return ste.xnor_weight(w)
+        if s == "twn":
+            return ste.twn_weight(w, o["threshold_factor"])
+        if s == "ttq":
+            return ste.ttq_weight(w, self.wp, self.wn, o["threshold_factor"])
+        if s == "dorefa":
+            return ste.dorefa_weight(w, o["bits"])
+        return self.weight_fake_quant(w)
+
+    def _input_q(self, x: Tensor) -> Tensor:
+        s = self.scheme
+        if s == "xnor" and self.options["binarize_input"]:
+            return ste.binary_activation(x)
+        if s == "dorefa" and self.options["act_bits"] != 32:
+            return ste.dorefa_activation(x, self.options["act_bits"])
+        if s == "int8":
+            return self.input_fake_quant(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self._op(self._input_q(x), self._weight_q())  # type: ignore[attr-defined]
+        if self.scheme == "int8":
+            out = self.output_fake_quant(out)
+        return out
+
+    def extra_repr(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{super().extra_repr()}, scheme={self.scheme}" + (f", {opts}" if opts else "")  # type: ignore[misc]
+
+
+class QConv2d(_QuantMixin, nn.Conv2d):
+    """nn.Conv2d whose forward uses the scheme's quantized input and weight (see module docstring)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | str | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        scheme: str,
+        **options: Any,
+    ) -> None:
+        nn.Conv2d.__init__(
+            self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
+            device=device, dtype=dtype,
+        )
+        self._setup_quant(scheme, options)
+
+    def _op(self, x: Tensor, w: Tensor) -> Tensor:
+        return self._conv_forward(x, w, self.bias)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, scheme: str, **options: Any) -> QConv2d:
+        """A QConv2d with `conv`'s hyper-parameters, a copy of its weight and bias, and its train mode."""
+        q = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+            scheme=scheme,
+            **options,
+        )
+        return _copy_from(q, conv)
+
+
+class QLinear(_QuantMixin, nn.Linear):
+    """nn.Linear whose forward uses the scheme's quantized input and weight (see module docstring)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        scheme: str,
+        **options: Any,
+    ) -> None:
+        nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self._setup_quant(scheme, options)
+
+    def _op(self, x: Tensor, w: Tensor) -> Tensor:
+        return F.linear(x, w, self.bias)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, scheme: str, **options: Any) -> QLinear:
+        """A QLinear with `linear`'s shape, a copy of its weight and bias, and its train mode."""
+        q = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+            scheme=scheme,
+            **options,
+        )
+        return _copy_from(q, linear)
+
+
+QLayer = QConv2d | QLinear
+
+
+def _copy_from(q: QConv2d | QLinear, src: nn.Conv2d | nn.Linear) -> Any:
+    with torch.no_grad():
+        q.weight.copy_(src.weight)
+        q.weight.requires_grad_(src.weight.requires_grad)
+        if src.bias is not None:
+            q.bias.copy_(src.bias)
+            q.bias.requires_grad_(src.bias.requires_grad)
+        if q.scheme == "ttq":  # scales start from the copied weight, not the random init
+            wp, wn = ste.ttq_init_scales(q.weight, q.options["threshold_factor"])
+            q.wp.copy_(wp)
+            q.wn.copy_(wn)
+    return q.train(src.training)
