@@ -26,16 +26,16 @@ def check_teachers(spec: JobSpec, meta: DatasetMeta) -> dict[str, nn.Module]:
         return models
     for i, member in enumerate(spec.teachers.members):
         where = f"teachers.members.{i}"
+        shape = (2, meta.channels, meta.image_size, meta.image_size)
         if not Path(member.source).exists():
             hint = " (run `distill teachers train` first)" if member.train else ""
             raise SpecError(f"{where}.source: file not found: {member.source}{hint}")
         try:
-            model = load_teacher(str(member.source), member.format, arch=member.arch,
-                                 num_classes=None, arch_kwargs=member.arch_options)
+            model = load_teacher(str(member.source), member.format, arch=member.arch, num_classes=None,
+                                 arch_kwargs=member.arch_options, input_shape=shape[1:])
         except (ValueError, RuntimeError, OSError) as exc:
             raise SpecError(f"{where}: {exc}") from None
         with torch.inference_mode():
-            shape = (2, meta.channels, meta.image_size, meta.image_size)
             try:
                 out = model(torch.zeros(shape))
             except Exception as exc:  # noqa: BLE001 - any failure here is a spec/data mismatch

@@ -75,11 +75,13 @@ class DistillModule(pl.LightningModule):
             if not term.active(self.current_epoch):
                 continue
             value = term(inputs)
-            self.log(f"loss/{term.name}", value, on_step=True, on_epoch=True, batch_size=len(x))
+            self.log(f"loss/{term.name}", value, on_step=True, on_epoch=True, batch_size=len(x), sync_dist=True)
             total = total + weight * value
-        self.log("loss/total", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log("loss/total", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x),
+                 sync_dist=True)
         hard = y if y.dim() == 1 else y.argmax(dim=1)
-        self.log("train/top1", accuracy(logits.detach(), hard), on_step=False, on_epoch=True, batch_size=len(x))
+        self.log("train/top1", accuracy(logits.detach(), hard), on_step=False, on_epoch=True, batch_size=len(x),
+                 sync_dist=True)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return total
 
@@ -88,8 +90,10 @@ class DistillModule(pl.LightningModule):
         logits = self.student(x)
         if self.tap:
             self.tap.pop()
-        self.log("val/top1", accuracy(logits, y), on_epoch=True, prog_bar=True, batch_size=len(x))
-        self.log("val/top5", accuracy(logits, y, 5), on_epoch=True, batch_size=len(x))
+        # Every rank scores the whole validation set, so the ranks agree without a sync.
+        self.log("val/top1", accuracy(logits, y), on_epoch=True, prog_bar=True, batch_size=len(x),
+                 rank_zero_only=True)
+        self.log("val/top5", accuracy(logits, y, 5), on_epoch=True, batch_size=len(x), rank_zero_only=True)
 
     def configure_optimizers(self) -> Any:
         t = self.spec.trainer

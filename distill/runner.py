@@ -64,6 +64,7 @@ def start_teachers(spec: JobSpec, meta: DatasetMeta) -> list[list[Any]]:
         config = TeacherConfig(name=m.name, source=str(Path(m.source).resolve()), format=m.format, arch=m.arch,
                                arch_options=m.arch_options, hints=m.hints, output=spec.teachers.output,
                                topk=spec.teachers.topk, num_classes=meta.num_classes,
+                               input_shape=(meta.channels, meta.image_size, meta.image_size),
                                threads=max(1, int(m.resources.num_cpus)))
         handles.append(start_replicas(config, m.replicas, num_cpus=m.resources.num_cpus,
                                       num_gpus=m.resources.num_gpus, resources=m.resources.custom))

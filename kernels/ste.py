@@ -46,10 +46,12 @@ __all__ = [
     "TTQWeightSTE",
     "RoundSTE",
     "binary_connect_weight",
+    "binary_connect_scale",
     "clip_latent_",
     "xnor_alpha",
     "xnor_weight",
     "binary_activation",
+    "xnor_input_scale",
     "twn_threshold",
     "twn_alpha",
     "twn_weight",
@@ -227,18 +229,43 @@ class RoundSTE(torch.autograd.Function):
 # --------------------------------------------------------------------------- binary-connect
 
 
-def binary_connect_weight(w: Tensor, stochastic: bool = False, generator: torch.Generator | None = None) -> Tensor:
+def binary_connect_weight(
+    w: Tensor, stochastic: bool = False, generator: torch.Generator | None = None
+) -> Tensor:
     """BinaryConnect weights in {-1, +1}.
 
     deterministic: w_b = sgn(w)
     stochastic:    w_b = +1 with p = sigma(w) = clip((w + 1) / 2, 0, 1), else -1
-    Gradient: identity STE. Latent weights should be kept in [-1, 1] with `clip_latent_`
+    Gradient: identity STE. Layers scale it: Wq = H * binary_connect_weight(W / H), H from
+    `binary_connect_scale`. Latent weights should be kept in [-1, 1] with `clip_latent_`
     after each optimizer step; the forward value does not depend on it (sgn and sigma
     are unchanged by clipping), so a missed clip only affects optimization dynamics.
     """
     if stochastic:
         return StochasticSignSTE.apply(w, generator)
     return SignSTE.apply(w)
+
+
+@torch.no_grad()
+def binary_connect_scale(w: Tensor, rule: str = "rms", groups: int = 1) -> float:
+    """The fixed magnitude H of BinaryConnect weights (Wq = H * w_b), from a weight tensor.
+
+    rms:    H = sqrt(mean(W^2)), the layer's own scale, so +-H keeps its fp gain
+    glorot: H = sqrt(1.5 / (fan_in + fan_out)), the BinaryConnect authors' default;
+            fan_in = W.shape[1] * k_h * k_w, fan_out = W.shape[0] / groups * k_h * k_w
+    Falls back to glorot when W is all zeros.
+    """
+    if rule == "rms":
+        rms = float(w.float().pow(2).mean().sqrt())
+        if rms > 0:
+            return rms
+        rule = "glorot"
+    if rule != "glorot":
+        raise ValueError(f"unknown BinaryConnect scale rule {rule!r} (rms, glorot)")
+    receptive = w[0][0].numel()
+    fan_in = w.shape[1] * receptive
+    fan_out = w.shape[0] // groups * receptive
+    return (1.5 / (fan_in + fan_out)) ** 0.5
 
 
 @torch.no_grad()
@@ -264,10 +291,31 @@ def binary_activation(x: Tensor) -> Tensor:
     """XNOR-Net BinActiv: sgn(x) with the hard-tanh STE (grad passes where |x| <= 1).
 
     XNOR-Net's block is BN -> BinActiv -> BinConv -> Pool; the layers apply this to
-    their own input, so it sits right before the binary conv. The activation scale K
-    of the paper is left out (the BN that follows the conv absorbs it), as is usual.
+    their own input, so it sits right before the binary conv. The paper's activation
+    scale K is `xnor_input_scale` (applied by the layers, option act_scale).
     """
     return SignHardTanhSTE.apply(x)
+
+
+def xnor_input_scale(
+    x: Tensor,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int] | int = 1,
+    dilation: tuple[int, int] | int = 1,
+    groups: int = 1,
+) -> Tensor:
+    """XNOR-Net's activation scale K for a conv over an already padded input x (N, C, H, W).
+
+    K[n, g, i, j] = mean |x| over the receptive field of output (i, j) in group g
+                  = 1 / (C/g * kh * kw) * sum_{c in g, u, v} |x[n, c, i*s_h + u*d_h, j*s_w + v*d_w]|
+    i.e. the mean |x| of one im2col row. Shape (N, groups, Ho, Wo); differentiable.
+    """
+    c = x.shape[1]
+    kh, kw = kernel_size
+    box = torch.full(
+        (groups, c // groups, kh, kw), 1.0 / (c // groups * kh * kw), dtype=x.dtype, device=x.device
+    )
+    return torch.nn.functional.conv2d(x.abs(), box, None, stride, 0, dilation, groups)
 
 
 # --------------------------------------------------------------------------- ternary (TWN, TTQ)
@@ -375,11 +423,14 @@ def dorefa_activation(x: Tensor, k: int) -> Tensor:
 def int8_weight(w: Tensor) -> Tensor:
     """Reference per-output-channel symmetric int8 fake quantization of a weight.
 
-    scale_o = max|W_o| / 127.5 (torch.ao's symmetric rule for qint8 [-128, 127]), zero point 0,
+    scale_o = max(-min(W_o, 0) / 128, max(W_o, 0) / 127), zero point 0 (the rule of torch's
+    fused moving-average fake-quant for qint8 per-channel symmetric, which the int8 layers use),
     Wq = clip(round(W / scale_o), -128, 127) * scale_o; gradient passes inside the range.
     """
-    amax = w.detach().abs().amax(dim=_filter_dims(w)).float()
-    scale = (amax / 127.5).clamp_min(torch.finfo(torch.float32).eps)
+    dims = _filter_dims(w)
+    lo = w.detach().amin(dim=dims).float().clamp_max(0)
+    hi = w.detach().amax(dim=dims).float().clamp_min(0)
+    scale = torch.maximum(-lo / 128, hi / 127).clamp_min(torch.finfo(torch.float32).eps)
     zero_point = torch.zeros_like(scale, dtype=torch.int32)
     return torch.fake_quantize_per_channel_affine(w, scale, zero_point, 0, -128, 127)
 

@@ -1,7 +1,7 @@
 """Student zoo: small networks by name, their costs, and (later) their low-bit forms."""
 
 # Architecture modules register themselves on import.
-from . import mobilenet_v1 as _mobilenet_v1  # noqa: F401
+from . import mobilenet_v1, mobilenet_v2, shufflenet_v1, shufflenet_v2, squeezenet  # noqa: F401
 from .base import StudentNet
 from .cost import ZooRow, count_macs, count_params, model_bytes, zoo_table
 from .registry import ModelInfo, create_model, list_models, model_info, register_model
@@ -19,3 +19,5 @@ __all__ = [
     "register_model",
     "zoo_table",
 ]
+
+from .quantize import SCHEMES, clip_latent_, convert_int8, quantize, quantized_layers  # noqa: E402, F401

@@ -16,13 +16,23 @@ What export code reads (all layers):
   export_state()      dict with integer codes and the scales that rebuild quantized_weight()
 
 Per scheme (scales are detached tensors, computed from the latent weight now):
-  binary-connect  codes in {-1,+1} (int8), alpha = 1.0;              Wq = codes
-                  option stochastic: training forward samples, eval forward uses sgn
+  binary-connect  codes in {-1,+1} (int8), alpha = H (scalar, fixed);  Wq = alpha * codes
+                  H is the buffer `binary_scale`, fixed when the layer is made: option
+                  scale="rms" (default) the RMS of the weight it starts from, so the layer
+                  keeps its fp gain (matters in nets without BN, e.g. SqueezeNet);
+                  "glorot" sqrt(1.5 / (fan_in + fan_out)) as in the authors' code;
+                  or a float (1.0: plain +-1).
+                  Latent weights live in [-H, H] (clip_latent_); stochastic=True samples
+                  +1 with p = sigma(W / H) in training, the eval forward uses sgn
   xnor            codes in {-1,+1}, alpha shape (out,) per filter;   Wq = alpha[o] * codes
-                  input binarized to sgn(x) in {-1,+1} (bit = x > 0) unless binarize_input=False
+                  input binarized to sgn(x) in {-1,+1} (bit = x > 0) unless binarize_input=False;
+                  the input is padded *before* binarizing (padded positions are -1), and with
+                  act_scale=True (default) the output is multiplied by K = mean |x| over each
+                  receptive field (XNOR-Net's K; per group, padded zeros counted), then + bias
   twn             codes in {-1,0,+1}, alpha (scalar), threshold delta = threshold_factor * mean|W| (0.7)
                   Wq = alpha * codes
-  ttq             codes in {-1,0,+1}, learned nn.Parameters wp, wn (shape (1,), both > 0),
+  ttq             codes in {-1,0,+1}, learned nn.Parameters wp, wn (shape (1,), > 0 in practice,
+                  not enforced),
                   threshold delta = threshold_factor * max|W| (0.05);  Wq = wp if code>0, -wn if code<0
   dorefa          codes in 0..2^k-1 (uint8), k = weight_bits;        Wq = 2 * codes / (2^k-1) - 1
                   input: clip(x, 0, 1) quantized to act_bits levels (none if act_bits is None)
@@ -35,6 +45,7 @@ Sign convention: sgn(x) = +1 if x > 0 else -1 (see kernels.ste).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -47,8 +58,8 @@ SCHEMES: tuple[str, ...] = ("binary-connect", "xnor", "twn", "ttq", "dorefa", "i
 
 # scheme -> {option: default}. `act_bits=None` for dorefa means "same as bits".
 SCHEME_OPTIONS: dict[str, dict[str, Any]] = {
-    "binary-connect": {"stochastic": False},
-    "xnor": {"binarize_input": True},
+    "binary-connect": {"stochastic": False, "scale": "rms"},
+    "xnor": {"binarize_input": True, "act_scale": True},
     "twn": {"threshold_factor": 0.7},
     "ttq": {"threshold_factor": 0.05},
     "dorefa": {"bits": 4, "act_bits": None},
@@ -66,20 +77,24 @@ def resolve_options(scheme: str, options: dict[str, Any]) -> dict[str, Any]:
             accepts = ", ".join(allowed) or "none"
             raise ValueError(f"unknown option {name!r} for scheme {scheme!r} (accepts: {accepts})")
     out = {**allowed, **options}
-    if scheme == "binary-connect" and not isinstance(out["stochastic"], bool):
-        raise ValueError(f"option 'stochastic' must be a bool, got {out['stochastic']!r}")
-    if scheme == "xnor" and not isinstance(out["binarize_input"], bool):
-        raise ValueError(f"option 'binarize_input' must be a bool, got {out['binarize_input']!r}")
-    if scheme in ("twn", "ttq") and not _is_number_in(out["threshold_factor"], 0.0, 1.0 if scheme == "ttq" else 10.0):
-        hi = 1 if scheme == "ttq" else 10
-        raise ValueError(f"option 'threshold_factor' must be a number in (0, {hi}), got {out['threshold_factor']!r}")
+    if scheme == "binary-connect":
+        scale = out["scale"]
+        if scale not in ("rms", "glorot") and not _is_number_in(scale, 0, float("inf")):
+            raise ValueError(f"option 'scale' must be 'rms', 'glorot' or a positive number, got {scale!r}")
+    for name in ("stochastic", "binarize_input", "act_scale"):
+        if name in out and not isinstance(out[name], bool):
+            raise ValueError(f"option {name!r} must be a bool, got {out[name]!r}")
+    if scheme in ("twn", "ttq"):
+        factor, hi = out["threshold_factor"], (1 if scheme == "ttq" else 10)
+        if not _is_number_in(factor, 0, hi):
+            raise ValueError(f"option 'threshold_factor' must be a number in (0, {hi}), got {factor!r}")
     if scheme == "dorefa":
         if out["act_bits"] is None:
             out["act_bits"] = out["bits"]
         for name in ("bits", "act_bits"):
             k = out[name]
-            ok = isinstance(k, int) and not isinstance(k, bool) and (2 <= k <= 8 or (name == "act_bits" and k == 32))
-            if not ok:
+            full = name == "act_bits" and k == 32
+            if not (isinstance(k, int) and not isinstance(k, bool) and (2 <= k <= 8 or full)):
                 extra = " (or 32 for full-precision activations)" if name == "act_bits" else ""
                 raise ValueError(f"option {name!r} must be an int in 2..8{extra}, got {k!r}")
     if scheme == "int8":
@@ -89,12 +104,27 @@ def resolve_options(scheme: str, options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def quantize_weight_int8(w: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
+    """A per-output-channel qint8 tensor of `w` (torch.ao quantized tensors, what nnq layers take).
+
+    torch 2.13 marks quantized-tensor creation as deprecated (pytorch/pytorch#184982) but its
+    eager int8 kernels still need them; the warning is silenced here, once, on purpose.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
+        return torch.quantize_per_channel(w.detach().float(), scale, zero_point.long(), 0, torch.qint8)
+
+
 def _is_number_in(x: Any, lo: float, hi: float) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and lo < x < hi
 
 
 class _QuantMixin:
-    """The scheme logic shared by QConv2d and QLinear; the host class supplies `_op(x, w)`."""
+    """The scheme logic shared by QConv2d and QLinear.
+
+    The host class supplies `_op(x, w, bias, padded)` (its op, with the padding already applied
+    when `padded`), `_pad(x)` and `_input_scale(x)` (the XNOR-Net activation scale K).
+    """
 
     weight: nn.Parameter
     scheme: str
@@ -103,15 +133,20 @@ class _QuantMixin:
     def _setup_quant(self, scheme: str, options: dict[str, Any]) -> None:
         self.scheme = scheme
         self.options = resolve_options(scheme, options)
+        if scheme == "binary-connect":
+            w = self.weight
+            self.register_buffer("binary_scale", torch.ones((), dtype=w.dtype, device=w.device))
+            self._init_binary_scale()
         if scheme == "ttq":
             wp, wn = ste.ttq_init_scales(self.weight.detach(), self.options["threshold_factor"])
             self.wp = nn.Parameter(wp.clone())
             self.wn = nn.Parameter(wn.clone())
         if scheme == "int8":
             act_fq, weight_fq = ste.int8_fake_quant_factories(self.options["backend"])
-            self.input_fake_quant = act_fq()
-            self.weight_fake_quant = weight_fq()
-            self.output_fake_quant = act_fq()
+            device = self.weight.device
+            self.input_fake_quant = act_fq().to(device)
+            self.weight_fake_quant = weight_fq().to(device)
+            self.output_fake_quant = act_fq().to(device)
             self._set_observers(self.training)
 
     # ---------------------------------------------------------------- what export reads
@@ -141,10 +176,10 @@ class _QuantMixin:
 
     @property
     def alpha(self) -> Tensor:
-        """Binary/ternary scale: 1.0 (binary-connect), (out,) per filter (xnor), scalar (twn)."""
+        """Binary/ternary scale: H (binary-connect), (out,) per filter (xnor), scalar (twn)."""
         w = self.weight.detach()
         if self.scheme == "binary-connect":
-            return torch.ones((), dtype=w.dtype, device=w.device)
+            return self.binary_scale.detach().clone()
         if self.scheme == "xnor":
             return ste.xnor_alpha(w).flatten()
         if self.scheme == "twn":
@@ -160,11 +195,17 @@ class _QuantMixin:
     def export_state(self) -> dict[str, Any]:
         """Integer codes plus scales; see the module docstring for how they rebuild the weight."""
         w = self.weight.detach()
-        state: dict[str, Any] = {"scheme": self.scheme, "weight_bits": self.weight_bits, "act_bits": self.act_bits}
+        state: dict[str, Any] = {
+            "scheme": self.scheme,
+            "weight_bits": self.weight_bits,
+            "act_bits": self.act_bits,
+        }
         if self.scheme in ("binary-connect", "xnor"):
             state.update(codes=ste.sgn(w).to(torch.int8), alpha=self.alpha)
         elif self.scheme == "twn":
-            state.update(codes=ste.ternary_codes(w, self.threshold), alpha=self.alpha, threshold=self.threshold)
+            state.update(
+                codes=ste.ternary_codes(w, self.threshold), alpha=self.alpha, threshold=self.threshold
+            )
         elif self.scheme == "ttq":
             state.update(
                 codes=ste.ternary_codes(w, self.threshold),
@@ -176,7 +217,7 @@ class _QuantMixin:
             state.update(codes=ste.dorefa_weight_codes(w, self.options["bits"]))
         else:  # int8
             wfq = self.weight_fake_quant
-            qw = torch.quantize_per_channel(w.float(), wfq.scale, wfq.zero_point.long(), 0, torch.qint8)
+            qw = quantize_weight_int8(w, wfq.scale, wfq.zero_point)
             state.update(
                 codes=qw.int_repr(),
                 scale=wfq.scale.clone(),
@@ -191,13 +232,13 @@ class _QuantMixin:
     # ---------------------------------------------------------------- training
 
     def clip_latent_(self) -> None:
-        """BinaryConnect: clip the latent weight to [-1, 1]; call after each optimizer step.
+        """BinaryConnect: clip the latent weight to [-H, H]; call after each optimizer step.
 
         A no-op for other schemes. Under DeepSpeed with fp32 master weights the clip of the
         module copy does not reach the master copy; the forward is correct either way.
         """
         if self.scheme == "binary-connect":
-            ste.clip_latent_(self.weight.data)
+            ste.clip_latent_(self.weight.data, float(self.binary_scale))
 
     def train(self, mode: bool = True):  # type: ignore[override]
         super().train(mode)  # type: ignore[misc]
@@ -218,7 +259,11 @@ class _QuantMixin:
     def _weight_q(self, deterministic: bool = False) -> Tensor:
         w, o, s = self.weight, self.options, self.scheme
         if s == "binary-connect":
-            return ste.binary_connect_weight(w, stochastic=o["stochastic"] and self.training and not deterministic)
+            # In units of H the paper's rules hold as printed: sgn, sigma(w / H), clip to [-1, 1].
+            # The gradient w.r.t. W is still the identity (H * g / H).
+            h = self.binary_scale
+            stochastic = o["stochastic"] and self.training and not deterministic
+            return h * ste.binary_connect_weight(w / h, stochastic=stochastic)
         if s == "xnor":
             return ste.xnor_weight(w)
         if s == "twn":
@@ -227,22 +272,58 @@ class _QuantMixin:
             return ste.ttq_weight(w, self.wp, self.wn, o["threshold_factor"])
         if s == "dorefa":
             return ste.dorefa_weight(w, o["bits"])
-        return self.weight_fake_quant(w)
+        fq, w = self.weight_fake_quant, w.float()  # torch.ao fake-quant runs in fp32 only
+        if deterministic:  # the frozen scales, without feeding the observer
+            return torch.fake_quantize_per_channel_affine(
+                w, fq.scale, fq.zero_point, fq.ch_axis, fq.quant_min, fq.quant_max
+            )
+        return fq(w)
+
+    @torch.no_grad()
+    def _init_binary_scale(self) -> None:
+        """Fix BinaryConnect's H from the current weight (called again after from_float copies)."""
+        rule = self.options["scale"]
+        groups = getattr(self, "groups", 1)
+        h = float(rule) if not isinstance(rule, str) else ste.binary_connect_scale(self.weight, rule, groups)
+        self.binary_scale.fill_(h)
 
     def _input_q(self, x: Tensor) -> Tensor:
         s = self.scheme
-        if s == "xnor" and self.options["binarize_input"]:
-            return ste.binary_activation(x)
         if s == "dorefa" and self.options["act_bits"] != 32:
             return ste.dorefa_activation(x, self.options["act_bits"])
-        if s == "int8":
-            return self.input_fake_quant(x)
         return x
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self._op(self._input_q(x), self._weight_q())  # type: ignore[attr-defined]
+        if self.scheme == "xnor" and self.options["binarize_input"]:
+            return self._xnor_forward(x)
         if self.scheme == "int8":
+            return self._int8_forward(x)
+        return self._op(self._input_q(x), self._weight_q(), self.bias)  # type: ignore[attr-defined]
+
+    def _int8_forward(self, x: Tensor) -> Tensor:
+        """fq_out(op(fq_in(x), fq_w(W)) + b), in fp32 (torch.ao's fake-quant ops take nothing else),
+        so it also runs inside bf16 autocast or a bf16 model; the result comes back in x's dtype."""
+        bias = self.bias  # type: ignore[attr-defined]
+        with torch.autocast(x.device.type, enabled=False):
+            xq = self.input_fake_quant(x.float())
+            out = self._op(xq, self._weight_q(), None if bias is None else bias.float())  # type: ignore[attr-defined]
             out = self.output_fake_quant(out)
+        return out.to(x.dtype)
+
+    def _xnor_forward(self, x: Tensor) -> Tensor:
+        """y = K * (sgn(x) (*) alpha sgn(W)) + b, every input of the binary op in {-1, +1}.
+
+        The input is padded before it is binarized, so padded positions enter as sgn(0) = -1,
+        as in a packed kernel that binarizes im2col rows of the zero-padded input. K (option
+        act_scale) is the mean |x| over each receptive field, padded zeros included.
+        """
+        x = self._pad(x)  # type: ignore[attr-defined]
+        out = self._op(ste.binary_activation(x), self._weight_q(), None, padded=True)  # type: ignore[attr-defined]
+        if self.options["act_scale"]:
+            out = out * self._input_scale(x)  # type: ignore[attr-defined]
+        bias = self.bias  # type: ignore[attr-defined]
+        if bias is not None:
+            out = out + (bias.view(-1, 1, 1) if isinstance(self, nn.Conv2d) else bias)
         return out
 
     def extra_repr(self) -> str:
@@ -271,13 +352,36 @@ class QConv2d(_QuantMixin, nn.Conv2d):
         **options: Any,
     ) -> None:
         nn.Conv2d.__init__(
-            self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
-            device=device, dtype=dtype,
+            self,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
         )
         self._setup_quant(scheme, options)
 
-    def _op(self, x: Tensor, w: Tensor) -> Tensor:
-        return self._conv_forward(x, w, self.bias)
+    def _op(self, x: Tensor, w: Tensor, bias: Tensor | None, padded: bool = False) -> Tensor:
+        if padded:
+            return F.conv2d(x, w, bias, self.stride, 0, self.dilation, self.groups)
+        return self._conv_forward(x, w, bias)
+
+    def _pad(self, x: Tensor) -> Tensor:
+        pads = self._reversed_padding_repeated_twice
+        if not any(pads):
+            return x
+        return F.pad(x, pads, mode="constant" if self.padding_mode == "zeros" else self.padding_mode)
+
+    def _input_scale(self, x: Tensor) -> Tensor:
+        """K of shape (N, out_channels or 1, Ho, Wo): one value per group and output position."""
+        k = ste.xnor_input_scale(x, self.kernel_size, self.stride, self.dilation, self.groups)
+        return k.repeat_interleave(self.out_channels // self.groups, dim=1) if self.groups > 1 else k
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, scheme: str, **options: Any) -> QConv2d:
@@ -317,8 +421,15 @@ class QLinear(_QuantMixin, nn.Linear):
         nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._setup_quant(scheme, options)
 
-    def _op(self, x: Tensor, w: Tensor) -> Tensor:
-        return F.linear(x, w, self.bias)
+    def _op(self, x: Tensor, w: Tensor, bias: Tensor | None, padded: bool = False) -> Tensor:
+        return F.linear(x, w, bias)
+
+    def _pad(self, x: Tensor) -> Tensor:
+        return x
+
+    def _input_scale(self, x: Tensor) -> Tensor:
+        """K = mean |x| over the input features, shape (..., 1)."""
+        return x.abs().mean(dim=-1, keepdim=True)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, scheme: str, **options: Any) -> QLinear:
@@ -345,7 +456,9 @@ def _copy_from(q: QConv2d | QLinear, src: nn.Conv2d | nn.Linear) -> Any:
         if src.bias is not None:
             q.bias.copy_(src.bias)
             q.bias.requires_grad_(src.bias.requires_grad)
-        if q.scheme == "ttq":  # scales start from the copied weight, not the random init
+        if q.scheme == "binary-connect":  # H and the TTQ scales start from the copied weight
+            q._init_binary_scale()
+        if q.scheme == "ttq":
             wp, wn = ste.ttq_init_scales(q.weight, q.options["threshold_factor"])
             q.wp.copy_(wp)
             q.wn.copy_(wn)

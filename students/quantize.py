@@ -20,7 +20,7 @@ import torch
 import torch.ao.nn.quantized as nnq
 from torch import nn
 
-from students.qlayers import SCHEME_OPTIONS, SCHEMES, QConv2d, QLinear, resolve_options
+from students.qlayers import SCHEME_OPTIONS, SCHEMES, QConv2d, QLinear, quantize_weight_int8, resolve_options
 
 __all__ = ["SCHEMES", "SCHEME_OPTIONS", "quantize", "quantized_layers", "clip_latent_", "convert_int8"]
 
@@ -49,7 +49,7 @@ def quantize(
     exclude         qualified module names to keep in full precision
     inplace         modify `model` itself instead of a deep copy
     options         the scheme's options (students.qlayers.SCHEME_OPTIONS):
-                    binary-connect: stochastic=False; xnor: binarize_input=True;
+                    binary-connect: stochastic=False, scale="rms"; xnor: binarize_input=True;
                     twn: threshold_factor=0.7; ttq: threshold_factor=0.05;
                     dorefa: bits=4, act_bits=bits (32 = fp activations); int8: backend="x86"
 
@@ -87,9 +87,10 @@ def quantize(
 
 
 def _swap(model: nn.Module, replaced: dict[int, nn.Module]) -> None:
+    # _modules, not named_children(): the latter skips a module's second registration.
     for parent in list(model.modules()):
-        for attr, child in list(parent.named_children()):
-            if id(child) in replaced:
+        for attr, child in list(parent._modules.items()):
+            if child is not None and id(child) in replaced:
                 setattr(parent, attr, replaced[id(child)])
 
 
@@ -100,7 +101,7 @@ def quantized_layers(model: nn.Module) -> list[tuple[str, QConv2d | QLinear]]:
 
 @torch.no_grad()
 def clip_latent_(model: nn.Module) -> None:
-    """Clip BinaryConnect latent weights to [-1, 1]; call after every optimizer step
+    """Clip BinaryConnect latent weights to [-H, H]; call after every optimizer step
     (e.g. from LightningModule.on_train_batch_end). A no-op for the other schemes."""
     for _, layer in quantized_layers(model):
         layer.clip_latent_()
@@ -120,7 +121,7 @@ def convert_int8(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """
     if not inplace:
         model = copy.deepcopy(model)
-    model.eval()
+    model.float().eval()  # int8 kernels in, fp32 around them
     layers = [(n, m) for n, m in quantized_layers(model) if m.scheme == "int8"]
     if not layers:
         raise ValueError("convert_int8: model has no int8 layers; call quantize(model, 'int8') first")
@@ -142,11 +143,12 @@ def _to_int8(name: str, layer: QConv2d | QLinear) -> nn.Sequential:
             raise ValueError(f"convert_int8: {name}.{part} has seen no data; run training-mode batches first")
     wfq = layer.weight_fake_quant
     w = layer.weight.detach().float()
-    qweight = torch.quantize_per_channel(w, wfq.scale, wfq.zero_point.long(), 0, torch.qint8)
+    qweight = quantize_weight_int8(w, wfq.scale, wfq.zero_point)
     bias = None if layer.bias is None else layer.bias.detach().float()
     if isinstance(layer, QConv2d):
         if layer.padding_mode != "zeros":
-            raise ValueError(f"convert_int8: {name} uses padding_mode={layer.padding_mode!r}; only 'zeros' converts")
+            mode = layer.padding_mode
+            raise ValueError(f"convert_int8: {name} uses padding_mode={mode!r}; only 'zeros' converts")
         q = nnq.Conv2d(
             layer.in_channels,
             layer.out_channels,

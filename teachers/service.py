@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +69,10 @@ class TeacherWorker:
         self.config = config
         self._run = run_teacher
         self.model = load_teacher(config.source, config.format, arch=config.arch,
-                                  num_classes=config.num_classes, arch_kwargs=config.arch_options)
+                                  num_classes=config.num_classes, arch_kwargs=config.arch_options,
+                                  input_shape=config.input_shape)
+        # Batches arrive as read-only object-store views (zero-copy); teachers only read them.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         self.served = 0
         self.busy_s = 0.0
 

@@ -28,6 +28,11 @@ from .augment import random_crop_flip
 from .meta import DataError, DatasetMeta
 
 
+def _as_given(shards):
+    """Node splitter that keeps every shard: ranks are split explicitly (rank::world) before this."""
+    yield from shards
+
+
 class CorruptCounter:
     """A webdataset handler that counts (and skips) or re-raises bad samples."""
 
@@ -79,7 +84,7 @@ def train_loader(root: Path, meta: DatasetMeta, *, batch_size: int, steps_per_ep
         raise DataError(f"{root}: {len(shards)} train shards cannot feed {world} workers; repack smaller shards")
     mine = shards[rank::world]
     ds = (
-        wds.WebDataset(mine, shardshuffle=len(mine), nodesplitter=wds.single_node_only,
+        wds.WebDataset(mine, shardshuffle=len(mine), nodesplitter=_as_given,
                        workersplitter=wds.split_by_worker, handler=counter, seed=seed + rank,
                        empty_check=False)
         .repeat()
@@ -94,7 +99,7 @@ def train_loader(root: Path, meta: DatasetMeta, *, batch_size: int, steps_per_ep
 
 def val_loader(root: Path, meta: DatasetMeta, *, batch_size: int, counter: CorruptCounter) -> wds.WebLoader:
     ds = (
-        wds.WebDataset(meta.shard_paths(root, "val"), shardshuffle=False, nodesplitter=wds.single_node_only,
+        wds.WebDataset(meta.shard_paths(root, "val"), shardshuffle=False, nodesplitter=_as_given,
                        handler=counter, empty_check=False)
         .map(lambda s: decode_sample(s, meta), handler=counter)
         .batched(batch_size, partial=True)
@@ -111,7 +116,7 @@ def collate_keys(batch: tuple) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 def load_split(root: Path, meta: DatasetMeta, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole (small) split in memory, in shard order: for evaluation and teacher training."""
     xs, ys = [], []
-    ds = wds.WebDataset(meta.shard_paths(root, split), shardshuffle=False, nodesplitter=wds.single_node_only,
+    ds = wds.WebDataset(meta.shard_paths(root, split), shardshuffle=False, nodesplitter=_as_given,
                         empty_check=False).map(lambda s: decode_sample(s, meta))
     for x, y, _ in ds:
         xs.append(x)

@@ -20,9 +20,12 @@ class LossInputs:
 
     ``targets`` are class indices ``[B]`` or, after mixup/cutmix, probabilities
     ``[B, C]``. ``teacher_logits`` holds one fp32 ``[B, C]`` tensor per teacher in
-    spec order (empty when training on hard labels alone); ``ensemble_probs`` is
-    the combined ensemble target at each KD term's temperature, filled by the
-    module. Features are keyed by module path.
+    spec order (empty when training on hard labels alone), ``teacher_names`` and
+    ``teacher_weights`` in the same order (empty weights mean equal weights).
+    Ensemble-target terms (KD, DKD with ``teacher: null``) combine the logits
+    themselves at their own temperature with ``teachers.ensemble.combine_probs``.
+    Features are keyed by module path: ``student_feats[path]`` and
+    ``teacher_feats[i][path]`` for teacher ``i``; ``epoch`` is 0-based.
     """
 
     student_logits: torch.Tensor

@@ -77,3 +77,10 @@ def pool_to_smaller(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, tor
 def loss_dtype(t: torch.Tensor) -> torch.dtype:
     """Losses run in at least fp32 (student features may be bf16/fp16), float64 stays float64."""
     return torch.promote_types(t.dtype, torch.float32)
+
+
+def apply_regressor(regressor: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run a regressor in its parameters' dtype (DeepSpeed bf16/fp16 casts them), return loss dtype."""
+    param = next(regressor.parameters(), None)
+    out = regressor(x if param is None else x.to(param.dtype))
+    return out.to(loss_dtype(x))

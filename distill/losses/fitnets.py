@@ -29,7 +29,15 @@ import torch
 from torch import nn
 
 from .base import LossInputs, LossTerm
-from .features import loss_dtype, parse_shape, pool_to_smaller, require_teacher, student_feature, teacher_feature
+from .features import (
+    apply_regressor,
+    loss_dtype,
+    parse_shape,
+    pool_to_smaller,
+    require_teacher,
+    student_feature,
+    teacher_feature,
+)
 
 
 class FitNetsTerm(LossTerm):
@@ -72,8 +80,7 @@ class FitNetsTerm(LossTerm):
             raise ValueError(f"loss term {self.name!r}: got student {list(s.shape[1:])} / teacher "
                              f"{list(t.shape[1:])} features, built for {list(self.student_shape)} / "
                              f"{list(self.teacher_shape)}")
-        dtype = loss_dtype(s)
-        s, t = s.to(dtype), t.detach().to(dtype)
+        t = t.detach().to(loss_dtype(s))
         if s.dim() == 4:
             s, t = pool_to_smaller(s, t)
-        return 0.5 * (t - self.regressor(s)).pow(2).mean()
+        return 0.5 * (t - apply_regressor(self.regressor, s)).pow(2).mean()

@@ -1,52 +1,60 @@
 // Shared declarations for the packed low-bit CPU kernels.
 //
 // This header is included by translation units compiled for different
-// instruction sets (see lowbit_simd.h), so it holds plain C types and
-// `static inline` helpers only: nothing here may have external linkage that the
-// linker could merge across ISA-specific objects.
+// instruction sets, so it holds plain C types and `static inline` helpers only:
+// nothing here may have external linkage that the linker could merge across
+// ISA-specific objects.
 //
-// Packed layouts (the Python side in kernels/packing.py is the spec):
-//   ternary: a row of K weights is padded to Kp = ceil(K/128)*128 and stored as
-//     Kp/4 bytes. Group g (128 weights) owns bytes [32g, 32g+32); bits 2s..2s+1
-//     of byte 32g+j hold code(w[128g + 32s + j]) where code = w + 1 in {0,1,2}.
-//   binary: a row is padded to Kp = ceil(K/256)*256 and stored as Kp/8 bytes.
-//     Group g (256 weights) owns bytes [32g, 32g+32); bit s of byte 32g+j is
-//     1 iff w[256g + 32s + j] = +1.
-// With these layouts one 32-byte load, a shift and a mask give 32 consecutive
-// weights as bytes, lined up with 32 consecutive int8 activations.
+// Packed weight layout (kernels/packing.py is the spec): weights are stored in
+// blocks of 16 output channels, each block a run of 64-byte tiles along K.
+//   ternary tile (16 outputs x 16 inputs): bits 2s..2s+1 of byte 4*l + j hold
+//     code(w[16*nb + l][16*kb + 4*s + j]), code = w + 1 in {0, 1, 2}.
+//   binary tile (16 outputs x 32 inputs): bit s of byte 4*l + j is 1 iff
+//     w[16*nb + l][32*kb + 4*s + j] = +1.
+// Tile (nb, kb) starts at byte 64 * (nb * kblocks + kb). Shifting a tile by 2s
+// (or s) and masking gives, in each 32-bit lane l, the 4 weights of output l
+// that meet activations x[4s .. 4s+3]: a vpdpbusd against those 4 activation
+// bytes broadcast to all lanes adds 4 products to each output channel's own
+// lane. Accumulators therefore hold 16 (or 8) outputs each: no horizontal sums.
+//
+// Binary activations for XNOR use the same bit order: the 32-bit word kb of a
+// row has bit 8*j + s set iff x[32*kb + 4*s + j] >= 0.
 #pragma once
 #include <stdint.h>
+#include <string.h>
 
-#define DL_TERNARY_GROUP 128
-#define DL_BINARY_GROUP 256
+#define DL_NB 16  // output channels per block
+#define DL_TK 16  // ternary inputs per tile
+#define DL_BK 32  // binary inputs per tile
 
 enum DlIsa { DL_ISA_SCALAR = 0, DL_ISA_AVX2 = 1, DL_ISA_AVXVNNI = 2, DL_ISA_AVX512 = 3 };
 
 // Arguments of one GEMM call. Activations are already quantized (int8, padded
-// to Kp with zeros) or binarized (bits in the binary layout, padded with 0).
+// to Kp with zeros) or binarized (one 32-bit word per tile, padding bits 0).
 typedef struct DlGemm {
   const int8_t* xq;        // [M, Kp] int8 activations (ternary / binary-int8)
-  const uint8_t* xbits;    // [M, Kp/8] activation bits (xnor)
+  const uint8_t* xbits;    // [M, Kp/8] activation sign bits (xnor)
   const int32_t* xsum;     // [M] sum of the int8 activations of each row
   const float* xscale;     // [M] activation scale; NULL -> integer output
-  int64_t M, K, Kp;
-  const uint8_t* w;        // [N, wstride] packed weights
-  int64_t N, wstride;      // wstride = bytes per packed row
-  const float* scale_pos;  // [N] per-output-channel scale (ternary: of +1 weights)
-  const float* scale_neg;  // [N] ternary only: scale of -1 weights; NULL -> symmetric
+  int64_t M, K, Kp, N, kblocks;
+  const uint8_t* w;        // [ceil(N/16), kblocks, 64] packed weights
+  const float* scale_pos;  // [N] per-output-channel scale (ternary: of the +1 weights)
+  const float* scale_neg;  // [N] ternary only: scale of the -1 weights; NULL -> symmetric
   const float* bias;       // [N] or NULL
   float* y;                // [M, N] float output (when xscale != NULL)
   int32_t* yi;             // [M, N] integer output (when xscale == NULL)
 } DlGemm;
 
-// One table of kernels per instruction set. Tile functions compute the output
-// columns [n0, n1) for every row; the caller splits N across threads.
+// Kernels compute rows [m0, m1) x output blocks [b0, b1); the caller splits the
+// work across threads.
+typedef void (*DlGemmFn)(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t b1);
+
 typedef struct DlKernels {
   void (*quantize_row)(const float* x, int64_t K, int64_t Kp, int8_t* q, float* scale, int32_t* sum);
   void (*binarize_row)(const float* x, int64_t K, int64_t Kp, uint8_t* bits, float* beta);
-  void (*ternary_tile)(const DlGemm* a, int64_t n0, int64_t n1);
-  void (*binary_i8_tile)(const DlGemm* a, int64_t n0, int64_t n1);
-  void (*xnor_tile)(const DlGemm* a, int64_t n0, int64_t n1);
+  DlGemmFn ternary;
+  DlGemmFn binary_i8;
+  DlGemmFn xnor;
 } DlKernels;
 
 // Each returns NULL when the compiler could not build that instruction set.
@@ -55,55 +63,28 @@ const DlKernels* dl_kernels_avx2(void);
 const DlKernels* dl_kernels_avxvnni(void);
 const DlKernels* dl_kernels_avx512(void);
 
-// Epilogues shared by every ISA, written once so that all paths round the same
-// way as kernels/reference.py (the TUs are built with -ffp-contract=off).
-static inline float dl_epilogue(int32_t dot, float w_scale, float x_scale, float b) {
-  return ((float)dot * w_scale) * x_scale + b;
-}
-static inline float dl_epilogue_asym(int32_t pos, int32_t neg, float wp, float wn, float x_scale, float b) {
-  return ((float)pos * wp - (float)neg * wn) * x_scale + b;
+static inline const uint8_t* dl_tile(const DlGemm* g, int64_t nb, int64_t kb) {
+  return g->w + (nb * g->kblocks + kb) * 64;
 }
 
-// Writes the result for (m, n) of a ternary GEMM from its two raw sums:
-//   a = sum code*x = sum w*x + xsum,  b2 = sum (code & 2)*x = 2 * (sum of x where w = +1).
-static inline void dl_store_ternary(const DlGemm* g, int64_t m, int64_t n, int32_t a, int32_t b2) {
-  const int32_t dot = a - g->xsum[m];
+// Epilogues, written once so that every path rounds the same way as
+// kernels/reference.py (all TUs are built with -ffp-contract=off):
+//   symmetric:  y = ((float)dot * w_scale) * x_scale + b
+//   TTQ:        y = ((float)pos * wp - (float)neg * wn) * x_scale + b
+// where dot = sum w*x, pos = sum of x over +1 weights, neg = over -1 weights.
+static inline void dl_store(const DlGemm* g, int64_t m, int64_t n, int32_t dot) {
   if (!g->xscale) {
     g->yi[m * g->N + n] = dot;
     return;
   }
   const float b = g->bias ? g->bias[n] : 0.0f;
-  if (g->scale_neg) {
-    const int32_t pos = b2 / 2;
-    const int32_t neg = pos - dot;
-    g->y[m * g->N + n] = dl_epilogue_asym(pos, neg, g->scale_pos[n], g->scale_neg[n], g->xscale[m], b);
-  } else {
-    g->y[m * g->N + n] = dl_epilogue(dot, g->scale_pos[n], g->xscale[m], b);
-  }
+  g->y[m * g->N + n] = ((float)dot * g->scale_pos[n]) * g->xscale[m] + b;
 }
 
-// Binary weights times int8 activations, from s = sum of x where w = +1:
-//   sum w*x = 2s - xsum.
-static inline void dl_store_binary_i8(const DlGemm* g, int64_t m, int64_t n, int32_t s) {
-  const int32_t dot = 2 * s - g->xsum[m];
-  if (!g->xscale) {
-    g->yi[m * g->N + n] = dot;
-    return;
-  }
+static inline void dl_store_ttq(const DlGemm* g, int64_t m, int64_t n, int32_t dot, int32_t pos) {
+  const int32_t neg = pos - dot;
   const float b = g->bias ? g->bias[n] : 0.0f;
-  g->y[m * g->N + n] = dl_epilogue(dot, g->scale_pos[n], g->xscale[m], b);
-}
-
-// XNOR: from the number of differing bits d, the +-1 dot product is K - 2d
-// (padding bits are 0 in both operands, so they never differ).
-static inline void dl_store_xnor(const DlGemm* g, int64_t m, int64_t n, int64_t d) {
-  const int32_t dot = (int32_t)(g->K - 2 * d);
-  if (!g->xscale) {
-    g->yi[m * g->N + n] = dot;
-    return;
-  }
-  const float b = g->bias ? g->bias[n] : 0.0f;
-  g->y[m * g->N + n] = dl_epilogue(dot, g->scale_pos[n], g->xscale[m], b);
+  g->y[m * g->N + n] = ((float)pos * g->scale_pos[n] - (float)neg * g->scale_neg[n]) * g->xscale[m] + b;
 }
 
 // The int8 activation quantizer, one element: round half to even, as torch.round.
@@ -112,4 +93,18 @@ static inline int8_t dl_quantize_one(float x, float inv) {
   float r = __builtin_nearbyintf(x * inv);
   r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
   return (int8_t)r;
+}
+
+// Sign word of up to 32 activations in the tile bit order (bit 8j+s <- x[4s+j]).
+static inline uint32_t dl_sign_word(const float* x, int64_t n) {
+  uint32_t word = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (x[i] >= 0.0f) word |= 1u << (8 * (i % 4) + i / 4);
+  return word;
+}
+
+static inline uint32_t dl_load_u32(const void* p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
 }

@@ -1,0 +1,308 @@
+"""Packed ternary/binary ops, registered as ``torch.ops.distill.*`` custom ops.
+
+Each op has a fake (meta) implementation so torch.compile and torch.export can
+trace through it, and a plain-torch spec in kernels/reference.py. Where it runs:
+
+- CPU: the C++ kernels (kernels/csrc, AVX2/VNNI/AVX-512 + OpenMP), or the
+  reference when no compiler is available (with a warning, see kernels/_cpu.py);
+- CUDA: the Triton kernels (kernels/triton_ops.py) when triton is installed,
+  else the reference on the GPU.
+
+Float ops take x of shape [..., K] (any float dtype; computed in fp32 and
+returned in x's dtype). Weights are packed as in kernels/packing.py; scales are
+float32 [N]. Threads: ``torch.get_num_threads()``.
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from kernels import _cpu, reference
+from kernels.packing import binary_row_bytes, ternary_row_bytes
+
+__all__ = [
+    "quantize_rows_int8",
+    "binarize_rows",
+    "ternary_mm_int",
+    "ternary_linear",
+    "binary_mm_int",
+    "binary_linear",
+    "xnor_mm_int",
+    "xnor_linear",
+    "ternary_conv2d",
+    "binary_conv2d",
+]
+
+
+def _use_cpp(t: Tensor) -> bool:
+    return t.device.type == "cpu" and _cpu.backend() == "cpp"
+
+
+def _triton():
+    """The Triton module when it can run on this tensor's device, else None."""
+    from kernels import triton_ops
+
+    return triton_ops if triton_ops.available() else None
+
+
+def _check_weights(w: Tensor, k: int, row_bytes: int, name: str) -> None:
+    if w.dtype != torch.uint8 or w.dim() != 2 or w.shape[1] != row_bytes:
+        raise ValueError(
+            f"{name}: packed weights must be uint8 [N, {row_bytes}] for k={k}, got {w.dtype} {tuple(w.shape)}"
+        )
+
+
+def _check_vec(v: Optional[Tensor], n: int, name: str, what: str) -> Optional[Tensor]:
+    if v is None:
+        return None
+    if v.shape != (n,):
+        raise ValueError(f"{name}: {what} must have shape [{n}], got {tuple(v.shape)}")
+    return v.float().contiguous()
+
+
+def _rows(x: Tensor, k: int, name: str) -> Tensor:
+    if x.shape[-1] != k:
+        raise ValueError(f"{name}: input has {x.shape[-1]} features, the packed weights expect {k}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: input must be a float tensor, got {x.dtype}")
+    return x.reshape(-1, k).float().contiguous()
+
+
+def _out_shape(x: Tensor, n: int) -> tuple[int, ...]:
+    return (*x.shape[:-1], n)
+
+
+# ---------------------------------------------------------------- activations
+
+
+@torch.library.custom_op("distill::quantize_rows_int8", mutates_args=())
+def quantize_rows_int8(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-row absmax int8 quantization of a float [M, K] tensor -> (q int8 [M, K], scale [M])."""
+    x2 = x.float().contiguous()
+    if not _use_cpp(x2):
+        return reference.quantize_rows_int8(x2)
+    m, k = x2.shape
+    q = torch.empty(m, k, dtype=torch.int8)
+    scale = torch.empty(m, dtype=torch.float32)
+    _cpu.check(_cpu.lib().dl_quantize_rows(x2.data_ptr(), m, k, q.data_ptr(), scale.data_ptr(), 1), "quantize")
+    return q, scale
+
+
+@quantize_rows_int8.register_fake
+def _(x):
+    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:1], dtype=torch.float32)
+
+
+@torch.library.custom_op("distill::binarize_rows", mutates_args=())
+def binarize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Sign bits of a float [M, K] tensor in the binary layout, and beta = mean |x| per row."""
+    x2 = x.float().contiguous()
+    if not _use_cpp(x2):
+        return reference.binarize_rows(x2)
+    m, k = x2.shape
+    bits = torch.empty(m, binary_row_bytes(k), dtype=torch.uint8)
+    beta = torch.empty(m, dtype=torch.float32)
+    _cpu.check(_cpu.lib().dl_binarize_rows(x2.data_ptr(), m, k, bits.data_ptr(), beta.data_ptr(), 1), "binarize")
+    return bits, beta
+
+
+@binarize_rows.register_fake
+def _(x):
+    m, k = x.shape
+    return x.new_empty((m, binary_row_bytes(k)), dtype=torch.uint8), x.new_empty((m,), dtype=torch.float32)
+
+
+# ---------------------------------------------------------------- integer GEMMs (exact)
+
+
+def _int_gemm(fn_name: str, x: Tensor, w: Tensor, k: int) -> Tensor:
+    m, n = x.shape[0], w.shape[0]
+    y = torch.empty(m, n, dtype=torch.int32)
+    fn = getattr(_cpu.lib(), fn_name)
+    _cpu.check(fn(x.data_ptr(), m, k, w.data_ptr(), n, y.data_ptr(), torch.get_num_threads()), fn_name)
+    return y
+
+
+@torch.library.custom_op("distill::ternary_mm_int", mutates_args=())
+def ternary_mm_int(xq: Tensor, w_packed: Tensor, k: int) -> Tensor:
+    """int32 [M, N]: int8 activations [M, k] times ternary weights [N, k] transposed."""
+    _check_weights(w_packed, k, ternary_row_bytes(k), "ternary_mm_int")
+    if xq.dtype != torch.int8 or xq.dim() != 2 or xq.shape[1] != k:
+        raise ValueError(f"ternary_mm_int: activations must be int8 [M, {k}], got {xq.dtype} {tuple(xq.shape)}")
+    if not _use_cpp(xq):
+        return reference.ternary_mm_int(xq, w_packed, k)
+    return _int_gemm("dl_ternary_mm", xq.contiguous(), w_packed.contiguous(), k)
+
+
+@ternary_mm_int.register_fake
+def _(xq, w_packed, k):
+    return xq.new_empty((xq.shape[0], w_packed.shape[0]), dtype=torch.int32)
+
+
+@torch.library.custom_op("distill::binary_mm_int", mutates_args=())
+def binary_mm_int(xq: Tensor, w_packed: Tensor, k: int) -> Tensor:
+    """int32 [M, N]: int8 activations [M, k] times +-1 weights [N, k] transposed."""
+    _check_weights(w_packed, k, binary_row_bytes(k), "binary_mm_int")
+    if xq.dtype != torch.int8 or xq.dim() != 2 or xq.shape[1] != k:
+        raise ValueError(f"binary_mm_int: activations must be int8 [M, {k}], got {xq.dtype} {tuple(xq.shape)}")
+    if not _use_cpp(xq):
+        return reference.binary_mm_int(xq, w_packed, k)
+    return _int_gemm("dl_binary_mm", xq.contiguous(), w_packed.contiguous(), k)
+
+
+@binary_mm_int.register_fake
+def _(xq, w_packed, k):
+    return xq.new_empty((xq.shape[0], w_packed.shape[0]), dtype=torch.int32)
+
+
+@torch.library.custom_op("distill::xnor_mm_int", mutates_args=())
+def xnor_mm_int(x_bits: Tensor, w_packed: Tensor, k: int) -> Tensor:
+    """int32 [M, N]: +-1 activations (packed bits) times +-1 weights, by XNOR and popcount."""
+    _check_weights(w_packed, k, binary_row_bytes(k), "xnor_mm_int")
+    _check_weights(x_bits, k, binary_row_bytes(k), "xnor_mm_int (activation bits)")
+    if not _use_cpp(x_bits):
+        return reference.xnor_mm_int(x_bits, w_packed, k)
+    return _int_gemm("dl_xnor_mm", x_bits.contiguous(), w_packed.contiguous(), k)
+
+
+@xnor_mm_int.register_fake
+def _(x_bits, w_packed, k):
+    return x_bits.new_empty((x_bits.shape[0], w_packed.shape[0]), dtype=torch.int32)
+
+
+# ---------------------------------------------------------------- float linears
+
+
+@torch.library.custom_op("distill::ternary_linear", mutates_args=())
+def ternary_linear(
+    x: Tensor,
+    w_packed: Tensor,
+    k: int,
+    scale_pos: Tensor,
+    scale_neg: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+) -> Tensor:
+    """y = x W^T + bias with int8 per-row activations and 2-bit ternary W (see reference.ternary_linear)."""
+    name = "ternary_linear"
+    _check_weights(w_packed, k, ternary_row_bytes(k), name)
+    n = w_packed.shape[0]
+    x2 = _rows(x, k, name)
+    sp = _check_vec(scale_pos, n, name, "scale_pos")
+    sn = _check_vec(scale_neg, n, name, "scale_neg")
+    b = _check_vec(bias, n, name, "bias")
+    if _use_cpp(x2):
+        y = torch.empty(x2.shape[0], n, dtype=torch.float32)
+        rc = _cpu.lib().dl_ternary_linear(
+            x2.data_ptr(), x2.shape[0], k, w_packed.contiguous().data_ptr(), n, sp.data_ptr(),
+            _cpu.ptr(sn), _cpu.ptr(b), y.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        _cpu.check(rc, name)
+    elif x2.is_cuda and _triton() is not None:
+        y = _triton().ternary_linear(x2, w_packed.contiguous(), k, sp, sn, b)
+    else:
+        y = reference.ternary_linear(x2, w_packed, k, sp, sn, b)
+    return y.reshape(_out_shape(x, n)).to(x.dtype)
+
+
+@ternary_linear.register_fake
+def _(x, w_packed, k, scale_pos, scale_neg=None, bias=None):
+    return x.new_empty(_out_shape(x, w_packed.shape[0]))
+
+
+@torch.library.custom_op("distill::binary_linear", mutates_args=())
+def binary_linear(
+    x: Tensor, w_packed: Tensor, k: int, scale: Tensor, bias: Optional[Tensor] = None
+) -> Tensor:
+    """Binary weights (scale[n] * +-1) times int8 per-row activations (see reference.binary_linear)."""
+    name = "binary_linear"
+    _check_weights(w_packed, k, binary_row_bytes(k), name)
+    n = w_packed.shape[0]
+    x2 = _rows(x, k, name)
+    s = _check_vec(scale, n, name, "scale")
+    b = _check_vec(bias, n, name, "bias")
+    if _use_cpp(x2):
+        y = torch.empty(x2.shape[0], n, dtype=torch.float32)
+        rc = _cpu.lib().dl_binary_linear(
+            x2.data_ptr(), x2.shape[0], k, w_packed.contiguous().data_ptr(), n, s.data_ptr(), _cpu.ptr(b),
+            y.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        _cpu.check(rc, name)
+    elif x2.is_cuda and _triton() is not None:
+        y = _triton().binary_linear(x2, w_packed.contiguous(), k, s, b)
+    else:
+        y = reference.binary_linear(x2, w_packed, k, s, b)
+    return y.reshape(_out_shape(x, n)).to(x.dtype)
+
+
+@binary_linear.register_fake
+def _(x, w_packed, k, scale, bias=None):
+    return x.new_empty(_out_shape(x, w_packed.shape[0]))
+
+
+@torch.library.custom_op("distill::xnor_linear", mutates_args=())
+def xnor_linear(x: Tensor, w_packed: Tensor, k: int, scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """XNOR-Net linear: binary activations (sign, beta = mean |x|) times binary weights."""
+    name = "xnor_linear"
+    _check_weights(w_packed, k, binary_row_bytes(k), name)
+    n = w_packed.shape[0]
+    x2 = _rows(x, k, name)
+    s = _check_vec(scale, n, name, "scale")
+    b = _check_vec(bias, n, name, "bias")
+    if _use_cpp(x2):
+        y = torch.empty(x2.shape[0], n, dtype=torch.float32)
+        rc = _cpu.lib().dl_xnor_linear(
+            x2.data_ptr(), x2.shape[0], k, w_packed.contiguous().data_ptr(), n, s.data_ptr(), _cpu.ptr(b),
+            y.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        _cpu.check(rc, name)
+    elif x2.is_cuda and _triton() is not None:
+        y = _triton().xnor_linear(x2, w_packed.contiguous(), k, s, b)
+    else:
+        y = reference.xnor_linear(x2, w_packed, k, s, b)
+    return y.reshape(_out_shape(x, n)).to(x.dtype)
+
+
+@xnor_linear.register_fake
+def _(x, w_packed, k, scale, bias=None):
+    return x.new_empty(_out_shape(x, w_packed.shape[0]))
+
+
+# ---------------------------------------------------------------- convolution (composite)
+
+
+def ternary_conv2d(
+    x: Tensor,
+    w_packed: Tensor,
+    kernel_size: int | tuple[int, int],
+    scale_pos: Tensor,
+    scale_neg: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+) -> Tensor:
+    """Ternary conv2d (groups=1): a 1x1 conv is a channels-last view, kxk goes through im2col;
+    both then run ternary_linear. Output is NCHW in channels-last memory."""
+    p = reference._pair
+    rows, shape = reference.conv_rows(x, p(kernel_size), p(stride), p(padding), p(dilation))
+    y = ternary_linear(rows, w_packed, rows.shape[1], scale_pos, scale_neg, bias)
+    return reference.rows_to_nchw(y, shape)
+
+
+def binary_conv2d(
+    x: Tensor,
+    w_packed: Tensor,
+    kernel_size: int | tuple[int, int],
+    scale: Tensor,
+    bias: Optional[Tensor] = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    xnor: bool = False,
+) -> Tensor:
+    """Binary-weight conv2d (groups=1) on int8 activations, or binary ones (xnor=True)."""
+    p = reference._pair
+    rows, shape = reference.conv_rows(x, p(kernel_size), p(stride), p(padding), p(dilation))
+    fn = xnor_linear if xnor else binary_linear
+    return reference.rows_to_nchw(fn(rows, w_packed, rows.shape[1], scale, bias), shape)

@@ -1,0 +1,177 @@
+"""Plain-torch reference implementations: the spec of every packed kernel.
+
+The C++ and Triton kernels must match these: exactly for the integer results,
+and to fp32 rounding for the float ones (the float epilogue below is written in
+the same order as the kernels', so in practice they agree bit for bit).
+
+Integer products are computed in float64, which is exact for these sizes
+(|sum| < 2**53) and runs on BLAS, on any device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernels.packing import pack_signs, unpack_binary, unpack_ternary
+
+
+def _int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact a @ b.T for small integer matrices, as int32."""
+    return (a.double() @ b.double().T).to(torch.int32)
+
+
+def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 quantization of a float [M, K] tensor.
+
+    scale = absmax / 127, q = round_half_even(x * (127 / absmax)) (0 for an all-zero row).
+    Returns (q int8 [M, K], scale float32 [M]).
+    """
+    x = x.float()
+    amax = x.abs().amax(dim=1)
+    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
+    q = torch.round(x * inv[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, amax / 127.0
+
+
+def binarize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """XNOR-Net activations: sign bits (x >= 0 -> +1) in the binary layout and beta = mean |x| per row."""
+    x = x.float()
+    return pack_signs(x), x.abs().mean(dim=1)
+
+
+def ternary_mm_int(xq: torch.Tensor, w_packed: torch.Tensor, k: int) -> torch.Tensor:
+    """int32 [M, N] = int8 activations [M, k] times the ternary weights [N, k] transposed."""
+    return _int_mm(xq, unpack_ternary(w_packed, k))
+
+
+def ternary_linear(
+    x: torch.Tensor,
+    w_packed: torch.Tensor,
+    k: int,
+    scale_pos: torch.Tensor,
+    scale_neg: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y = x W^T (+ bias) with x quantized to int8 per row and W ternary.
+
+    Symmetric (TWN): W[n] = scale_pos[n] * codes[n].
+    Asymmetric (TTQ): W[n] = +scale_pos[n] where code is +1, -scale_neg[n] where it is -1.
+    """
+    lead, x2 = x.shape[:-1], x.reshape(-1, k)
+    q, sx = quantize_rows_int8(x2)
+    codes = unpack_ternary(w_packed, k)
+    if scale_neg is None:
+        y = (_int_mm(q, codes).float() * scale_pos) * sx[:, None]
+    else:
+        pos = _int_mm(q, (codes > 0).to(torch.int8)).float()
+        neg = _int_mm(q, (codes < 0).to(torch.int8)).float()
+        y = (pos * scale_pos - neg * scale_neg) * sx[:, None]
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*lead, -1)
+
+
+def binary_mm_int(xq: torch.Tensor, w_packed: torch.Tensor, k: int) -> torch.Tensor:
+    """int32 [M, N] = int8 activations [M, k] times the +-1 weights [N, k] transposed."""
+    return _int_mm(xq, unpack_binary(w_packed, k))
+
+
+def binary_linear(
+    x: torch.Tensor, w_packed: torch.Tensor, k: int, scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Binary weights (W[n] = scale[n] * signs[n]) times int8 per-row activations."""
+    lead, x2 = x.shape[:-1], x.reshape(-1, k)
+    q, sx = quantize_rows_int8(x2)
+    y = (_int_mm(q, unpack_binary(w_packed, k)).float() * scale) * sx[:, None]
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*lead, -1)
+
+
+def xnor_mm_int(x_bits: torch.Tensor, w_packed: torch.Tensor, k: int) -> torch.Tensor:
+    """int32 [M, N] = +-1 activations (packed bits) times +-1 weights: k - 2 * popcount(x xor w)."""
+    return _int_mm(unpack_binary(x_bits, k), unpack_binary(w_packed, k))
+
+
+def xnor_linear(
+    x: torch.Tensor, w_packed: torch.Tensor, k: int, scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """XNOR-Net linear: sign(x) * beta (beta = mean |x| per row) times binary weights."""
+    lead, x2 = x.shape[:-1], x.reshape(-1, k)
+    bits, beta = binarize_rows(x2)
+    y = (xnor_mm_int(bits, w_packed, k).float() * scale) * beta[:, None]
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*lead, -1)
+
+
+# ---------------------------------------------------------------- convolution
+
+
+def conv_rows(
+    x: torch.Tensor,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """im2col: NCHW input -> rows [B*Ho*Wo, C*kh*kw] (the order of weight.reshape(O, -1)).
+
+    A 1x1 convolution without padding needs no unfold, only a channels-last view.
+    Returns the rows and (B, Ho, Wo).
+    """
+    b, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if (kh, kw) == (1, 1) and (ph, pw) == (0, 0):
+        x = x[:, :, ::sh, ::sw]
+        return x.permute(0, 2, 3, 1).reshape(b * ho * wo, c), (b, ho, wo)
+    cols = F.unfold(x, (kh, kw), dilation=(dh, dw), padding=(ph, pw), stride=(sh, sw))
+    return cols.transpose(1, 2).reshape(b * ho * wo, c * kh * kw), (b, ho, wo)
+
+
+def rows_to_nchw(y: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """[B*Ho*Wo, O] -> NCHW [B, O, Ho, Wo] (a channels-last view, no copy)."""
+    b, ho, wo = shape
+    return y.view(b, ho, wo, -1).permute(0, 3, 1, 2)
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def ternary_conv2d(
+    x: torch.Tensor,
+    w_packed: torch.Tensor,
+    kernel_size: int | tuple[int, int],
+    scale_pos: torch.Tensor,
+    scale_neg: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+) -> torch.Tensor:
+    """Ternary conv2d (groups=1) as im2col + ternary_linear; activations quantized per patch."""
+    ks = _pair(kernel_size)
+    rows, shape = conv_rows(x, ks, _pair(stride), _pair(padding), _pair(dilation))
+    return rows_to_nchw(ternary_linear(rows, w_packed, rows.shape[1], scale_pos, scale_neg, bias), shape)
+
+
+def binary_conv2d(
+    x: torch.Tensor,
+    w_packed: torch.Tensor,
+    kernel_size: int | tuple[int, int],
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    xnor: bool = False,
+) -> torch.Tensor:
+    """Binary-weight conv2d (groups=1): int8 activations per patch, or binary ones (xnor=True)."""
+    ks = _pair(kernel_size)
+    rows, shape = conv_rows(x, ks, _pair(stride), _pair(padding), _pair(dilation))
+    fn = xnor_linear if xnor else binary_linear
+    return rows_to_nchw(fn(rows, w_packed, rows.shape[1], scale, bias), shape)
