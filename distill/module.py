@@ -75,7 +75,8 @@ class DistillModule(pl.LightningModule):
             if not term.active(self.current_epoch):
                 continue
             value = term(inputs)
-            self.log(f"loss/{term.name}", value, on_step=True, on_epoch=True, batch_size=len(x), sync_dist=True)
+            self.log(f"loss/{term.name}", value, on_step=True, on_epoch=True, batch_size=len(x),
+                     sync_dist=True)
             total = total + weight * value
         self.log("loss/total", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x),
                  sync_dist=True)
@@ -90,10 +91,9 @@ class DistillModule(pl.LightningModule):
         logits = self.student(x)
         if self.tap:
             self.tap.pop()
-        # Every rank scores the whole validation set, so the ranks agree without a sync.
-        self.log("val/top1", accuracy(logits, y), on_epoch=True, prog_bar=True, batch_size=len(x),
-                 rank_zero_only=True)
-        self.log("val/top5", accuracy(logits, y, 5), on_epoch=True, batch_size=len(x), rank_zero_only=True)
+        # Every rank scores the whole validation set; the epoch-end sync only confirms they agree.
+        self.log("val/top1", accuracy(logits, y), on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
+        self.log("val/top5", accuracy(logits, y, 5), on_epoch=True, batch_size=len(x), sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         t = self.spec.trainer

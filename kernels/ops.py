@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from kernels import _cpu, reference
-from kernels.packing import binary_row_bytes, ternary_row_bytes
+from kernels.packing import binary_packed_shape, sign_bytes, ternary_packed_shape
 
 __all__ = [
     "quantize_rows_int8",
@@ -46,19 +46,27 @@ def _triton():
     return triton_ops if triton_ops.available() else None
 
 
-def _check_weights(w: Tensor, k: int, row_bytes: int, name: str) -> None:
-    if w.dtype != torch.uint8 or w.dim() != 2 or w.shape[1] != row_bytes:
+def _check_weights(w: Tensor, shape: tuple[int, int, int], n: int, k: int, name: str) -> None:
+    if w.dtype != torch.uint8 or tuple(w.shape) != shape:
         raise ValueError(
-            f"{name}: packed weights must be uint8 [N, {row_bytes}] for k={k}, got {w.dtype} {tuple(w.shape)}"
+            f"{name}: packed weights for {n} outputs x {k} inputs must be uint8 {list(shape)}, "
+            f"got {w.dtype} {list(w.shape)}"
         )
+
+
+def _check_int8(xq: Tensor, name: str) -> None:
+    if xq.dtype != torch.int8 or xq.dim() != 2:
+        raise ValueError(f"{name}: activations must be int8 [M, K], got {xq.dtype} {list(xq.shape)}")
 
 
 def _check_vec(v: Optional[Tensor], n: int, name: str, what: str) -> Optional[Tensor]:
     if v is None:
         return None
     if v.shape != (n,):
-        raise ValueError(f"{name}: {what} must have shape [{n}], got {tuple(v.shape)}")
-    return v.float().contiguous()
+        raise ValueError(f"{name}: {what} must have shape [{n}], got {list(v.shape)}")
+    if v.dtype != torch.float32 or not v.is_contiguous():
+        v = v.float().contiguous()
+    return v
 
 
 def _rows(x: Tensor, k: int, name: str) -> Tensor:
@@ -66,7 +74,10 @@ def _rows(x: Tensor, k: int, name: str) -> Tensor:
         raise ValueError(f"{name}: input has {x.shape[-1]} features, the packed weights expect {k}")
     if not x.is_floating_point():
         raise ValueError(f"{name}: input must be a float tensor, got {x.dtype}")
-    return x.reshape(-1, k).float().contiguous()
+    x2 = x.reshape(-1, k)
+    if x2.dtype != torch.float32 or not x2.is_contiguous():
+        x2 = x2.float().contiguous()
+    return x2
 
 
 def _out_shape(x: Tensor, n: int) -> tuple[int, ...]:
@@ -101,7 +112,7 @@ def binarize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     if not _use_cpp(x2):
         return reference.binarize_rows(x2)
     m, k = x2.shape
-    bits = torch.empty(m, binary_row_bytes(k), dtype=torch.uint8)
+    bits = torch.empty(m, sign_bytes(k), dtype=torch.uint8)
     beta = torch.empty(m, dtype=torch.float32)
     _cpu.check(_cpu.lib().dl_binarize_rows(x2.data_ptr(), m, k, bits.data_ptr(), beta.data_ptr(), 1), "binarize")
     return bits, beta
@@ -110,14 +121,14 @@ def binarize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
 @binarize_rows.register_fake
 def _(x):
     m, k = x.shape
-    return x.new_empty((m, binary_row_bytes(k)), dtype=torch.uint8), x.new_empty((m,), dtype=torch.float32)
+    return x.new_empty((m, sign_bytes(k)), dtype=torch.uint8), x.new_empty((m,), dtype=torch.float32)
 
 
 # ---------------------------------------------------------------- integer GEMMs (exact)
 
 
-def _int_gemm(fn_name: str, x: Tensor, w: Tensor, k: int) -> Tensor:
-    m, n = x.shape[0], w.shape[0]
+def _int_gemm(fn_name: str, x: Tensor, w: Tensor, n: int, k: int) -> Tensor:
+    m = x.shape[0]
     y = torch.empty(m, n, dtype=torch.int32)
     fn = getattr(_cpu.lib(), fn_name)
     _cpu.check(fn(x.data_ptr(), m, k, w.data_ptr(), n, y.data_ptr(), torch.get_num_threads()), fn_name)
@@ -125,53 +136,70 @@ def _int_gemm(fn_name: str, x: Tensor, w: Tensor, k: int) -> Tensor:
 
 
 @torch.library.custom_op("distill::ternary_mm_int", mutates_args=())
-def ternary_mm_int(xq: Tensor, w_packed: Tensor, k: int) -> Tensor:
-    """int32 [M, N]: int8 activations [M, k] times ternary weights [N, k] transposed."""
-    _check_weights(w_packed, k, ternary_row_bytes(k), "ternary_mm_int")
-    if xq.dtype != torch.int8 or xq.dim() != 2 or xq.shape[1] != k:
-        raise ValueError(f"ternary_mm_int: activations must be int8 [M, {k}], got {xq.dtype} {tuple(xq.shape)}")
+def ternary_mm_int(xq: Tensor, w_packed: Tensor, n: int) -> Tensor:
+    """int32 [M, n]: int8 activations [M, K] times ternary weights [n, K] transposed."""
+    _check_int8(xq, "ternary_mm_int")
+    k = xq.shape[1]
+    _check_weights(w_packed, ternary_packed_shape(n, k), n, k, "ternary_mm_int")
     if not _use_cpp(xq):
-        return reference.ternary_mm_int(xq, w_packed, k)
-    return _int_gemm("dl_ternary_mm", xq.contiguous(), w_packed.contiguous(), k)
+        return reference.ternary_mm_int(xq, w_packed, n)
+    return _int_gemm("dl_ternary_mm", xq.contiguous(), w_packed.contiguous(), n, k)
 
 
 @ternary_mm_int.register_fake
-def _(xq, w_packed, k):
-    return xq.new_empty((xq.shape[0], w_packed.shape[0]), dtype=torch.int32)
+def _(xq, w_packed, n):
+    return xq.new_empty((xq.shape[0], n), dtype=torch.int32)
 
 
 @torch.library.custom_op("distill::binary_mm_int", mutates_args=())
-def binary_mm_int(xq: Tensor, w_packed: Tensor, k: int) -> Tensor:
-    """int32 [M, N]: int8 activations [M, k] times +-1 weights [N, k] transposed."""
-    _check_weights(w_packed, k, binary_row_bytes(k), "binary_mm_int")
-    if xq.dtype != torch.int8 or xq.dim() != 2 or xq.shape[1] != k:
-        raise ValueError(f"binary_mm_int: activations must be int8 [M, {k}], got {xq.dtype} {tuple(xq.shape)}")
+def binary_mm_int(xq: Tensor, w_packed: Tensor, n: int) -> Tensor:
+    """int32 [M, n]: int8 activations [M, K] times +-1 weights [n, K] transposed."""
+    _check_int8(xq, "binary_mm_int")
+    k = xq.shape[1]
+    _check_weights(w_packed, binary_packed_shape(n, k), n, k, "binary_mm_int")
     if not _use_cpp(xq):
-        return reference.binary_mm_int(xq, w_packed, k)
-    return _int_gemm("dl_binary_mm", xq.contiguous(), w_packed.contiguous(), k)
+        return reference.binary_mm_int(xq, w_packed, n)
+    return _int_gemm("dl_binary_mm", xq.contiguous(), w_packed.contiguous(), n, k)
 
 
 @binary_mm_int.register_fake
-def _(xq, w_packed, k):
-    return xq.new_empty((xq.shape[0], w_packed.shape[0]), dtype=torch.int32)
+def _(xq, w_packed, n):
+    return xq.new_empty((xq.shape[0], n), dtype=torch.int32)
 
 
 @torch.library.custom_op("distill::xnor_mm_int", mutates_args=())
-def xnor_mm_int(x_bits: Tensor, w_packed: Tensor, k: int) -> Tensor:
-    """int32 [M, N]: +-1 activations (packed bits) times +-1 weights, by XNOR and popcount."""
-    _check_weights(w_packed, k, binary_row_bytes(k), "xnor_mm_int")
-    _check_weights(x_bits, k, binary_row_bytes(k), "xnor_mm_int (activation bits)")
+def xnor_mm_int(x_bits: Tensor, w_packed: Tensor, n: int, k: int) -> Tensor:
+    """int32 [M, n]: +-1 activations (packing.pack_signs) times +-1 weights, by XNOR and popcount."""
+    _check_weights(w_packed, binary_packed_shape(n, k), n, k, "xnor_mm_int")
+    if x_bits.dtype != torch.uint8 or x_bits.dim() != 2 or x_bits.shape[1] != sign_bytes(k):
+        raise ValueError(
+            f"xnor_mm_int: activation bits must be uint8 [M, {sign_bytes(k)}], got {x_bits.dtype} {list(x_bits.shape)}"
+        )
     if not _use_cpp(x_bits):
-        return reference.xnor_mm_int(x_bits, w_packed, k)
-    return _int_gemm("dl_xnor_mm", x_bits.contiguous(), w_packed.contiguous(), k)
+        return reference.xnor_mm_int(x_bits, w_packed, n, k)
+    return _int_gemm("dl_xnor_mm", x_bits.contiguous(), w_packed.contiguous(), n, k)
 
 
 @xnor_mm_int.register_fake
-def _(x_bits, w_packed, k):
-    return x_bits.new_empty((x_bits.shape[0], w_packed.shape[0]), dtype=torch.int32)
+def _(x_bits, w_packed, n, k):
+    return x_bits.new_empty((x_bits.shape[0], n), dtype=torch.int32)
 
 
 # ---------------------------------------------------------------- float linears
+
+
+def _prepare(x: Tensor, w: Tensor, k: int, scale: Tensor, shape_fn, name: str) -> tuple[Tensor, int]:
+    """Validates a float linear's arguments; returns x as contiguous fp32 rows and N."""
+    if scale.dim() != 1:
+        raise ValueError(f"{name}: scale must be a 1-D [N] tensor, got shape {list(scale.shape)}")
+    n = scale.shape[0]
+    _check_weights(w, shape_fn(n, k), n, k, name)
+    return _rows(x, k, name), n
+
+
+def _finish(y: Tensor, x: Tensor, n: int) -> Tensor:
+    y = y.view(_out_shape(x, n))
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
 @torch.library.custom_op("distill::ternary_linear", mutates_args=())
@@ -183,11 +211,12 @@ def ternary_linear(
     scale_neg: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
 ) -> Tensor:
-    """y = x W^T + bias with int8 per-row activations and 2-bit ternary W (see reference.ternary_linear)."""
+    """y = x W^T + bias with int8 per-row activations and 2-bit ternary W [N, k] (see reference.ternary_linear).
+
+    N is len(scale_pos). scale_neg (TTQ) is the magnitude of the -1 weights; None means symmetric.
+    """
     name = "ternary_linear"
-    _check_weights(w_packed, k, ternary_row_bytes(k), name)
-    n = w_packed.shape[0]
-    x2 = _rows(x, k, name)
+    x2, n = _prepare(x, w_packed, k, scale_pos, ternary_packed_shape, name)
     sp = _check_vec(scale_pos, n, name, "scale_pos")
     sn = _check_vec(scale_neg, n, name, "scale_neg")
     b = _check_vec(bias, n, name, "bias")
@@ -202,70 +231,56 @@ def ternary_linear(
         y = _triton().ternary_linear(x2, w_packed.contiguous(), k, sp, sn, b)
     else:
         y = reference.ternary_linear(x2, w_packed, k, sp, sn, b)
-    return y.reshape(_out_shape(x, n)).to(x.dtype)
+    return _finish(y, x, n)
 
 
 @ternary_linear.register_fake
 def _(x, w_packed, k, scale_pos, scale_neg=None, bias=None):
-    return x.new_empty(_out_shape(x, w_packed.shape[0]))
+    return x.new_empty(_out_shape(x, scale_pos.shape[0]))
 
 
-@torch.library.custom_op("distill::binary_linear", mutates_args=())
-def binary_linear(
-    x: Tensor, w_packed: Tensor, k: int, scale: Tensor, bias: Optional[Tensor] = None
-) -> Tensor:
-    """Binary weights (scale[n] * +-1) times int8 per-row activations (see reference.binary_linear)."""
-    name = "binary_linear"
-    _check_weights(w_packed, k, binary_row_bytes(k), name)
-    n = w_packed.shape[0]
-    x2 = _rows(x, k, name)
+def _binary_linear(cpp_fn: str, ref_fn, triton_fn: str, name: str, x, w_packed, k, scale, bias) -> Tensor:
+    x2, n = _prepare(x, w_packed, k, scale, binary_packed_shape, name)
     s = _check_vec(scale, n, name, "scale")
     b = _check_vec(bias, n, name, "bias")
     if _use_cpp(x2):
         y = torch.empty(x2.shape[0], n, dtype=torch.float32)
-        rc = _cpu.lib().dl_binary_linear(
+        rc = getattr(_cpu.lib(), cpp_fn)(
             x2.data_ptr(), x2.shape[0], k, w_packed.contiguous().data_ptr(), n, s.data_ptr(), _cpu.ptr(b),
             y.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         _cpu.check(rc, name)
     elif x2.is_cuda and _triton() is not None:
-        y = _triton().binary_linear(x2, w_packed.contiguous(), k, s, b)
+        y = getattr(_triton(), triton_fn)(x2, w_packed.contiguous(), k, s, b)
     else:
-        y = reference.binary_linear(x2, w_packed, k, s, b)
-    return y.reshape(_out_shape(x, n)).to(x.dtype)
+        y = ref_fn(x2, w_packed, k, s, b)
+    return _finish(y, x, n)
+
+
+@torch.library.custom_op("distill::binary_linear", mutates_args=())
+def binary_linear(x: Tensor, w_packed: Tensor, k: int, scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """Binary weights (scale[n] * +-1) times int8 per-row activations (see reference.binary_linear)."""
+    return _binary_linear(
+        "dl_binary_linear", reference.binary_linear, "binary_linear", "binary_linear", x, w_packed, k, scale, bias
+    )
 
 
 @binary_linear.register_fake
 def _(x, w_packed, k, scale, bias=None):
-    return x.new_empty(_out_shape(x, w_packed.shape[0]))
+    return x.new_empty(_out_shape(x, scale.shape[0]))
 
 
 @torch.library.custom_op("distill::xnor_linear", mutates_args=())
 def xnor_linear(x: Tensor, w_packed: Tensor, k: int, scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """XNOR-Net linear: binary activations (sign, beta = mean |x|) times binary weights."""
-    name = "xnor_linear"
-    _check_weights(w_packed, k, binary_row_bytes(k), name)
-    n = w_packed.shape[0]
-    x2 = _rows(x, k, name)
-    s = _check_vec(scale, n, name, "scale")
-    b = _check_vec(bias, n, name, "bias")
-    if _use_cpp(x2):
-        y = torch.empty(x2.shape[0], n, dtype=torch.float32)
-        rc = _cpu.lib().dl_xnor_linear(
-            x2.data_ptr(), x2.shape[0], k, w_packed.contiguous().data_ptr(), n, s.data_ptr(), _cpu.ptr(b),
-            y.data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
-        _cpu.check(rc, name)
-    elif x2.is_cuda and _triton() is not None:
-        y = _triton().xnor_linear(x2, w_packed.contiguous(), k, s, b)
-    else:
-        y = reference.xnor_linear(x2, w_packed, k, s, b)
-    return y.reshape(_out_shape(x, n)).to(x.dtype)
+    """XNOR-Net linear: binary activations (sign, beta = mean |x|) times binary weights (see reference.xnor_linear)."""
+    return _binary_linear(
+        "dl_xnor_linear", reference.xnor_linear, "xnor_linear", "xnor_linear", x, w_packed, k, scale, bias
+    )
 
 
 @xnor_linear.register_fake
 def _(x, w_packed, k, scale, bias=None):
-    return x.new_empty(_out_shape(x, w_packed.shape[0]))
+    return x.new_empty(_out_shape(x, scale.shape[0]))
 
 
 # ---------------------------------------------------------------- convolution (composite)

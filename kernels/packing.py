@@ -2,19 +2,26 @@
 
 This file is the spec of the packed layouts that the C++ and Triton kernels read.
 
-Ternary: a row of K weights in {-1, 0, +1} is padded to a multiple of 128 and
-stored as 4 weights per byte. Each group of 128 weights owns 32 bytes; bits
-2s..2s+1 of byte j of the group hold ``w[32*s + j] + 1`` (so 0, 1 or 2).
+Weights [N, K] are stored in blocks of 16 output channels. Each block is a run
+of 64-byte tiles along K; a packed tensor has shape [ceil(N/16), K tiles, 64]:
 
-Binary: a row of K weights in {-1, +1} is padded to a multiple of 256 and
-stored as 8 weights per byte. Each group of 256 weights owns 32 bytes; bit s of
-byte j of the group is 1 iff ``w[32*s + j] == +1``.
+- ternary (values -1, 0, +1; 4 per byte): a tile covers 16 outputs x 16
+  inputs. Bits 2s..2s+1 of byte 4*l + j hold ``w[16*nb + l, 16*kb + 4*s + j] + 1``
+  (so 0, 1 or 2).
+- binary (values -1, +1; 8 per byte): a tile covers 16 outputs x 32 inputs.
+  Bit s of byte 4*l + j is 1 iff ``w[16*nb + l, 32*kb + 4*s + j] == +1``.
 
-Why this order and not plain little-endian: one 32-byte load, a shift by 2s (or
-s) and a mask give 32 *consecutive* weights as bytes, which line up with 32
-consecutive int8 activations for a maddubs/vpdpbusd. Padding weights are code 1
-(zero) for ternary and bit 0 for binary; padded activations are zero, so padding
-never changes a result. Binary activations for XNOR use the same layout.
+Why this order: shifting a tile by 2s (or s) and masking puts, in 32-bit lane l,
+the 4 weights of output l that meet activations x[4s .. 4s+3]. One vpdpbusd
+(or maddubs+madd) against those 4 activation bytes broadcast to every lane adds
+4 products into each output channel's own lane, so accumulators need no
+horizontal sums and the float epilogue runs on 16 outputs at once. Padding (N up
+to a multiple of 16, K up to a multiple of 16 or 32) is weight 0 (ternary) or
+bit 0 (binary); padded activations are zero and padded outputs are never
+written, so padding never changes a result.
+
+Binary activations for XNOR use the same bit order: a row's 32-bit word kb has
+bit 8*j + s set iff ``x[32*kb + 4*s + j] >= 0`` (see :func:`pack_signs`).
 
 Scales live next to the codes: one float per output channel, and for TTQ a
 second one for the negative weights (``w = +scale_pos`` for code +1,
@@ -25,26 +32,29 @@ from __future__ import annotations
 
 import torch
 
-TERNARY_GROUP = 128
-BINARY_GROUP = 256
-
-_TERNARY_SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
-_BINARY_SHIFTS = torch.arange(8, dtype=torch.uint8)
-
-
-def padded_k(k: int, group: int) -> int:
-    """K rounded up to a whole number of groups."""
-    return -(-k // group) * group
+BLOCK_N = 16  # output channels per block
+TERNARY_TILE_K = 16  # inputs per ternary tile
+BINARY_TILE_K = 32  # inputs per binary tile
+TILE_BYTES = 64
 
 
-def ternary_row_bytes(k: int) -> int:
-    """Bytes of one packed ternary row of k weights."""
-    return padded_k(k, TERNARY_GROUP) // 4
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
-def binary_row_bytes(k: int) -> int:
-    """Bytes of one packed binary row of k weights (or activations)."""
-    return padded_k(k, BINARY_GROUP) // 8
+def ternary_packed_shape(n: int, k: int) -> tuple[int, int, int]:
+    """Shape of the packed tensor for n x k ternary weights."""
+    return (_cdiv(n, BLOCK_N), _cdiv(k, TERNARY_TILE_K), TILE_BYTES)
+
+
+def binary_packed_shape(n: int, k: int) -> tuple[int, int, int]:
+    """Shape of the packed tensor for n x k binary weights."""
+    return (_cdiv(n, BLOCK_N), _cdiv(k, BINARY_TILE_K), TILE_BYTES)
+
+
+def sign_bytes(k: int) -> int:
+    """Bytes per row of packed activation signs (:func:`pack_signs`)."""
+    return _cdiv(k, BINARY_TILE_K) * 4
 
 
 def _check_2d(t: torch.Tensor, name: str) -> None:
@@ -52,72 +62,87 @@ def _check_2d(t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: expected a 2-D [N, K] tensor, got shape {tuple(t.shape)}")
 
 
+def _shifts(count: int, step: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(0, count * step, step, dtype=torch.uint8, device=device)
+
+
+def _to_tiles(values: torch.Tensor, pad: int, tile_k: int, planes: int, bits: int) -> torch.Tensor:
+    """[N, K] small unsigned values -> [N/16, K/tile_k, 64] tiles (planes packed into bytes)."""
+    n, k = values.shape
+    np_, kp = _cdiv(n, BLOCK_N) * BLOCK_N, _cdiv(k, tile_k) * tile_k
+    full = torch.full((np_, kp), pad, dtype=torch.uint8, device=values.device)
+    full[:n, :k] = values.to(torch.uint8)
+    # [nb, l, kb, s, j] -> [nb, kb, l, j, s]
+    t = full.view(np_ // BLOCK_N, BLOCK_N, kp // tile_k, planes, 4).permute(0, 2, 1, 4, 3)
+    t = t << _shifts(planes, bits, values.device)
+    return t.sum(dim=-1, dtype=torch.uint8).reshape(np_ // BLOCK_N, kp // tile_k, TILE_BYTES).contiguous()
+
+
+def _from_tiles(packed: torch.Tensor, n: int, k: int, tile_k: int, planes: int, bits: int) -> torch.Tensor:
+    nb, kb, _ = packed.shape
+    t = packed.view(nb, kb, BLOCK_N, 4, 1) >> _shifts(planes, bits, packed.device)
+    t = t & ((1 << bits) - 1)  # [nb, kb, l, j, s]
+    return t.permute(0, 2, 1, 4, 3).reshape(nb * BLOCK_N, kb * tile_k)[:n, :k]
+
+
+def _check_packed(packed: torch.Tensor, shape: tuple[int, int, int], name: str) -> None:
+    if packed.dtype != torch.uint8 or tuple(packed.shape) != shape:
+        raise ValueError(f"{name}: expected uint8 {list(shape)}, got {packed.dtype} {list(packed.shape)}")
+
+
 def pack_ternary(w: torch.Tensor) -> torch.Tensor:
-    """Pack a [N, K] tensor with values in {-1, 0, +1} into uint8 [N, padded_k/4]."""
+    """Pack a [N, K] tensor with values in {-1, 0, +1} into uint8 tiles (see module doc)."""
     _check_2d(w, "pack_ternary")
     if w.is_floating_point() and not torch.equal(w, w.round()):
         raise ValueError("pack_ternary: weights must be -1, 0 or +1")
     codes = w.to(torch.int16) + 1
     if codes.numel() and (codes.min() < 0 or codes.max() > 2):
         raise ValueError("pack_ternary: weights must be -1, 0 or +1")
-    n, k = w.shape
-    kp = padded_k(k, TERNARY_GROUP)
-    full = torch.ones(n, kp, dtype=torch.uint8, device=w.device)  # code 1 == weight 0
-    full[:, :k] = codes.to(torch.uint8)
-    planes = full.view(n, kp // TERNARY_GROUP, 4, 32) << _TERNARY_SHIFTS.to(w.device).view(1, 1, 4, 1)
-    packed = planes[:, :, 0] | planes[:, :, 1] | planes[:, :, 2] | planes[:, :, 3]
-    return packed.reshape(n, kp // 4).contiguous()
+    return _to_tiles(codes, 1, TERNARY_TILE_K, 4, 2)
 
 
-def unpack_ternary(packed: torch.Tensor, k: int) -> torch.Tensor:
-    """Inverse of :func:`pack_ternary`: int8 [N, k] with values in {-1, 0, +1}."""
-    _check_2d(packed, "unpack_ternary")
-    n, nbytes = packed.shape
-    if packed.dtype != torch.uint8 or nbytes != ternary_row_bytes(k):
-        raise ValueError(
-            f"unpack_ternary: expected uint8 [N, {ternary_row_bytes(k)}] for k={k}, "
-            f"got {packed.dtype} {tuple(packed.shape)}"
-        )
-    groups = packed.view(n, nbytes // 32, 1, 32)
-    codes = (groups >> _TERNARY_SHIFTS.to(packed.device).view(1, 1, 4, 1)) & 3
-    return codes.reshape(n, nbytes * 4)[:, :k].to(torch.int8) - 1
+def unpack_ternary(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Inverse of :func:`pack_ternary`: int8 [n, k] with values in {-1, 0, +1}."""
+    _check_packed(packed, ternary_packed_shape(n, k), "unpack_ternary")
+    return _from_tiles(packed, n, k, TERNARY_TILE_K, 4, 2).to(torch.int8) - 1
 
 
 def pack_binary(w: torch.Tensor) -> torch.Tensor:
-    """Pack a [N, K] tensor with values in {-1, +1} into uint8 [N, padded_k/8]."""
+    """Pack a [N, K] tensor with values in {-1, +1} into uint8 tiles (see module doc)."""
     _check_2d(w, "pack_binary")
     if w.numel() and not bool(((w == 1) | (w == -1)).all()):
         raise ValueError("pack_binary: weights must be -1 or +1")
-    return _pack_bits(w > 0)
+    return _to_tiles(w > 0, 0, BINARY_TILE_K, 8, 1)
 
 
-def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    n, k = bits.shape
-    kp = padded_k(k, BINARY_GROUP)
-    full = torch.zeros(n, kp, dtype=torch.uint8, device=bits.device)
-    full[:, :k] = bits.to(torch.uint8)
-    planes = full.view(n, kp // BINARY_GROUP, 8, 32) << _BINARY_SHIFTS.to(bits.device).view(1, 1, 8, 1)
-    return planes.sum(dim=2, dtype=torch.uint8).reshape(n, kp // 8).contiguous()
-
-
-def unpack_binary(packed: torch.Tensor, k: int) -> torch.Tensor:
-    """Inverse of :func:`pack_binary`: int8 [N, k] with values in {-1, +1}."""
-    _check_2d(packed, "unpack_binary")
-    n, nbytes = packed.shape
-    if packed.dtype != torch.uint8 or nbytes != binary_row_bytes(k):
-        raise ValueError(
-            f"unpack_binary: expected uint8 [N, {binary_row_bytes(k)}] for k={k}, "
-            f"got {packed.dtype} {tuple(packed.shape)}"
-        )
-    groups = packed.view(n, nbytes // 32, 1, 32)
-    bits = (groups >> _BINARY_SHIFTS.to(packed.device).view(1, 1, 8, 1)) & 1
-    return bits.reshape(n, nbytes * 8)[:, :k].to(torch.int8) * 2 - 1
+def unpack_binary(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Inverse of :func:`pack_binary`: int8 [n, k] with values in {-1, +1}."""
+    _check_packed(packed, binary_packed_shape(n, k), "unpack_binary")
+    return _from_tiles(packed, n, k, BINARY_TILE_K, 8, 1).to(torch.int8) * 2 - 1
 
 
 def pack_signs(x: torch.Tensor) -> torch.Tensor:
-    """Sign bits of a float [M, K] tensor in the binary layout: +1 for x >= 0, else -1."""
+    """XNOR activation bits of a float [M, K] tensor: uint8 [M, sign_bytes(K)].
+
+    Bit 8*j + s of the little-endian 32-bit word kb is 1 iff x[32*kb + 4*s + j] >= 0.
+    """
     _check_2d(x, "pack_signs")
-    return _pack_bits(x >= 0)
+    m, k = x.shape
+    kp = _cdiv(k, BINARY_TILE_K) * BINARY_TILE_K
+    full = torch.zeros(m, kp, dtype=torch.uint8, device=x.device)
+    full[:, :k] = (x >= 0).to(torch.uint8)
+    t = full.view(m, kp // BINARY_TILE_K, 8, 4).permute(0, 1, 3, 2) << _shifts(8, 1, x.device)
+    return t.sum(dim=-1, dtype=torch.uint8).reshape(m, kp // 8).contiguous()
+
+
+def unpack_signs(bits: torch.Tensor, k: int) -> torch.Tensor:
+    """Inverse of :func:`pack_signs`: int8 [M, k] with values in {-1, +1}."""
+    m = bits.shape[0]
+    if bits.dtype != torch.uint8 or tuple(bits.shape) != (m, sign_bytes(k)):
+        raise ValueError(f"unpack_signs: expected uint8 [M, {sign_bytes(k)}], got {bits.dtype} {list(bits.shape)}")
+    kb = sign_bytes(k) // 4
+    t = (bits.view(m, kb, 4, 1) >> _shifts(8, 1, bits.device)) & 1  # [m, kb, j, s]
+    return (t.permute(0, 1, 3, 2).reshape(m, kb * BINARY_TILE_K)[:, :k].to(torch.int8)) * 2 - 1
 
 
 def _row_value(w: torch.Tensor, mask: torch.Tensor, name: str) -> torch.Tensor:

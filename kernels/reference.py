@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.packing import pack_signs, unpack_binary, unpack_ternary
+from kernels.packing import pack_signs, unpack_binary, unpack_signs, unpack_ternary
 
 
 def _int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -35,14 +35,14 @@ def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def binarize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """XNOR-Net activations: sign bits (x >= 0 -> +1) in the binary layout and beta = mean |x| per row."""
+    """XNOR-Net activations: sign bits (x >= 0 -> +1, see packing.pack_signs) and beta = mean |x| per row."""
     x = x.float()
     return pack_signs(x), x.abs().mean(dim=1)
 
 
-def ternary_mm_int(xq: torch.Tensor, w_packed: torch.Tensor, k: int) -> torch.Tensor:
-    """int32 [M, N] = int8 activations [M, k] times the ternary weights [N, k] transposed."""
-    return _int_mm(xq, unpack_ternary(w_packed, k))
+def ternary_mm_int(xq: torch.Tensor, w_packed: torch.Tensor, n: int) -> torch.Tensor:
+    """int32 [M, n] = int8 activations [M, K] times the ternary weights [n, K] transposed."""
+    return _int_mm(xq, unpack_ternary(w_packed, n, xq.shape[1]))
 
 
 def ternary_linear(
@@ -60,7 +60,7 @@ def ternary_linear(
     """
     lead, x2 = x.shape[:-1], x.reshape(-1, k)
     q, sx = quantize_rows_int8(x2)
-    codes = unpack_ternary(w_packed, k)
+    codes = unpack_ternary(w_packed, scale_pos.shape[0], k)
     if scale_neg is None:
         y = (_int_mm(q, codes).float() * scale_pos) * sx[:, None]
     else:
@@ -72,9 +72,9 @@ def ternary_linear(
     return y.reshape(*lead, -1)
 
 
-def binary_mm_int(xq: torch.Tensor, w_packed: torch.Tensor, k: int) -> torch.Tensor:
-    """int32 [M, N] = int8 activations [M, k] times the +-1 weights [N, k] transposed."""
-    return _int_mm(xq, unpack_binary(w_packed, k))
+def binary_mm_int(xq: torch.Tensor, w_packed: torch.Tensor, n: int) -> torch.Tensor:
+    """int32 [M, n] = int8 activations [M, K] times the +-1 weights [n, K] transposed."""
+    return _int_mm(xq, unpack_binary(w_packed, n, xq.shape[1]))
 
 
 def binary_linear(
@@ -83,15 +83,15 @@ def binary_linear(
     """Binary weights (W[n] = scale[n] * signs[n]) times int8 per-row activations."""
     lead, x2 = x.shape[:-1], x.reshape(-1, k)
     q, sx = quantize_rows_int8(x2)
-    y = (_int_mm(q, unpack_binary(w_packed, k)).float() * scale) * sx[:, None]
+    y = (_int_mm(q, unpack_binary(w_packed, scale.shape[0], k)).float() * scale) * sx[:, None]
     if bias is not None:
         y = y + bias
     return y.reshape(*lead, -1)
 
 
-def xnor_mm_int(x_bits: torch.Tensor, w_packed: torch.Tensor, k: int) -> torch.Tensor:
-    """int32 [M, N] = +-1 activations (packed bits) times +-1 weights: k - 2 * popcount(x xor w)."""
-    return _int_mm(unpack_binary(x_bits, k), unpack_binary(w_packed, k))
+def xnor_mm_int(x_bits: torch.Tensor, w_packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """int32 [M, n] = +-1 activations (packed signs) times +-1 weights: k - 2 * popcount(x xor w)."""
+    return _int_mm(unpack_signs(x_bits, k), unpack_binary(w_packed, n, k))
 
 
 def xnor_linear(
@@ -100,7 +100,7 @@ def xnor_linear(
     """XNOR-Net linear: sign(x) * beta (beta = mean |x| per row) times binary weights."""
     lead, x2 = x.shape[:-1], x.reshape(-1, k)
     bits, beta = binarize_rows(x2)
-    y = (xnor_mm_int(bits, w_packed, k).float() * scale) * beta[:, None]
+    y = (xnor_mm_int(bits, w_packed, scale.shape[0], k).float() * scale) * beta[:, None]
     if bias is not None:
         y = y + bias
     return y.reshape(*lead, -1)

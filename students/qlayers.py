@@ -246,6 +246,15 @@ class _QuantMixin:
             self._set_observers(mode)
         return self
 
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        """.to(dtype) / .half() / .bfloat16() reach here: keep the int8 fake-quant state in fp32,
+        which is the only dtype torch.ao's fused fake-quant accepts."""
+        super()._apply(fn, recurse)  # type: ignore[misc]
+        if getattr(self, "scheme", None) == "int8":
+            for fq in (self.input_fake_quant, self.weight_fake_quant, self.output_fake_quant):
+                fq.float()
+        return self
+
     def _set_observers(self, enabled: bool) -> None:
         """int8 observers learn ranges in training mode only; eval uses the frozen scales."""
         for fq in (self.input_fake_quant, self.weight_fake_quant, self.output_fake_quant):

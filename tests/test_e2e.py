@@ -25,7 +25,7 @@ def tiny_job(tmp_path: Path, digits_root: Path, **trainer) -> dict:
         m["source"] = str(tmp_path / f"{m['name']}.pt")
         m["train"]["epochs"] = 4
         m["resources"] = {"num_cpus": 0.25}
-    doc["trainer"].update({"epochs": 3, "steps_per_epoch": 12, "batch_size": 32, "deepspeed_stage": 2,
+    doc["trainer"].update({"epochs": 4, "steps_per_epoch": 12, "batch_size": 32, "deepspeed_stage": 2,
                            **trainer})
     doc["logging"] = {"tensorboard": str(tmp_path / "tb"), "log_every_n_steps": 2}
     doc["output"] = {"dir": str(tmp_path / "run")}
@@ -53,7 +53,7 @@ def test_tiny_job_end_to_end(tmp_path, digits_root, ray_session):
     student = saved["student"]
     assert student["params"] < min(t["params"] for t in saved["teachers"])
     assert student["macs"] > 0 and 0.0 <= student["top1"] <= 1.0
-    assert student["top1"] > 0.2  # 3 tiny epochs: well above 10% chance
+    assert student["top1"] > 0.2  # 4 tiny epochs: well above the 10% of a constant guess
 
     events = load_events(tmp_path / "tb" / "tiny")
     tags = set(events.Tags()["scalars"])
@@ -62,5 +62,5 @@ def test_tiny_job_end_to_end(tmp_path, digits_root, ray_session):
     assert "val/top1" in tags and "lr" in tags
     assert "teachers/latency_p50_ms" in tags
     per_epoch = scalar_values(events, "loss/total_epoch")
-    assert len(per_epoch) == 3
+    assert len(per_epoch) == 4
     assert per_epoch[-1] < 0.8 * per_epoch[0], per_epoch
