@@ -4,35 +4,88 @@
 per-worker function and its config. ``TorchTrainer`` sets up the process group
 (gloo on CPU, NCCL on GPU); the function builds a Lightning ``Trainer`` with
 ``lightning_plugins()`` and the CPU-capable DeepSpeed strategy.
+
+Ray Train places the workers in one placement group (all or none, with the
+custom resources and node labels asked for) and, with ``max_failures``,
+restarts the whole group after a worker or node dies by calling the function
+again. The function then resumes from its own last checkpoint:
+``resume_checkpoint`` tells a checkpoint this run wrote (resume after a
+restart) from one an earlier run left in the same folder (ignore, unless the
+user asked to resume).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
+def worker_bundle(cpus_per_worker: float, use_gpu: bool, custom: dict[str, float] | None = None) -> dict:
+    """Ray resources one training worker holds (its placement-group bundle)."""
+    return {**(custom or {}), "CPU": cpus_per_worker, **({"GPU": 1.0} if use_gpu else {})}
+
+
 def fit(train_fn: Callable[[dict], None], config: dict[str, Any], *, num_workers: int, use_gpu: bool,
         cpus_per_worker: float, storage_path: Path, name: str, max_failures: int = 0,
-        resources_per_worker: dict[str, float] | None = None) -> Any:
-    """Run ``train_fn(config)`` on ``num_workers`` Ray Train workers and wait for it."""
+        resources_per_worker: dict[str, float] | None = None, label_selector: dict[str, str] | None = None,
+        placement_strategy: str = "PACK", placement_timeout_s: float | None = None) -> Any:
+    """Run ``train_fn(config)`` on ``num_workers`` Ray Train workers and wait for it.
+
+    ``placement_timeout_s`` bounds the wait for the workers' placement group:
+    Ray Train would otherwise retry forever while the cluster is busy.
+    """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    resources = {"CPU": cpus_per_worker, **(resources_per_worker or {})}
-    if use_gpu:
-        resources["GPU"] = 1
+    failure = FailureConfig(max_failures=max_failures)
+    if placement_timeout_s is not None:
+        # Read by Ray Train's controller (propagated from this driver's environment).
+        os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(placement_timeout_s)
+        failure = FailureConfig(max_failures=max_failures, controller_failure_limit=0)
     trainer = TorchTrainer(
         train_fn,
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(name=name, storage_path=str(storage_path.resolve()),
-                             failure_config=FailureConfig(max_failures=max_failures)),
+                                     resources_per_worker=worker_bundle(cpus_per_worker, use_gpu,
+                                                                        resources_per_worker),
+                                     placement_strategy=placement_strategy,
+                                     label_selector=dict(label_selector) if label_selector else None),
+        run_config=RunConfig(name=name, storage_path=str(storage_path.resolve()), failure_config=failure),
     )
     return trainer.fit()
+
+
+def fingerprint(path: str | Path | None) -> str | None:
+    """What a checkpoint file or folder looks like now (inode, sizes, times); None if absent.
+
+    A checkpoint rewritten in place or replaced by rename changes it, so it
+    tells "the one that was there when the run began" from "a new one".
+    """
+    if path is None or not os.path.exists(path):
+        return None
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    stats = [(str(f.relative_to(path)) if f != path else "", f.stat()) for f in files]
+    top = path.stat()
+    return ";".join([f"{top.st_ino}"] + [f"{n}:{s.st_ino}:{s.st_size}:{s.st_mtime_ns}" for n, s in stats])
+
+
+def resume_checkpoint(last: str | None, *, resume: bool, at_start: str | None) -> str | None:
+    """The checkpoint a (re)started worker should resume from.
+
+    ``last`` is the run folder's last checkpoint now, ``at_start`` its
+    fingerprint when the driver began. A first attempt sees the same one it
+    began with (resume only if asked); after a Ray Train restart ``last`` is
+    one this run wrote, and the restart resumes from it.
+    """
+    if last is None:
+        return None
+    if resume:
+        return last
+    return last if fingerprint(last) != at_start else None
 
 
 def lightning_plugins() -> list[Any]:

@@ -3,16 +3,32 @@
 ``atomic_save`` writes to a temporary file in the same folder, flushes it to
 disk, then renames it over the target: a crash leaves either the old file or
 the new one, never a torn one.
+
+DeepSpeed checkpoints are folders (one shard per rank), and a folder cannot be
+renamed over a non-empty one in one step. ``AtomicCheckpoint`` has every rank
+write into ``<name>.partial``, then rank 0 renames the published folder to
+``<name>.old``, ``<name>.partial`` to ``<name>``, and deletes ``<name>.old``.
+At every instant ``<name>`` or, between the two renames, ``<name>.old`` is a
+complete checkpoint, and ``last_checkpoint`` picks whichever exists; a
+``.partial`` folder is never read.
+
+Checkpoints are taken at epoch ends only (global step a multiple of the
+epoch's steps). The training data of each epoch is a pure function of
+(seed, rank, epoch), so a run resumed from the end of epoch e sees exactly
+the batches an uninterrupted run sees from epoch e+1 on; a run stopped mid-
+epoch loses (and redoes) that epoch's partial work.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -39,6 +55,98 @@ def atomic_write_text(text: str, path: str | Path) -> None:
 
 
 def last_checkpoint(ckpt_dir: str | Path) -> str | None:
-    """The Lightning ``last.ckpt`` (a file, or a folder under DeepSpeed) if one exists."""
+    """The Lightning ``last.ckpt`` (a file, or a folder under DeepSpeed) if one exists.
+
+    Falls back to ``last.ckpt.old``: a crash between the two renames of a
+    folder publish leaves only that one, and it is complete.
+    """
     last = Path(ckpt_dir) / "last.ckpt"
-    return str(last) if last.exists() else None
+    for path in (last, _old(last)):
+        if path.exists():
+            return str(path)
+    return None
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def _old(path: Path) -> Path:
+    return path.with_name(path.name + ".old")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush a checkpoint's files and folder entries to disk before it is published."""
+    entries = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for entry in [*entries, path.parent]:
+        fd = os.open(entry, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def publish(partial: Path, final: Path) -> None:
+    """Make a fully written ``partial`` checkpoint (file or folder) visible as ``final``."""
+    _fsync_tree(partial)
+    if partial.is_file():
+        os.replace(partial, final)
+        return
+    old = _old(final)
+    _remove(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(partial, final)
+    _remove(old)
+
+
+class AtomicCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that publishes each checkpoint atomically, at epoch ends only.
+
+    ``steps_per_epoch`` tells an epoch end from a stop in mid-epoch (``max_steps``):
+    a mid-epoch checkpoint would resume at a data position the loader does not
+    restart from, so none is written there.
+    """
+
+    def __init__(self, *args: Any, steps_per_epoch: int, **kwargs: Any) -> None:
+        kwargs.setdefault("enable_version_counter", False)  # fixed names: best.ckpt, last.ckpt
+        super().__init__(*args, **kwargs)
+        self.steps_per_epoch = steps_per_epoch
+
+    def _at_epoch_end(self, trainer: Any) -> bool:
+        return trainer.global_step > 0 and trainer.global_step % self.steps_per_epoch == 0
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._at_epoch_end(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._at_epoch_end(trainer):
+            super().on_validation_end(trainer, pl_module)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._at_epoch_end(trainer):
+            super().on_train_end(trainer, pl_module)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        return None  # a checkpoint of a failed step is not one to resume from
+
+    def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
+        final = Path(filepath)
+        partial = _partial(final)
+        if trainer.is_global_zero:
+            _remove(partial)
+        trainer.strategy.barrier()
+        super()._save_checkpoint(trainer, str(partial))
+        trainer.strategy.barrier()  # every rank's shard is written
+        if trainer.is_global_zero:
+            publish(partial, final)
+        trainer.strategy.barrier()
+        self._last_checkpoint_saved = filepath

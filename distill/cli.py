@@ -10,7 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from cluster.placement import ClusterError
 from distill.data import DataError
+from distill.evaluate import add_eval_command, cmd_eval
+from distill.launch import JOB_COMMANDS, add_job_commands
 from distill.spec import SpecError
 
 SET_HELP = "override a spec field, e.g. --set trainer.epochs=3 (repeatable; values parsed as YAML)"
@@ -38,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "cluster.address, else an embedded Ray on this machine")
     run.add_argument("--resume", action="store_true",
                      help="continue from the run folder's last checkpoint (same optimizer and step)")
+    add_job_commands(sub, _add_spec_args)
+    add_eval_command(sub)
 
     teachers = sub.add_parser("teachers", help="teacher utilities",
                               description="Teacher utilities.")
@@ -59,7 +64,40 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
     pack.add_argument("--val-per-class", type=int, default=30,
                       help="validation samples per class, taken from the end of each class (default 30)")
+    zoo = sub.add_parser("students", help="list the student zoo with parameters, MACs and bytes per precision",
+                         description="List every registered student architecture with its parameters, "
+                                     "mult-adds (counted with torch's FlopCounterMode) and storage bytes at "
+                                     "fp32, int8, 2-bit ternary and 1-bit binary.")
+    zoo.add_argument("--variant", choices=("imagenet", "cifar"), default="imagenet",
+                     help="imagenet (224x224 stem) or cifar (32x32, no early downsampling)")
+    zoo.add_argument("--num-classes", type=int, default=1000, help="classifier size (default 1000)")
+    zoo.add_argument("--json", action="store_true", help="print one JSON object per model instead of a table")
     return parser
+
+
+def _cmd_students(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from students import zoo_table
+
+    rows = zoo_table(args.variant, args.num_classes)
+    if args.json:
+        for row in rows:
+            print(json.dumps(asdict(row)))
+        return 0
+    table = Table(title=f"student zoo ({args.variant}, {args.num_classes} classes)")
+    for col in ("model", "params", "MACs", "fp32", "int8", "2-bit", "1-bit"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+    for r in rows:
+        table.add_row(r.name, f"{r.params / 1e6:.2f}M", f"{r.macs / 1e6:.1f}M",
+                      *(f"{b / 2**20:.2f} MiB" for b in (r.bytes_fp32, r.bytes_int8, r.bytes_ternary,
+                                                         r.bytes_binary)))
+    Console(width=max(Console().width, 100)).print(table)
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -93,14 +131,15 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "teachers": _cmd_teachers, "data": _cmd_data}
+COMMANDS = {"run": _cmd_run, "teachers": _cmd_teachers, "data": _cmd_data, "students": _cmd_students,
+            "eval": cmd_eval, **JOB_COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (SpecError, DataError) as exc:
+    except (SpecError, DataError, ClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -86,7 +86,7 @@ class DistillModule(pl.LightningModule):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return total
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y, _keys = batch
         logits = self.student(x)
         if self.tap:
@@ -94,6 +94,7 @@ class DistillModule(pl.LightningModule):
         # Every rank scores the whole validation set; the epoch-end sync only confirms they agree.
         self.log("val/top1", accuracy(logits, y), on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
         self.log("val/top5", accuracy(logits, y, 5), on_epoch=True, batch_size=len(x), sync_dist=True)
+        return logits.detach()  # for the validation callbacks (confusion matrix, teacher agreement)
 
     def configure_optimizers(self) -> Any:
         t = self.spec.trainer

@@ -43,15 +43,22 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int | None:
 
 
 def latency_ms(model: nn.Module, input_shape: tuple[int, ...], repeats: int = 30) -> float:
+    """Median batch-1 latency on one CPU thread: the phone-style figure, and the only one that is
+    stable on a shared machine (with several threads, a busy core stalls every op's thread pool)."""
     x = torch.zeros(1, *input_shape)
     times = []
-    with torch.inference_mode():
-        for _ in range(5):
-            model(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            for _ in range(5):
+                model(x)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
     return 1000 * statistics.median(times)
 
 
@@ -59,11 +66,39 @@ def top1(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return (logits.argmax(1) == targets).float().mean().item()
 
 
+def stored_bytes(model: nn.Module) -> int:
+    """Bytes to store the weights as deployed: a low-bit layer's weight at its bit width plus the
+    scales its packed form keeps (``export_state``), everything else at its own dtype. BatchNorm
+    running statistics are left out: they fold into the preceding conv on export."""
+    from students.qlayers import QConv2d, QLinear
+
+    bits = 0
+    seen: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, QConv2d | QLinear):
+            state = module.export_state()
+            bits += state["codes"].numel() * module.weight_bits
+            scales = [v for k, v in state.items() if k != "codes" and isinstance(v, torch.Tensor)]
+            bits += sum(32 * v.numel() for v in scales)
+            seen.update(id(p) for p in module.parameters(recurse=False) if p is not module.bias)
+        for p in module.parameters(recurse=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                bits += p.numel() * p.element_size() * 8
+    if not seen:  # TorchScript / exported teachers may hold weights as buffers or constants
+        tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+        bits = sum(t.numel() * t.element_size() * 8 for t in tensors)
+    return (bits + 7) // 8
+
+
 def model_entry(name: str, model: nn.Module, logits: torch.Tensor, targets: torch.Tensor,
                 input_shape: tuple[int, ...]) -> dict[str, Any]:
     model.eval()
-    return {"name": name, "top1": top1(logits, targets), "params": count_params(model),
-            "macs": count_macs(model, input_shape), "latency_ms": latency_ms(model, input_shape)}
+    k = min(5, logits.shape[1])
+    top5 = (logits.topk(k, dim=1).indices == targets[:, None]).any(dim=1).float().mean().item()
+    return {"name": name, "top1": top1(logits, targets), "top5": top5, "params": count_params(model),
+            "bytes": stored_bytes(model), "macs": count_macs(model, input_shape),
+            "latency_ms": latency_ms(model, input_shape)}
 
 
 def build_report(job: str, teachers: list[dict[str, Any]], ensemble_logits: torch.Tensor | None,
@@ -74,9 +109,12 @@ def build_report(job: str, teachers: list[dict[str, Any]], ensemble_logits: torc
         ens_latency = sum(t["latency_ms"] for t in teachers)
         report["ensemble_top1"] = top1(ensemble_logits, targets) if ensemble_logits is not None else None
         report["ensemble"] = {"params": ens_params, "latency_ms": ens_latency,
-                              "macs": sum(t["macs"] or 0 for t in teachers)}
+                              "macs": sum(t["macs"] or 0 for t in teachers),
+                              "bytes": sum(t.get("bytes", 0) for t in teachers)}
         for entry in [*teachers, report["ensemble"]]:
             entry["compression_rate"] = entry["params"] / student["params"]
+            if entry.get("bytes") and student.get("bytes"):
+                entry["bytes_ratio"] = entry["bytes"] / student["bytes"]  # a/a* in storage, low-bit aware
             entry["speedup"] = entry["latency_ms"] / student["latency_ms"]
     report.update(extra or {})
     return report
@@ -92,21 +130,29 @@ def _fmt_int(n: int | None) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
+def _fmt_bytes(n: int | None) -> str:
+    if not n:
+        return "-"
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
 def print_report(report: dict, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or Console(width=max(Console().width, 100))
     table = Table(title=f"distill report: {report['job']}")
-    for col in ("model", "top-1", "params", "MACs", "latency ms", "a/a*", "s/s*"):
-        table.add_column(col, justify="right" if col != "model" else "left")
+    for col in ("model", "top-1", "params", "bytes", "MACs", "latency ms", "a/a*", "s/s*"):
+        table.add_column(col, justify="right" if col != "model" else "left", no_wrap=True)
     for t in report["teachers"]:
-        table.add_row(f"teacher {t['name']}", f"{t['top1']:.4f}", _fmt_int(t["params"]), _fmt_int(t["macs"]),
-                      f"{t['latency_ms']:.3f}", f"{t['compression_rate']:.2f}", f"{t['speedup']:.2f}")
+        table.add_row(f"teacher {t['name']}", f"{t['top1']:.4f}", _fmt_int(t["params"]),
+                      _fmt_bytes(t.get("bytes")), _fmt_int(t["macs"]), f"{t['latency_ms']:.3f}",
+                      f"{t['compression_rate']:.2f}", f"{t['speedup']:.2f}")
     if report["teachers"]:
         e = report["ensemble"]
         acc = report.get("ensemble_top1")
         table.add_row("ensemble", f"{acc:.4f}" if acc is not None else "-", _fmt_int(e["params"]),
-                      _fmt_int(e["macs"]), f"{e['latency_ms']:.3f}", f"{e['compression_rate']:.2f}",
-                      f"{e['speedup']:.2f}")
+                      _fmt_bytes(e.get("bytes")), _fmt_int(e["macs"]), f"{e['latency_ms']:.3f}",
+                      f"{e['compression_rate']:.2f}", f"{e['speedup']:.2f}")
     s = report["student"]
-    table.add_row(f"student {s['name']}", f"{s['top1']:.4f}", _fmt_int(s["params"]), _fmt_int(s["macs"]),
-                  f"{s['latency_ms']:.3f}", "1.00", "1.00", style="bold")
+    table.add_row(f"student {s['name']}", f"{s['top1']:.4f}", _fmt_int(s["params"]),
+                  _fmt_bytes(s.get("bytes")), _fmt_int(s["macs"]), f"{s['latency_ms']:.3f}", "1.00", "1.00",
+                  style="bold")
     console.print(table)

@@ -20,15 +20,19 @@ import yaml
 from rich.console import Console
 
 from cluster import ray_env
-from cluster.train import fit
-from distill.checkpoint import atomic_write_text
+from cluster.placement import bundle_options, release, reserve
+from cluster.train import fingerprint, fit
+from distill.checkpoint import atomic_write_text, last_checkpoint
 from distill.checks import check_job
-from distill.data import DatasetMeta, ensure_shards, load_split
-from distill.report import build_report, model_entry, print_report, write_report
+from distill.data import CorruptCounter, DatasetMeta, ensure_shards, val_loader
+from distill.evaluate import evaluate_models
+from distill.feature_shapes import resolve_feature_terms, teacher_hint_paths
+from distill.report import print_report, write_report
+from distill.scheduling import check_cluster, embedded_extras, teacher_demand
 from distill.spec import JobSpec
+from distill.val_analysis import TeacherValLogits, score_teachers
 from distill.worker import train_worker
 from teachers.client import TeacherPool
-from teachers.ensemble import combine_probs
 from teachers.service import TeacherConfig, start_replicas, stop_replicas
 
 
@@ -58,71 +62,120 @@ def write_run_folder(spec: JobSpec, run_dir: Path, version: str) -> None:
                                  indent=2), run_dir / "run.json")
 
 
-def start_teachers(spec: JobSpec, meta: DatasetMeta) -> list[list[Any]]:
+def _object_ref(value: Any) -> Any:
+    """Large driver-side values reach the workers through the object store, not the config pickle."""
+    if value is None:
+        return None
+    import ray
+
+    return ray.put(value)
+
+
+def _previous_version(run_dir: Path) -> str | None:
+    """The TensorBoard version of the run being resumed, so its curves continue in place."""
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("run_version")
+    except (OSError, ValueError):
+        return None
+
+
+def start_teachers(spec: JobSpec, meta: DatasetMeta, groups: list[Any] | None = None) -> list[list[Any]]:
+    """Each teacher's replicas in a placement group of their own (all or none); ``groups`` collects them."""
     handles = []
-    for m in spec.teachers.members:
+    hints = teacher_hint_paths(spec)  # each teacher's own hints plus the layers the loss terms read
+    for i, m in enumerate(spec.teachers.members):
+        pg = reserve(teacher_demand(i, m, spec.cluster.teacher_placement_strategy),
+                     spec.cluster.placement_timeout_s)
+        if groups is not None:
+            groups.append(pg)
         config = TeacherConfig(name=m.name, source=str(Path(m.source).resolve()), format=m.format, arch=m.arch,
-                               arch_options=m.arch_options, hints=m.hints, output=spec.teachers.output,
+                               arch_options=m.arch_options, hints=hints[m.name], output=spec.teachers.output,
                                topk=spec.teachers.topk, num_classes=meta.num_classes,
                                input_shape=(meta.channels, meta.image_size, meta.image_size),
                                threads=max(1, int(m.resources.num_cpus)))
         handles.append(start_replicas(config, m.replicas, num_cpus=m.resources.num_cpus,
-                                      num_gpus=m.resources.num_gpus, resources=m.resources.custom))
+                                      num_gpus=m.resources.num_gpus, resources=m.resources.custom,
+                                      **bundle_options(pg)))
     return handles
 
 
 def evaluate(spec: JobSpec, root: Path, meta: DatasetMeta, student: torch.nn.Module,
              teacher_models: dict[str, torch.nn.Module], handles: list[list[Any]]) -> dict:
     """Score the student locally and the teachers through the same actors that taught it."""
-    x_val, y_val = load_split(root, meta, "val")
-    shape = (meta.channels, meta.image_size, meta.image_size)
-    student.eval()
-    with torch.inference_mode():
-        s_logits = torch.cat([student(xb) for xb in x_val.split(512)])
-    student_entry = model_entry(spec.student.arch, student, s_logits, y_val, shape)
-    teachers, ens = [], None
+    served = None
     if handles:
-        pool = TeacherPool([m.name for m in spec.teachers.members], handles)
-        outs = [pool(xb) for xb in x_val.split(512)]
-        logits = [torch.cat([o.logits[t] for o in outs]) for t in range(len(handles))]
-        for m, z in zip(spec.teachers.members, logits, strict=True):
-            teachers.append(model_entry(m.name, teacher_models[m.name], z, y_val, shape))
-        ens = combine_probs(logits, [m.weight for m in spec.teachers.members], 1.0, spec.teachers.combine)
-    return build_report(spec.name, teachers, ens, student_entry, y_val,
-                        extra={"val_samples": len(y_val), "dataset": meta.source})
+        val = score_validation(spec, root, meta, handles, teacher_models)
+        served = [torch.from_numpy(z) for z in val.logits] if val else None
+    return evaluate_models(spec, root, meta, student, teacher_models, served)
+
+
+def score_validation(spec: JobSpec, root: Path, meta: DatasetMeta, handles: list[list[Any]],
+                     teacher_models: dict[str, torch.nn.Module]) -> TeacherValLogits | None:
+    """Every teacher's logits on the validation split, in shard order: through the actors when they
+    run (the answers as served), else from the local models; None without teachers."""
+    if spec.teachers.mode == "none" or not spec.teachers.members:
+        return None
+    names = [m.name for m in spec.teachers.members]
+    if handles:
+        pool = TeacherPool(names, handles)
+        infer = lambda x: pool(x).logits
+    elif all(n in teacher_models for n in names):
+        def infer(x: torch.Tensor) -> list[torch.Tensor]:
+            with torch.inference_mode():
+                return [teacher_models[n](x) for n in names]
+    else:
+        return None
+    batches = val_loader(root, meta, batch_size=512, counter=CorruptCounter("skip"))
+    return score_teachers(batches, infer, names, [m.weight for m in spec.teachers.members],
+                          spec.teachers.combine)
 
 
 def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False,
-            console: Console | None = None) -> dict:
+            console: Console | None = None, stop_after_steps: int | None = None) -> dict:
+    """Train and report. ``stop_after_steps`` ends training early after that many optimizer steps
+    (the schedule still spans all epochs); ``resume=True`` then continues from the last epoch-end
+    checkpoint, in the same TensorBoard run."""
     console = console or Console()
     started = time.perf_counter()
     root, meta = prepare_data(spec)
     student, teacher_models = check_job(spec, meta)
+    spec_doc = resolve_feature_terms(spec, student, teacher_models,
+                                     (meta.channels, meta.image_size, meta.image_size))
     run_dir = spec.output.dir
-    version = time.strftime("%Y%m%d-%H%M%S")
+    version = (resume and _previous_version(run_dir)) or time.strftime("%Y%m%d-%H%M%S")
     write_run_folder(spec, run_dir, version)
 
     online = spec.teachers.mode == "online" and spec.teachers.members
-    needed = spec.cluster.num_workers * spec.cluster.cpus_per_worker + sum(
-        m.replicas * m.resources.num_cpus for m in spec.teachers.members) if online else 0
-    started_ray = ray_env.connect(address or spec.cluster.address, namespace=spec.cluster.namespace,
-                                  num_cpus=needed)
+    address = address or spec.cluster.address
+    started_ray = ray_env.connect(address, namespace=spec.cluster.namespace,
+                                  **(embedded_extras(spec) if address is None else {}))
     handles: list[list[Any]] = []
+    groups: list[Any] = []
     try:
+        check_cluster(spec, root, joined=address is not None)
         if online:
             console.print(f"starting {sum(m.replicas for m in spec.teachers.members)} teacher replica(s)")
-            handles = start_teachers(spec, meta)
-        config = {"spec": spec.model_dump(mode="json"), "data_root": str(root.resolve()),
+            handles = start_teachers(spec, meta, groups)
+        teacher_val = score_validation(spec, root, meta, handles, teacher_models)
+        config = {"spec": spec_doc, "data_root": str(root.resolve()),
                   "teacher_handles": handles, "run_dir": str(run_dir.resolve()),
                   "tensorboard_dir": str(spec.logging.tensorboard.resolve()), "run_version": version,
-                  "resume": resume}
-        fit(train_worker, config, num_workers=spec.cluster.num_workers, use_gpu=spec.cluster.use_gpu,
-            cpus_per_worker=spec.cluster.cpus_per_worker, storage_path=run_dir / "ray", name=spec.name)
+                  "resume": resume, "stop_after_steps": stop_after_steps,
+                  "teacher_val": _object_ref(teacher_val),
+                  "checkpoint_at_start": fingerprint(last_checkpoint(run_dir / "checkpoints"))}
+        c = spec.cluster
+        fit(train_worker, config, num_workers=c.num_workers, use_gpu=c.use_gpu,
+            cpus_per_worker=c.cpus_per_worker, storage_path=run_dir / "ray", name=spec.name,
+            max_failures=c.max_failures,
+            resources_per_worker=c.worker_resources, label_selector=c.worker_labels,
+            placement_strategy=c.placement_strategy, placement_timeout_s=c.placement_timeout_s)
         student.load_state_dict(torch.load(run_dir / "student.pt", map_location="cpu", weights_only=True))
         report = evaluate(spec, root, meta, student, teacher_models, handles)
     finally:
         for group in handles:
             stop_replicas(group)
+        for pg in groups:
+            release(pg)
         if started_ray:
             ray_env.shutdown()
     report["wall_s"] = round(time.perf_counter() - started, 1)

@@ -46,6 +46,8 @@ class ResourcesSpec(_Section):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     custom: dict[str, float] = Field(default_factory=dict, description="custom Ray resources, e.g. {teacher_node: 1}")
+    labels: dict[str, str] = Field(default_factory=dict,
+                                   description="Ray node label selector, e.g. {ray.io/accelerator-type: L4}")
 
 
 class TeacherTrainSpec(_Section):
@@ -159,6 +161,18 @@ class ClusterSpec(_Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     namespace: str = "distill"
+    worker_resources: dict[str, float] = Field(default_factory=dict,
+                                               description="custom Ray resources per student worker")
+    worker_labels: dict[str, str] = Field(default_factory=dict,
+                                          description="Ray node label selector for student workers")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="placement group strategy for the student workers")
+    teacher_placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="placement group strategy for the teacher replicas (SPREAD survives a node loss)")
+    placement_timeout_s: float | None = Field(
+        600.0, gt=0, description="how long to wait for busy resources; None waits forever")
+    max_failures: int = Field(0, ge=-1, description="Ray Train worker-group restarts from the last "
+                                                    "checkpoint (-1: unlimited)")
 
 
 class LoggingSpec(_Section):

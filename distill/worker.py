@@ -15,9 +15,10 @@ from typing import Any
 import torch
 
 from cluster.deepspeed_strategy import make_strategy, prepare_cpu_environment
-from cluster.train import lightning_plugins, worker_rank
+from cluster.train import lightning_plugins, resume_checkpoint, worker_rank
 from distill.checkpoint import atomic_save, last_checkpoint
 from distill.data import CorruptCounter, load_meta, train_loader, val_loader
+from distill.precision import LIGHTNING_PRECISION, resolve_precision
 from distill.spec import JobSpec
 
 
@@ -42,12 +43,12 @@ class _NoTeacher:
 def train_worker(config: dict[str, Any]) -> None:
     prepare_cpu_environment()
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
     from ray.train.lightning import prepare_trainer
 
     from distill.callbacks import TeacherStatsCallback
     from distill.module import DistillModule
+    from distill.run_callbacks import run_callbacks
     from teachers.client import Prefetcher, TeacherPool
 
     spec = JobSpec.model_validate(config["spec"])
@@ -60,10 +61,10 @@ def train_worker(config: dict[str, Any]) -> None:
 
     counter = CorruptCounter(spec.data.on_corrupt)
     aug = spec.data.augment
-    train = train_loader(root, meta, batch_size=spec.trainer.batch_size, steps_per_epoch=steps, rank=rank,
-                         world=world, seed=spec.seed, shuffle_buffer=spec.data.shuffle_buffer,
-                         num_workers=spec.data.num_workers, crop_padding=aug.crop_padding, hflip=aug.hflip,
-                         counter=counter)
+    train = stream = train_loader(
+        root, meta, batch_size=spec.trainer.batch_size, steps_per_epoch=steps, rank=rank, world=world,
+        seed=spec.seed, shuffle_buffer=spec.data.shuffle_buffer, num_workers=spec.data.num_workers,
+        crop_padding=aug.crop_padding, hflip=aug.hflip, counter=counter)
     pool = None
     if spec.teachers.mode == "online" and config.get("teacher_handles"):
         pool = TeacherPool([m.name for m in spec.teachers.members], config["teacher_handles"])
@@ -77,17 +78,21 @@ def train_worker(config: dict[str, Any]) -> None:
     ckpt_dir = run_dir / "checkpoints"
     logger = TensorBoardLogger(save_dir=str(Path(config["tensorboard_dir"])), name=spec.name,
                                version=config["run_version"], default_hp_metric=False)
+    precision, precision_note = resolve_precision(spec.trainer.precision, spec.cluster.use_gpu)
+    if precision_note and rank == 0:
+        print(precision_note, flush=True)
     trainer = pl.Trainer(
         max_epochs=spec.trainer.epochs,
+        max_steps=config.get("stop_after_steps") or -1,  # a planned stop (tests, budgets); resume continues
         accelerator="gpu" if spec.cluster.use_gpu else "cpu",
         devices="auto",
-        strategy=make_strategy(spec.trainer.deepspeed_stage, spec.trainer.precision, spec.trainer.batch_size,
+        strategy=make_strategy(spec.trainer.deepspeed_stage, precision, spec.trainer.batch_size,
                                spec.trainer.grad_clip, ray=True),
         plugins=lightning_plugins(),
-        precision="bf16-mixed" if spec.trainer.precision == "bf16" else "32-true",
+        precision=LIGHTNING_PRECISION[precision],
         logger=logger,
-        callbacks=[ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, monitor="val/top1", mode="max",
-                                   save_top_k=1, filename="best"),
+        callbacks=[*run_callbacks(spec, meta, ckpt_dir=ckpt_dir, steps_per_epoch=steps, world=world,
+                                  teacher_val=config.get("teacher_val")),
                    TeacherStatsCallback(pool, counter)],
         use_distributed_sampler=False,
         log_every_n_steps=spec.logging.log_every_n_steps,
@@ -96,7 +101,12 @@ def train_worker(config: dict[str, Any]) -> None:
         num_sanity_val_steps=0,
     )
     trainer = prepare_trainer(trainer)
-    resume = last_checkpoint(ckpt_dir) if config.get("resume") else None
+    stream.step_source = lambda: trainer.global_step  # each epoch's data restarts from the trainer's step
+    # After a Ray Train restart (max_failures) the last checkpoint is one this run wrote: resume from it.
+    resume = resume_checkpoint(last_checkpoint(ckpt_dir), resume=bool(config.get("resume")),
+                               at_start=config.get("checkpoint_at_start"))
+    if resume and rank == 0:
+        print(f"resuming from {resume}", flush=True)
     trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=resume)
     _save_student(trainer, module, run_dir / "student.pt", spec.trainer.deepspeed_stage, rank)
 
@@ -108,7 +118,8 @@ def _save_student(trainer: Any, module: Any, path: Path, stage: int, rank: int) 
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            state = {k: v.detach().clone() for k, v in module.student.state_dict().items()} if rank == 0 else None
+            state = ({k: v.detach().clone() for k, v in module.student.state_dict().items()}
+                     if rank == 0 else None)
     else:
         state = module.student.state_dict() if rank == 0 else None
     if rank == 0:

@@ -28,7 +28,13 @@ from pathlib import Path
 import torch
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ["lowbit_api.cpp", "lowbit_scalar.cpp", "lowbit_avx2.cpp", "lowbit_avxvnni.cpp", "lowbit_avx512.cpp"]
+SOURCES = [
+    "lowbit_api.cpp",
+    "lowbit_scalar.cpp",
+    "lowbit_avx2.cpp",
+    "lowbit_avxvnni.cpp",
+    "lowbit_avx512.cpp",
+]
 ISAS = {"scalar": 0, "avx2": 1, "avxvnni": 2, "avx512": 3}
 
 _lock = threading.Lock()
@@ -47,7 +53,7 @@ _SIGNATURES = {
     "dl_ternary_mm": [_p, _i64, _i64, _p, _i64, _p, _i32],
     "dl_binary_linear": [_p, _i64, _i64, _p, _i64, _p, _p, _p, _i32],
     "dl_binary_mm": [_p, _i64, _i64, _p, _i64, _p, _i32],
-    "dl_xnor_linear": [_p, _i64, _i64, _p, _i64, _p, _p, _p, _i32],
+    "dl_xnor_linear": [_p, _i64, _i64, _p, _i64, _p, _p, _i32, _p, _i32],
     "dl_xnor_mm": [_p, _i64, _i64, _p, _i64, _p, _i32],
 }
 
@@ -58,7 +64,9 @@ def compiler_available() -> bool:
 
 
 def build_dir() -> Path:
-    default = Path.home() / ".cache" / "distill" / "kernels" / f"{platform.system()}-{platform.machine()}".lower()
+    default = (
+        Path.home() / ".cache" / "distill" / "kernels" / f"{platform.system()}-{platform.machine()}".lower()
+    )
     return Path(os.environ.get("DISTILL_KERNELS_BUILD_DIR", default))
 
 
@@ -80,18 +88,26 @@ def _build() -> ctypes.CDLL:
     # Headers are not hashed by torch's versioner: put our own hash of every
     # source and header in the flags so that any change rebuilds.
     flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", f"-DDL_SRC_HASH={_source_hash()}"]
+    target = out / "distill_lowbit.so"
+    before = target.stat().st_mtime if target.exists() else None
     t0 = time.perf_counter()
-    path = cpp_extension.load(
-        name="distill_lowbit",
-        sources=[str(CSRC / s) for s in SOURCES],
-        extra_cflags=flags,
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(out),
-        is_python_module=False,
-        verbose=os.environ.get("DISTILL_KERNELS_VERBOSE") == "1",
-    )
-    elapsed = time.perf_counter() - t0
-    build_seconds = elapsed if elapsed > 1.0 else None
+    try:
+        path = cpp_extension.load(
+            name="distill_lowbit",
+            sources=[str(CSRC / s) for s in SOURCES],
+            extra_cflags=flags,
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(out),
+            is_python_module=False,
+            verbose=os.environ.get("DISTILL_KERNELS_VERBOSE") == "1",
+        )
+    except Exception as e:  # the compiler's output is printed above by torch
+        raise RuntimeError(
+            f"distill kernels: building kernels/csrc in {out} failed ({e}); fix the build, or set "
+            "DISTILL_KERNELS_BACKEND=torch to run the pure-torch reference instead"
+        ) from e
+    if not target.exists() or target.stat().st_mtime != before:
+        build_seconds = time.perf_counter() - t0
     lib = ctypes.CDLL(str(path))
     for name, args in _SIGNATURES.items():
         fn = getattr(lib, name)

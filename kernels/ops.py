@@ -13,8 +13,6 @@ returned in x's dtype). Weights are packed as in kernels/packing.py; scales are
 float32 [N]. Threads: ``torch.get_num_threads()``.
 """
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -36,7 +34,7 @@ __all__ = [
 
 
 def _use_cpp(t: Tensor) -> bool:
-    return t.device.type == "cpu" and _cpu.backend() == "cpp"
+    return t.is_cpu and (_cpu._backend or _cpu.backend()) == "cpp"
 
 
 def _triton():
@@ -47,7 +45,7 @@ def _triton():
 
 
 def _check_weights(w: Tensor, shape: tuple[int, int, int], n: int, k: int, name: str) -> None:
-    if w.dtype != torch.uint8 or tuple(w.shape) != shape:
+    if w.dtype != torch.uint8 or w.shape != shape:
         raise ValueError(
             f"{name}: packed weights for {n} outputs x {k} inputs must be uint8 {list(shape)}, "
             f"got {w.dtype} {list(w.shape)}"
@@ -59,7 +57,7 @@ def _check_int8(xq: Tensor, name: str) -> None:
         raise ValueError(f"{name}: activations must be int8 [M, K], got {xq.dtype} {list(xq.shape)}")
 
 
-def _check_vec(v: Optional[Tensor], n: int, name: str, what: str) -> Optional[Tensor]:
+def _check_vec(v: Tensor | None, n: int, name: str, what: str) -> Tensor | None:
     if v is None:
         return None
     if v.shape != (n,):
@@ -74,10 +72,15 @@ def _rows(x: Tensor, k: int, name: str) -> Tensor:
         raise ValueError(f"{name}: input has {x.shape[-1]} features, the packed weights expect {k}")
     if not x.is_floating_point():
         raise ValueError(f"{name}: input must be a float tensor, got {x.dtype}")
-    x2 = x.reshape(-1, k)
+    x2 = x if x.dim() == 2 else x.reshape(-1, k)
     if x2.dtype != torch.float32 or not x2.is_contiguous():
         x2 = x2.float().contiguous()
     return x2
+
+
+def _check_float_2d(x: Tensor, name: str) -> None:
+    if x.dim() != 2 or not x.is_floating_point():
+        raise ValueError(f"{name}: expected a float [M, K] tensor, got {x.dtype} {list(x.shape)}")
 
 
 def _out_shape(x: Tensor, n: int) -> tuple[int, ...]:
@@ -90,13 +93,16 @@ def _out_shape(x: Tensor, n: int) -> tuple[int, ...]:
 @torch.library.custom_op("distill::quantize_rows_int8", mutates_args=())
 def quantize_rows_int8(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-row absmax int8 quantization of a float [M, K] tensor -> (q int8 [M, K], scale [M])."""
+    _check_float_2d(x, "quantize_rows_int8")
     x2 = x.float().contiguous()
     if not _use_cpp(x2):
         return reference.quantize_rows_int8(x2)
     m, k = x2.shape
     q = torch.empty(m, k, dtype=torch.int8)
     scale = torch.empty(m, dtype=torch.float32)
-    _cpu.check(_cpu.lib().dl_quantize_rows(x2.data_ptr(), m, k, q.data_ptr(), scale.data_ptr(), 1), "quantize")
+    _cpu.check(
+        _cpu.lib().dl_quantize_rows(x2.data_ptr(), m, k, q.data_ptr(), scale.data_ptr(), 1), "quantize"
+    )
     return q, scale
 
 
@@ -107,14 +113,17 @@ def _(x):
 
 @torch.library.custom_op("distill::binarize_rows", mutates_args=())
 def binarize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Sign bits of a float [M, K] tensor in the binary layout, and beta = mean |x| per row."""
+    """XNOR activation bits of a float [M, K] tensor (packing.pack_signs), and beta = mean |x| per row."""
+    _check_float_2d(x, "binarize_rows")
     x2 = x.float().contiguous()
     if not _use_cpp(x2):
         return reference.binarize_rows(x2)
     m, k = x2.shape
     bits = torch.empty(m, sign_bytes(k), dtype=torch.uint8)
     beta = torch.empty(m, dtype=torch.float32)
-    _cpu.check(_cpu.lib().dl_binarize_rows(x2.data_ptr(), m, k, bits.data_ptr(), beta.data_ptr(), 1), "binarize")
+    _cpu.check(
+        _cpu.lib().dl_binarize_rows(x2.data_ptr(), m, k, bits.data_ptr(), beta.data_ptr(), 1), "binarize"
+    )
     return bits, beta
 
 
@@ -173,7 +182,8 @@ def xnor_mm_int(x_bits: Tensor, w_packed: Tensor, n: int, k: int) -> Tensor:
     _check_weights(w_packed, binary_packed_shape(n, k), n, k, "xnor_mm_int")
     if x_bits.dtype != torch.uint8 or x_bits.dim() != 2 or x_bits.shape[1] != sign_bytes(k):
         raise ValueError(
-            f"xnor_mm_int: activation bits must be uint8 [M, {sign_bytes(k)}], got {x_bits.dtype} {list(x_bits.shape)}"
+            f"xnor_mm_int: activation bits must be uint8 [M, {sign_bytes(k)}], "
+            f"got {x_bits.dtype} {list(x_bits.shape)}"
         )
     if not _use_cpp(x_bits):
         return reference.xnor_mm_int(x_bits, w_packed, n, k)
@@ -193,12 +203,15 @@ def _prepare(x: Tensor, w: Tensor, k: int, scale: Tensor, shape_fn, name: str) -
     if scale.dim() != 1:
         raise ValueError(f"{name}: scale must be a 1-D [N] tensor, got shape {list(scale.shape)}")
     n = scale.shape[0]
+    if k < 1:
+        raise ValueError(f"{name}: k must be at least 1, got {k}")
     _check_weights(w, shape_fn(n, k), n, k, name)
     return _rows(x, k, name), n
 
 
 def _finish(y: Tensor, x: Tensor, n: int) -> Tensor:
-    y = y.view(_out_shape(x, n))
+    if x.dim() != 2:
+        y = y.view(_out_shape(x, n))
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
@@ -208,10 +221,10 @@ def ternary_linear(
     w_packed: Tensor,
     k: int,
     scale_pos: Tensor,
-    scale_neg: Optional[Tensor] = None,
-    bias: Optional[Tensor] = None,
+    scale_neg: Tensor | None = None,
+    bias: Tensor | None = None,
 ) -> Tensor:
-    """y = x W^T + bias with int8 per-row activations and 2-bit ternary W [N, k] (see reference.ternary_linear).
+    """y = x W^T + bias: int8 per-row activations, 2-bit ternary W [N, k] (spec: reference.ternary_linear).
 
     N is len(scale_pos). scale_neg (TTQ) is the magnitude of the -1 weights; None means symmetric.
     """
@@ -239,30 +252,25 @@ def _(x, w_packed, k, scale_pos, scale_neg=None, bias=None):
     return x.new_empty(_out_shape(x, scale_pos.shape[0]))
 
 
-def _binary_linear(cpp_fn: str, ref_fn, triton_fn: str, name: str, x, w_packed, k, scale, bias) -> Tensor:
+@torch.library.custom_op("distill::binary_linear", mutates_args=())
+def binary_linear(x: Tensor, w_packed: Tensor, k: int, scale: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Binary weights (scale[n] * +-1) times int8 per-row activations (spec: reference.binary_linear)."""
+    name = "binary_linear"
     x2, n = _prepare(x, w_packed, k, scale, binary_packed_shape, name)
     s = _check_vec(scale, n, name, "scale")
     b = _check_vec(bias, n, name, "bias")
     if _use_cpp(x2):
         y = torch.empty(x2.shape[0], n, dtype=torch.float32)
-        rc = getattr(_cpu.lib(), cpp_fn)(
+        rc = _cpu.lib().dl_binary_linear(
             x2.data_ptr(), x2.shape[0], k, w_packed.contiguous().data_ptr(), n, s.data_ptr(), _cpu.ptr(b),
             y.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         _cpu.check(rc, name)
     elif x2.is_cuda and _triton() is not None:
-        y = getattr(_triton(), triton_fn)(x2, w_packed.contiguous(), k, s, b)
+        y = _triton().binary_linear(x2, w_packed.contiguous(), k, s, b)
     else:
-        y = ref_fn(x2, w_packed, k, s, b)
+        y = reference.binary_linear(x2, w_packed, k, s, b)
     return _finish(y, x, n)
-
-
-@torch.library.custom_op("distill::binary_linear", mutates_args=())
-def binary_linear(x: Tensor, w_packed: Tensor, k: int, scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """Binary weights (scale[n] * +-1) times int8 per-row activations (see reference.binary_linear)."""
-    return _binary_linear(
-        "dl_binary_linear", reference.binary_linear, "binary_linear", "binary_linear", x, w_packed, k, scale, bias
-    )
 
 
 @binary_linear.register_fake
@@ -271,15 +279,33 @@ def _(x, w_packed, k, scale, bias=None):
 
 
 @torch.library.custom_op("distill::xnor_linear", mutates_args=())
-def xnor_linear(x: Tensor, w_packed: Tensor, k: int, scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """XNOR-Net linear: binary activations (sign, beta = mean |x|) times binary weights (see reference.xnor_linear)."""
-    return _binary_linear(
-        "dl_xnor_linear", reference.xnor_linear, "xnor_linear", "xnor_linear", x, w_packed, k, scale, bias
-    )
+def xnor_linear(
+    x: Tensor, w_packed: Tensor, k: int, scale: Tensor, bias: Tensor | None = None, act_scale: bool = True
+) -> Tensor:
+    """XNOR-Net linear: sgn(x) (+1 if x > 0 else -1) times binary weights, by XNOR and popcount.
+
+    With act_scale, each row is scaled by its mean |x| (XNOR-Net's K). Spec: reference.xnor_linear.
+    """
+    name = "xnor_linear"
+    x2, n = _prepare(x, w_packed, k, scale, binary_packed_shape, name)
+    s = _check_vec(scale, n, name, "scale")
+    b = _check_vec(bias, n, name, "bias")
+    if _use_cpp(x2):
+        y = torch.empty(x2.shape[0], n, dtype=torch.float32)
+        rc = _cpu.lib().dl_xnor_linear(
+            x2.data_ptr(), x2.shape[0], k, w_packed.contiguous().data_ptr(), n, s.data_ptr(), _cpu.ptr(b),
+            int(act_scale), y.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        _cpu.check(rc, name)
+    elif x2.is_cuda and _triton() is not None:
+        y = _triton().xnor_linear(x2, w_packed.contiguous(), k, s, b, act_scale)
+    else:
+        y = reference.xnor_linear(x2, w_packed, k, s, b, act_scale)
+    return _finish(y, x, n)
 
 
 @xnor_linear.register_fake
-def _(x, w_packed, k, scale, bias=None):
+def _(x, w_packed, k, scale, bias=None, act_scale=True):
     return x.new_empty(_out_shape(x, scale.shape[0]))
 
 
@@ -291,8 +317,8 @@ def ternary_conv2d(
     w_packed: Tensor,
     kernel_size: int | tuple[int, int],
     scale_pos: Tensor,
-    scale_neg: Optional[Tensor] = None,
-    bias: Optional[Tensor] = None,
+    scale_neg: Tensor | None = None,
+    bias: Tensor | None = None,
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
@@ -310,14 +336,19 @@ def binary_conv2d(
     w_packed: Tensor,
     kernel_size: int | tuple[int, int],
     scale: Tensor,
-    bias: Optional[Tensor] = None,
+    bias: Tensor | None = None,
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
     xnor: bool = False,
+    act_scale: bool = True,
 ) -> Tensor:
-    """Binary-weight conv2d (groups=1) on int8 activations, or binary ones (xnor=True)."""
+    """Binary-weight conv2d (groups=1) on int8 activations, or binary ones (xnor=True; zero
+    padding binarizes to -1, and act_scale scales each patch by its mean |x|)."""
     p = reference._pair
     rows, shape = reference.conv_rows(x, p(kernel_size), p(stride), p(padding), p(dilation))
-    fn = xnor_linear if xnor else binary_linear
-    return reference.rows_to_nchw(fn(rows, w_packed, rows.shape[1], scale, bias), shape)
+    if xnor:
+        y = xnor_linear(rows, w_packed, rows.shape[1], scale, bias, act_scale)
+    else:
+        y = binary_linear(rows, w_packed, rows.shape[1], scale, bias)
+    return reference.rows_to_nchw(y, shape)

@@ -21,7 +21,7 @@ bit 0 (binary); padded activations are zero and padded outputs are never
 written, so padding never changes a result.
 
 Binary activations for XNOR use the same bit order: a row's 32-bit word kb has
-bit 8*j + s set iff ``x[32*kb + 4*s + j] >= 0`` (see :func:`pack_signs`).
+bit 8*j + s set iff ``x[32*kb + 4*s + j] > 0`` (see :func:`pack_signs`).
 
 Scales live next to the codes: one float per output channel, and for TTQ a
 second one for the negative weights (``w = +scale_pos`` for code +1,
@@ -124,13 +124,14 @@ def unpack_binary(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
 def pack_signs(x: torch.Tensor) -> torch.Tensor:
     """XNOR activation bits of a float [M, K] tensor: uint8 [M, sign_bytes(K)].
 
-    Bit 8*j + s of the little-endian 32-bit word kb is 1 iff x[32*kb + 4*s + j] >= 0.
+    Bit 8*j + s of the little-endian 32-bit word kb is 1 iff x[32*kb + 4*s + j] > 0:
+    sgn(x) = +1 if x > 0 else -1, the convention of kernels/ste.py (zeros are -1).
     """
     _check_2d(x, "pack_signs")
     m, k = x.shape
     kp = _cdiv(k, BINARY_TILE_K) * BINARY_TILE_K
     full = torch.zeros(m, kp, dtype=torch.uint8, device=x.device)
-    full[:, :k] = (x >= 0).to(torch.uint8)
+    full[:, :k] = (x > 0).to(torch.uint8)
     t = full.view(m, kp // BINARY_TILE_K, 8, 4).permute(0, 1, 3, 2) << _shifts(8, 1, x.device)
     return t.sum(dim=-1, dtype=torch.uint8).reshape(m, kp // 8).contiguous()
 
@@ -139,7 +140,9 @@ def unpack_signs(bits: torch.Tensor, k: int) -> torch.Tensor:
     """Inverse of :func:`pack_signs`: int8 [M, k] with values in {-1, +1}."""
     m = bits.shape[0]
     if bits.dtype != torch.uint8 or tuple(bits.shape) != (m, sign_bytes(k)):
-        raise ValueError(f"unpack_signs: expected uint8 [M, {sign_bytes(k)}], got {bits.dtype} {list(bits.shape)}")
+        raise ValueError(
+            f"unpack_signs: expected uint8 [M, {sign_bytes(k)}], got {bits.dtype} {list(bits.shape)}"
+        )
     kb = sign_bytes(k) // 4
     t = (bits.view(m, kb, 4, 1) >> _shifts(8, 1, bits.device)) & 1  # [m, kb, j, s]
     return (t.permute(0, 1, 3, 2).reshape(m, kb * BINARY_TILE_K)[:, :k].to(torch.int8)) * 2 - 1
@@ -152,7 +155,10 @@ def _row_value(w: torch.Tensor, mask: torch.Tensor, name: str) -> torch.Tensor:
     lo = torch.where(mask, w.abs(), torch.full_like(w, float("inf"))).amin(dim=1)
     lo = torch.where(mask.any(dim=1), lo, hi)
     if not torch.allclose(lo, hi, rtol=1e-5, atol=0.0):
-        raise ValueError(f"{name}: each output row must use a single magnitude (max spread {float((hi - lo).abs().max()):.3g})")
+        raise ValueError(
+            f"{name}: each output row must use a single magnitude "
+            f"(max spread {float((hi - lo).abs().max()):.3g})"
+        )
     return hi
 
 
@@ -178,10 +184,10 @@ def ternary_from_float(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 def binary_from_float(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a dequantized binary weight (row n in {-a_n, +a_n}) into signs and scales.
 
-    Zeros count as +a_n (sign(0) = +1, as the kernels binarize activations).
+    An all-zero row (a_n = 0) gets scale 0 and signs -1 (sgn(0) = -1, as in kernels/ste.py).
     """
     w = w.detach().float().reshape(w.shape[0], -1)
-    signs = torch.where(w >= 0, 1, -1).to(torch.int8)
+    signs = torch.where(w > 0, 1, -1).to(torch.int8)
     nonzero = w != 0
     scale = _row_value(w, nonzero, "binary_from_float")
     if bool((nonzero.sum(dim=1) < w.shape[1]).logical_and(scale > 0).any()):

@@ -35,7 +35,7 @@ def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def binarize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """XNOR-Net activations: sign bits (x >= 0 -> +1, see packing.pack_signs) and beta = mean |x| per row."""
+    """XNOR-Net activations: sign bits (x > 0: +1, else -1; packing.pack_signs), beta = mean |x| per row."""
     x = x.float()
     return pack_signs(x), x.abs().mean(dim=1)
 
@@ -69,7 +69,7 @@ def ternary_linear(
         y = (pos * scale_pos - neg * scale_neg) * sx[:, None]
     if bias is not None:
         y = y + bias
-    return y.reshape(*lead, -1)
+    return y.reshape(*lead, y.shape[-1])
 
 
 def binary_mm_int(xq: torch.Tensor, w_packed: torch.Tensor, n: int) -> torch.Tensor:
@@ -86,7 +86,7 @@ def binary_linear(
     y = (_int_mm(q, unpack_binary(w_packed, scale.shape[0], k)).float() * scale) * sx[:, None]
     if bias is not None:
         y = y + bias
-    return y.reshape(*lead, -1)
+    return y.reshape(*lead, y.shape[-1])
 
 
 def xnor_mm_int(x_bits: torch.Tensor, w_packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
@@ -95,15 +95,22 @@ def xnor_mm_int(x_bits: torch.Tensor, w_packed: torch.Tensor, n: int, k: int) ->
 
 
 def xnor_linear(
-    x: torch.Tensor, w_packed: torch.Tensor, k: int, scale: torch.Tensor, bias: torch.Tensor | None = None
+    x: torch.Tensor,
+    w_packed: torch.Tensor,
+    k: int,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    act_scale: bool = True,
 ) -> torch.Tensor:
-    """XNOR-Net linear: sign(x) * beta (beta = mean |x| per row) times binary weights."""
+    """XNOR-Net linear: sgn(x) * beta times binary weights; beta = mean |x| per row (1 if not act_scale)."""
     lead, x2 = x.shape[:-1], x.reshape(-1, k)
     bits, beta = binarize_rows(x2)
+    if not act_scale:
+        beta = torch.ones_like(beta)
     y = (xnor_mm_int(bits, w_packed, scale.shape[0], k).float() * scale) * beta[:, None]
     if bias is not None:
         y = y + bias
-    return y.reshape(*lead, -1)
+    return y.reshape(*lead, y.shape[-1])
 
 
 # ---------------------------------------------------------------- convolution
@@ -116,20 +123,35 @@ def conv_rows(
     padding: tuple[int, int],
     dilation: tuple[int, int],
 ) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """im2col: NCHW input -> rows [B*Ho*Wo, C*kh*kw] (the order of weight.reshape(O, -1)).
+    """im2col, channels last: NCHW input -> rows [B*Ho*Wo, kh*kw*C], one row per output pixel.
 
-    A 1x1 convolution without padding needs no unfold, only a channels-last view.
-    Returns the rows and (B, Ho, Wo).
+    A row lists its receptive field in (kh, kw, C) order, the order of
+    ``conv_weight_rows(weight)``. Working on the NHWC view, every window is kh*kw
+    contiguous runs of C values, so the copy is fast; a 1x1 convolution without
+    padding is only a (strided) view. Returns the rows and (B, Ho, Wo).
     """
     b, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
     ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    xh = x.permute(0, 2, 3, 1)  # NHWC; free when x is channels_last, as packed convs return
     if (kh, kw) == (1, 1) and (ph, pw) == (0, 0):
-        x = x[:, :, ::sh, ::sw]
-        return x.permute(0, 2, 3, 1).reshape(b * ho * wo, c), (b, ho, wo)
-    cols = F.unfold(x, (kh, kw), dilation=(dh, dw), padding=(ph, pw), stride=(sh, sw))
-    return cols.transpose(1, 2).reshape(b * ho * wo, c * kh * kw), (b, ho, wo)
+        return xh[:, ::sh, ::sw].reshape(b * ho * wo, c), (b, ho, wo)
+    xh = F.pad(xh, (0, 0, pw, pw, ph, ph)) if ph or pw else xh.contiguous()
+    s_b, s_h, s_w, s_c = xh.stride()
+    win = xh.as_strided((b, ho, wo, kh, kw, c), (s_b, s_h * sh, s_w * sw, s_h * dh, s_w * dw, s_c))
+    return win.reshape(b * ho * wo, kh * kw * c), (b, ho, wo)
+
+
+def conv_weight_rows(weight: torch.Tensor) -> torch.Tensor:
+    """Conv weight [O, C, kh, kw] -> [O, kh*kw*C], the column order of ``conv_rows``."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+
+def conv_weight_from_rows(rows: torch.Tensor, in_channels: int, kernel_size: tuple[int, int]) -> torch.Tensor:
+    """Inverse of ``conv_weight_rows``: [O, kh*kw*C] -> [O, C, kh, kw]."""
+    kh, kw = kernel_size
+    return rows.reshape(rows.shape[0], kh, kw, in_channels).permute(0, 3, 1, 2)
 
 
 def rows_to_nchw(y: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -153,7 +175,10 @@ def ternary_conv2d(
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
 ) -> torch.Tensor:
-    """Ternary conv2d (groups=1) as im2col + ternary_linear; activations quantized per patch."""
+    """Ternary conv2d (groups=1) as im2col + ternary_linear; activations quantized per patch.
+
+    w_packed holds ``conv_weight_rows(weight)`` (columns in (kh, kw, C) order).
+    """
     ks = _pair(kernel_size)
     rows, shape = conv_rows(x, ks, _pair(stride), _pair(padding), _pair(dilation))
     return rows_to_nchw(ternary_linear(rows, w_packed, rows.shape[1], scale_pos, scale_neg, bias), shape)
@@ -169,9 +194,16 @@ def binary_conv2d(
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
     xnor: bool = False,
+    act_scale: bool = True,
 ) -> torch.Tensor:
-    """Binary-weight conv2d (groups=1): int8 activations per patch, or binary ones (xnor=True)."""
+    """Binary-weight conv2d (groups=1): int8 activations per patch, or binary ones (xnor=True).
+
+    XNOR: zero padding binarizes to -1 and counts in beta (the mean |x| of each patch).
+    """
     ks = _pair(kernel_size)
     rows, shape = conv_rows(x, ks, _pair(stride), _pair(padding), _pair(dilation))
-    fn = xnor_linear if xnor else binary_linear
-    return rows_to_nchw(fn(rows, w_packed, rows.shape[1], scale, bias), shape)
+    if xnor:
+        y = xnor_linear(rows, w_packed, rows.shape[1], scale, bias, act_scale)
+    else:
+        y = binary_linear(rows, w_packed, rows.shape[1], scale, bias)
+    return rows_to_nchw(y, shape)

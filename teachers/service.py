@@ -77,6 +77,9 @@ class TeacherWorker:
         self.busy_s = 0.0
 
     def infer(self, x: np.ndarray) -> dict[str, Any]:
+        """Logits (encoded per ``output``) and fp16 hints, plus when and how long it ran (for the client's
+        health and throughput counters)."""
+        started_at = time.time()
         start = time.perf_counter()
         logits, hints = self._run(self.model, torch.from_numpy(np.asarray(x)), self.config.hints)
         out: dict[str, Any] = encode_logits(logits.float(), self.config.output, self.config.topk)
@@ -85,6 +88,7 @@ class TeacherWorker:
         self.served += len(x)
         self.busy_s += elapsed
         out["latency_s"] = elapsed
+        out["started_at"] = started_at
         out["pid"] = os.getpid()
         return out
 
@@ -97,16 +101,19 @@ class TeacherWorker:
 
 def start_replicas(config: TeacherConfig, replicas: int, *, num_cpus: float, num_gpus: float = 0.0,
                    resources: dict[str, float] | None = None, max_restarts: int = 3,
-                   name_prefix: str | None = None) -> list[Any]:
-    """Start ``replicas`` actors for one teacher; returns their handles once all have loaded."""
+                   name_prefix: str | None = None, scheduling_strategy: Any = None) -> list[Any]:
+    """Start ``replicas`` actors for one teacher; returns their handles once all have loaded.
+
+    ``scheduling_strategy`` places them, e.g. in the teacher's placement group (``cluster.placement``).
+    """
     import ray
 
     actor_cls = ray.remote(TeacherWorker)
     handles = [
         actor_cls.options(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None,
-                          max_restarts=max_restarts, max_task_retries=0,
+                          max_restarts=max_restarts, max_task_retries=0,  # the client re-sends
                           name=f"{name_prefix}teacher-{config.name}-{i}" if name_prefix else None,
-                          ).remote(config)
+                          scheduling_strategy=scheduling_strategy).remote(config)
         for i in range(replicas)
     ]
     ray.get([h.pid.remote() for h in handles])  # surface load errors now, not mid-training

@@ -14,6 +14,7 @@ Corrupt samples are skipped and counted (``on_corrupt: skip``) or raise
 from __future__ import annotations
 
 import io
+import itertools
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -56,45 +57,121 @@ def decode_sample(sample: dict, meta: DatasetMeta) -> tuple[torch.Tensor, int, s
         arr = np.asarray(im.convert("L" if meta.channels == 1 else "RGB"), dtype=np.float32)
     if arr.shape[0] != meta.image_size or arr.shape[1] != meta.image_size:
         raise DataError(f"sample {sample['__key__']!r}: size {arr.shape[:2]} != {meta.image_size}")
-    x = torch.from_numpy(arr / 255.0).reshape(meta.image_size, meta.image_size, meta.channels).permute(2, 0, 1)
+    size = meta.image_size
+    x = torch.from_numpy(arr / 255.0).reshape(size, size, meta.channels).permute(2, 0, 1)
     mean = torch.tensor(meta.mean).view(-1, 1, 1)
     std = torch.tensor(meta.std).view(-1, 1, 1)
     label = int(sample["cls"].decode() if isinstance(sample["cls"], bytes) else sample["cls"])
     return (x - mean) / std, label, sample["__key__"]
 
 
-def _augmenter(padding: int, hflip: bool, seed: int) -> Callable:
-    state: dict[str, np.random.Generator] = {}
+def _counted(samples, read: list[int]):
+    for sample in samples:
+        read[0] += 1
+        yield sample
 
-    def apply(item: tuple[torch.Tensor, int, str]) -> tuple[torch.Tensor, int, str]:
-        if "rng" not in state:  # seeded per DataLoader worker process
-            info = torch.utils.data.get_worker_info()
-            state["rng"] = np.random.default_rng([seed, info.id if info else 0])
-        x, y, key = item
-        return random_crop_flip(x, padding, hflip, state["rng"]), y, key
 
-    return apply
+class EpochBatches(torch.utils.data.IterableDataset):
+    """One epoch of one rank's training batches, a pure function of (seed, rank, epoch).
+
+    Nothing carries over from one epoch to the next: the shard order, the
+    shuffle buffer and the augmentation draws are all seeded from
+    (seed, rank, epoch) (and the DataLoader worker id), so epoch e reads the
+    same batches whether the run got there directly or resumed from a
+    checkpoint taken at the end of epoch e-1. The rank's shards are passed
+    over repeatedly (each pass in a fresh order) until the epoch has its
+    batches, so unequal shard slices still give every rank the same count.
+    DataLoader worker w yields the epoch's batches w, w+W, ...; the loader
+    takes them round-robin, which restores the order 0, 1, 2, ...
+    """
+
+    def __init__(self, shards: list[str], meta: DatasetMeta, *, batch_size: int, batches: int, rank: int,
+                 seed: int, shuffle_buffer: int, crop_padding: int, hflip: bool,
+                 counter: CorruptCounter) -> None:
+        super().__init__()
+        self.shards, self.meta, self.batch_size, self.batches = shards, meta, batch_size, batches
+        self.rank, self.seed, self.shuffle_buffer = rank, seed, shuffle_buffer
+        self.crop_padding, self.hflip, self.counter = crop_padding, hflip, counter
+        self.epoch = 0
+
+    def _shard_passes(self, key: str, read: list[int]):
+        """Endless passes over the shards, each in a fresh seeded order; fails if a pass read nothing."""
+        rng = random.Random(key)
+        passes = 0
+        while True:
+            if passes and not read[0]:
+                raise DataError(f"no readable training sample in shards {self.shards}")
+            order = list(self.shards)
+            rng.shuffle(order)
+            passes += 1
+            yield from ({"url": url} for url in order)
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        key = f"{self.seed}/{self.rank}/{self.epoch}"
+        # Every loader worker walks the same shard order and takes every W-th shard.
+        read = [0]
+        urls = itertools.islice(self._shard_passes(key, read), worker, None, workers)
+        samples = _counted(wds.tarfile_to_samples(handler=self.counter)(urls), read)
+        if self.shuffle_buffer > 0:
+            samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
+                                  rng=random.Random(f"{key}/{worker}"))(samples)
+        rng = np.random.default_rng([self.seed, self.rank, self.epoch, worker])
+        decoded = wds.map(lambda s: decode_sample(s, self.meta), handler=self.counter)(samples)
+        augmented = (
+            (random_crop_flip(x, self.crop_padding, self.hflip, rng), y, name) for x, y, name in decoded)
+        batches = wds.batched(self.batch_size, partial=False)(augmented)
+        yield from itertools.islice(batches, len(range(worker, self.batches, workers)))
+
+
+class EpochLoader:
+    """Exactly ``steps_per_epoch`` batches per epoch, restartable at any optimizer step.
+
+    Each ``iter()`` asks ``step_source`` (the trainer's global step) where
+    training stands: epoch e = step // steps_per_epoch, and the first
+    step % steps_per_epoch batches of that epoch, already trained on, are read
+    and dropped. A resumed run therefore sees the very batches the
+    uninterrupted run saw. Without a ``step_source`` the loader counts the
+    epochs it has started itself. Workers are not persistent: each epoch
+    forks them with that epoch's seeds.
+    """
+
+    def __init__(self, dataset: EpochBatches, num_workers: int) -> None:
+        self.dataset = dataset
+        self.num_workers = num_workers
+        self.step_source: Callable[[], int] | None = None
+        self._started = 0
+
+    def __len__(self) -> int:
+        return self.dataset.batches
+
+    def __iter__(self):
+        steps = self.dataset.batches
+        step = self.step_source() if self.step_source is not None else self._started * steps
+        epoch, done = divmod(step, steps)
+        self._started = epoch + 1
+        self.dataset.epoch = epoch
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers)
+        return itertools.islice(iter(loader), done, None)
 
 
 def train_loader(root: Path, meta: DatasetMeta, *, batch_size: int, steps_per_epoch: int, rank: int,
                  world: int, seed: int, shuffle_buffer: int, num_workers: int, crop_padding: int,
-                 hflip: bool, counter: CorruptCounter) -> wds.WebLoader:
+                 hflip: bool, counter: CorruptCounter) -> EpochLoader:
+    """This rank's training batches: shards ``rank::world``, seeded per (seed, rank, epoch)."""
     shards = meta.shard_paths(root, "train")
     if len(shards) < world:
-        raise DataError(f"{root}: {len(shards)} train shards cannot feed {world} workers; repack smaller shards")
+        raise DataError(f"{root}: {len(shards)} train shards cannot feed {world} workers; "
+                        "repack smaller shards")
     mine = shards[rank::world]
-    ds = (
-        wds.WebDataset(mine, shardshuffle=len(mine), nodesplitter=_as_given,
-                       workersplitter=wds.split_by_worker, handler=counter, seed=seed + rank,
-                       empty_check=False)
-        .repeat()
-        .shuffle(shuffle_buffer, rng=random.Random(seed + rank))
-        .map(lambda s: decode_sample(s, meta), handler=counter)
-        .map(_augmenter(crop_padding, hflip, seed + 1000 * rank))
-        .batched(batch_size, partial=False)
-    )
-    loader = wds.WebLoader(ds, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
-    return loader.with_epoch(steps_per_epoch)
+    if num_workers > len(mine):
+        raise DataError(f"data.num_workers: {num_workers} loader workers but rank {rank} has only "
+                        f"{len(mine)} shards; lower it or repack smaller shards")
+    dataset = EpochBatches(mine, meta, batch_size=batch_size, batches=steps_per_epoch, rank=rank, seed=seed,
+                           shuffle_buffer=shuffle_buffer, crop_padding=crop_padding, hflip=hflip,
+                           counter=counter)
+    return EpochLoader(dataset, num_workers)
 
 
 def val_loader(root: Path, meta: DatasetMeta, *, batch_size: int, counter: CorruptCounter) -> wds.WebLoader:

@@ -18,7 +18,8 @@
 // lane. Accumulators therefore hold 16 (or 8) outputs each: no horizontal sums.
 //
 // Binary activations for XNOR use the same bit order: the 32-bit word kb of a
-// row has bit 8*j + s set iff x[32*kb + 4*s + j] >= 0.
+// row has bit 8*j + s set iff x[32*kb + 4*s + j] > 0 (sgn(x) = +1 if x > 0 else
+// -1, the convention of kernels/ste.py: zeros, and zero padding, count as -1).
 #pragma once
 #include <stdint.h>
 #include <string.h>
@@ -99,7 +100,7 @@ static inline int8_t dl_quantize_one(float x, float inv) {
 static inline uint32_t dl_sign_word(const float* x, int64_t n) {
   uint32_t word = 0;
   for (int64_t i = 0; i < n; ++i)
-    if (x[i] >= 0.0f) word |= 1u << (8 * (i % 4) + i / 4);
+    if (x[i] > 0.0f) word |= 1u << (8 * (i % 4) + i / 4);
   return word;
 }
 

@@ -1,11 +1,11 @@
 // C entry points of the packed low-bit kernels: instruction-set dispatch,
-// activation preparation, and the OpenMP split of the work.
+// activation preparation, and the OpenMP split of the work (built without
+// OpenMP, the pragmas are ignored and everything runs on the calling thread).
 //
 // The library is loaded with ctypes (kernels/_cpu.py) and deliberately
 // includes no torch headers, so a build takes seconds rather than minutes.
 // Every entry returns 0 on success and -1 when a work buffer could not be
 // allocated.
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,53 +60,72 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 void* alloc(int64_t bytes) { return aligned_alloc(64, (size_t)round_up(bytes > 0 ? bytes : 1, 64)); }
 
-enum Prep { PREP_NONE, PREP_QUANTIZE, PREP_BINARIZE };
+// The work is cut into tasks handed out dynamically: on a busy machine a thread
+// may start late, and the others then take its share instead of waiting for it.
+// Tasks are runs of output blocks when there are enough of them, else runs of
+// rows (a convolution with few channels and many pixels).
+struct Tasks {
+  bool by_rows;
+  int64_t count, size, blocks;
+};
 
-// This thread's share of the work: whole output blocks when there are enough
-// of them, else rows (in fours), so that a layer with few channels and many
-// rows (a convolution) still uses every thread.
-void share(const DlGemm* g, int tid, int nth, int64_t* m0, int64_t* m1, int64_t* b0, int64_t* b1) {
-  const int64_t blocks = (g->N + DL_NB - 1) / DL_NB;
-  if (blocks >= 4 * nth || g->M < 8 * nth) {
-    const int64_t per = (blocks + nth - 1) / nth;
-    *m0 = 0, *m1 = g->M;
-    *b0 = per * tid < blocks ? per * tid : blocks;
-    *b1 = *b0 + per < blocks ? *b0 + per : blocks;
-  } else {
-    const int64_t per = round_up((g->M + nth - 1) / nth, 4);
-    *b0 = 0, *b1 = blocks;
-    *m0 = per * tid < g->M ? per * tid : g->M;
-    *m1 = *m0 + per < g->M ? *m0 + per : g->M;
-  }
+Tasks make_tasks(const DlGemm* g, int nth) {
+  Tasks t;
+  t.blocks = (g->N + DL_NB - 1) / DL_NB;
+  t.by_rows = !(t.blocks >= 4 * nth || g->M < 8 * nth);
+  const int64_t units = t.by_rows ? g->M : t.blocks;
+  const int64_t min_size = t.by_rows ? 16 : 8;  // keep each task big enough for the kernels' blocking
+  t.size = round_up((units + 4 * nth - 1) / (4 * nth), t.by_rows ? 4 : 8);
+  if (t.size < min_size) t.size = min_size;
+  t.count = (units + t.size - 1) / t.size;
+  return t;
 }
+
+void run_task(const DlGemm* g, DlGemmFn gemm, const Tasks& t, int64_t i) {
+  const int64_t lo = i * t.size;
+  if (t.by_rows)
+    gemm(g, lo, lo + t.size < g->M ? lo + t.size : g->M, 0, t.blocks);
+  else
+    gemm(g, 0, g->M, lo, lo + t.size < t.blocks ? lo + t.size : t.blocks);
+}
+
+enum Prep { PREP_NONE, PREP_QUANTIZE, PREP_BINARIZE };
 
 // Prepares the activations (quantize or binarize each row of x) and runs the
 // GEMM, in one parallel region.
-void run(DlGemm* g, const float* x, Prep prep, DlGemmFn gemm, int nthreads) {
+// unit_xscale: binarized rows keep scale 1 instead of mean |x| (XNOR without K).
+void run(DlGemm* g, const float* x, Prep prep, DlGemmFn gemm, int nthreads, bool unit_xscale = false) {
   const DlKernels* kt = kernels();
   auto prepare = [&](int64_t m) {
-    if (prep == PREP_QUANTIZE)
-      kt->quantize_row(x + m * g->K, g->K, g->Kp, const_cast<int8_t*>(g->xq) + m * g->Kp,
-                       const_cast<float*>(g->xscale) + m, const_cast<int32_t*>(g->xsum) + m);
-    else if (prep == PREP_BINARIZE)
-      kt->binarize_row(x + m * g->K, g->K, g->Kp, const_cast<uint8_t*>(g->xbits) + m * (g->Kp / 8),
-                       const_cast<float*>(g->xscale) + m);
+    float* xscale = const_cast<float*>(g->xscale) + m;
+    if (prep == PREP_QUANTIZE) {
+      kt->quantize_row(x + m * g->K, g->K, g->Kp, const_cast<int8_t*>(g->xq) + m * g->Kp, xscale,
+                       const_cast<int32_t*>(g->xsum) + m);
+    } else if (prep == PREP_BINARIZE) {
+      kt->binarize_row(x + m * g->K, g->K, g->Kp, const_cast<uint8_t*>(g->xbits) + m * (g->Kp / 8), xscale);
+      if (unit_xscale) *xscale = 1.0f;
+    }
   };
-  const int64_t blocks = (g->N + DL_NB - 1) / DL_NB;
   int nth = nthreads < 1 ? 1 : nthreads;
-  if (g->M * g->N * g->Kp < (int64_t)1 << 18) nth = 1;  // too small to pay for waking threads
-  if (nth == 1) {
+  // Below ~4M multiply-adds (about 10 us on one core) waking and joining a second
+  // thread costs more than it saves, more so on busy shared machines.
+  if (g->M * g->N * g->Kp < (int64_t)1 << 22) nth = 1;
+  const bool parallel_prep = nth > 1 && g->M >= 64;
+  if (!parallel_prep)
     for (int64_t m = 0; m < g->M; ++m) prepare(m);
-    gemm(g, 0, g->M, 0, blocks);
+  if (nth == 1) {
+    gemm(g, 0, g->M, 0, (g->N + DL_NB - 1) / DL_NB);
     return;
   }
+  const Tasks tasks = make_tasks(g, nth);
 #pragma omp parallel num_threads(nth)
   {
-#pragma omp for schedule(static)
-    for (int64_t m = 0; m < g->M; ++m) prepare(m);
-    int64_t m0, m1, b0, b1;
-    share(g, omp_get_thread_num(), omp_get_num_threads(), &m0, &m1, &b0, &b1);
-    if (m0 < m1 && b0 < b1) gemm(g, m0, m1, b0, b1);
+    if (parallel_prep) {
+#pragma omp for schedule(dynamic, 16)
+      for (int64_t m = 0; m < g->M; ++m) prepare(m);
+    }
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int64_t i = 0; i < tasks.count; ++i) run_task(g, gemm, tasks, i);
   }
 }
 
@@ -224,8 +243,9 @@ int dl_binary_mm(const int8_t* xq, int64_t M, int64_t K, const uint8_t* w, int64
   return mm_i8(xq, M, K, w, N, DL_BK, y, kernels()->binary_i8, nthreads);
 }
 
+// act_scale = 0: the output is not multiplied by beta = mean |x| of the row.
 int dl_xnor_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, const float* scale,
-                   const float* bias, float* y, int nthreads) {
+                   const float* bias, int act_scale, float* y, int nthreads) {
   DlGemm g = make_gemm(M, K, DL_BK, w, N);
   uint8_t* bits = (uint8_t*)alloc(M * (g.Kp / 8));
   float* beta = (float*)alloc(M * 4);
@@ -234,7 +254,7 @@ int dl_xnor_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, int64
     return -1;
   }
   g.xbits = bits, g.xscale = beta, g.scale_pos = scale, g.bias = bias, g.y = y;
-  run(&g, x, PREP_BINARIZE, kernels()->xnor, nthreads);
+  run(&g, x, PREP_BINARIZE, kernels()->xnor, nthreads, act_scale == 0);
   free(bits), free(beta);
   return 0;
 }

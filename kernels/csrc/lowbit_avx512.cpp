@@ -50,12 +50,9 @@ struct TernaryZ {
   template <int MT, int NB>
   TGT static void block(const DlGemm* g, int64_t m0, int64_t b0) {
     const __m512i mask3 = _mm512_set1_epi8(3), mask2 = _mm512_set1_epi8(2);
-    __m512i acc[MT][NB], acc2[TTQ ? MT : 1][TTQ ? NB : 1];
+    __m512i acc[MT][NB], acc2[MT][NB];  // acc2 (TTQ only): sum of (code & 2) * x = 2 * pos
     for (int i = 0; i < MT; ++i)
-      for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_si512();
-    if (TTQ)
-      for (int i = 0; i < MT; ++i)
-        for (int j = 0; j < NB; ++j) acc2[TTQ ? i : 0][TTQ ? j : 0] = _mm512_setzero_si512();
+      for (int j = 0; j < NB; ++j) acc[i][j] = acc2[i][j] = _mm512_setzero_si512();
     const int8_t* x = g->xq + m0 * g->Kp;
     for (int64_t kb = 0; kb < g->kblocks; ++kb) {
 #pragma GCC unroll 8
@@ -73,9 +70,7 @@ struct TernaryZ {
           for (int s = 0; s < 4; ++s) {
             const __m512i xb = bcast4z(xp + 4 * s);
             acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], u[s], xb);
-            if (TTQ)
-              acc2[TTQ ? i : 0][TTQ ? j : 0] =
-                  _mm512_dpbusd_epi32(acc2[TTQ ? i : 0][TTQ ? j : 0], _mm512_and_si512(u[s], mask2), xb);
+            if constexpr (TTQ) acc2[i][j] = _mm512_dpbusd_epi32(acc2[i][j], _mm512_and_si512(u[s], mask2), xb);
           }
         }
       }
@@ -84,7 +79,7 @@ struct TernaryZ {
       const __m512i xsum = _mm512_set1_epi32(g->xsum[m0 + i]);
       for (int j = 0; j < NB; ++j) {
         const __m512i dot = _mm512_sub_epi32(acc[i][j], xsum);
-        const __m512i pos = TTQ ? _mm512_srai_epi32(acc2[TTQ ? i : 0][TTQ ? j : 0], 1) : dot;
+        const __m512i pos = TTQ ? _mm512_srai_epi32(acc2[i][j], 1) : dot;
         store16<TTQ>(g, m0 + i, (b0 + j) * DL_NB, dot, pos);
       }
     }

@@ -106,7 +106,7 @@ TGT ALWAYS_INLINE uint32_t tile_order(uint32_t mask) {
          (_pext_u32(mask, 0x44444444u) << 16) | (_pext_u32(mask, 0x88888888u) << 24);
 }
 
-// Sign bits (bit 1 for x >= 0) in the tile order, and beta = mean |x|.
+// Sign bits (bit 1 for x > 0) in the tile order, and beta = mean |x|.
 TGT void binarize_row(const float* x, int64_t K, int64_t Kp, uint8_t* bits, float* beta) {
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   const __m256 zero = _mm256_setzero_ps();
@@ -117,7 +117,7 @@ TGT void binarize_row(const float* x, int64_t K, int64_t Kp, uint8_t* bits, floa
     for (int i = 0; i < 4; ++i) {
       const __m256 v = _mm256_loadu_ps(x + kb * DL_BK + 8 * i);
       vabs = _mm256_add_ps(vabs, _mm256_and_ps(absmask, v));
-      mask |= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_GE_OQ)) << (8 * i);
+      mask |= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ)) << (8 * i);
     }
     const uint32_t word = tile_order(mask);
     memcpy(bits + 4 * kb, &word, 4);
@@ -207,14 +207,10 @@ struct Ternary {
   template <int MT, int NB>
   TGT static void block(const DlGemm* g, int64_t m0, int64_t b0) {
     const __m256i mask3 = _mm256_set1_epi8(3), mask2 = _mm256_set1_epi8(2);
-    __m256i acc[MT][NB][2], acc2[TTQ ? MT : 1][TTQ ? NB : 1][2];
+    __m256i acc[MT][NB][2], acc2[MT][NB][2];  // acc2 (TTQ only): sum of (code & 2) * x = 2 * pos
     for (int i = 0; i < MT; ++i)
       for (int j = 0; j < NB; ++j)
-        for (int h = 0; h < 2; ++h) acc[i][j][h] = _mm256_setzero_si256();
-    if (TTQ)
-      for (int i = 0; i < MT; ++i)
-        for (int j = 0; j < NB; ++j)
-          for (int h = 0; h < 2; ++h) acc2[TTQ ? i : 0][TTQ ? j : 0][h] = _mm256_setzero_si256();
+        for (int h = 0; h < 2; ++h) acc[i][j][h] = acc2[i][j][h] = _mm256_setzero_si256();
     const int8_t* x = g->xq + m0 * g->Kp;
     for (int64_t kb = 0; kb < g->kblocks; ++kb) {
 #pragma GCC unroll 8
@@ -232,11 +228,9 @@ struct Ternary {
             const int8_t* xp = x + i * g->Kp + kb * DL_TK;
             const __m256i x0 = bcast4(xp), x1 = bcast4(xp + 4), x2 = bcast4(xp + 8), x3 = bcast4(xp + 12);
             acc[i][j][h] = dot4(acc[i][j][h], u0, x0, u1, x1, u2, x2, u3, x3);
-            if (TTQ)
-              acc2[TTQ ? i : 0][TTQ ? j : 0][h] =
-                  dot4(acc2[TTQ ? i : 0][TTQ ? j : 0][h], _mm256_and_si256(u0, mask2), x0,
-                       _mm256_and_si256(u1, mask2), x1, _mm256_and_si256(u2, mask2), x2,
-                       _mm256_and_si256(u3, mask2), x3);
+            if constexpr (TTQ)
+              acc2[i][j][h] = dot4(acc2[i][j][h], _mm256_and_si256(u0, mask2), x0, _mm256_and_si256(u1, mask2),
+                                   x1, _mm256_and_si256(u2, mask2), x2, _mm256_and_si256(u3, mask2), x3);
           }
         }
       }
@@ -246,7 +240,7 @@ struct Ternary {
       for (int j = 0; j < NB; ++j)
         for (int h = 0; h < 2; ++h) {
           const __m256i dot = _mm256_sub_epi32(acc[i][j][h], xsum);
-          const __m256i pos = TTQ ? _mm256_srai_epi32(acc2[TTQ ? i : 0][TTQ ? j : 0][h], 1) : dot;
+          const __m256i pos = TTQ ? _mm256_srai_epi32(acc2[i][j][h], 1) : dot;
           store8<TTQ>(g, m0 + i, (b0 + j) * DL_NB + 8 * h, dot, pos);
         }
     }

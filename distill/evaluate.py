@@ -1,0 +1,115 @@
+"""Scoring a trained student against its teachers: for `distill run` and `distill eval`.
+
+``distill run`` scores the teachers through the very actors that taught
+(their answers as served, fp16 or top-k included). ``distill eval`` works
+from files alone, long after the run: it reads the run folder's
+``config.yaml`` and ``student.pt``, loads the teachers locally and scores all
+of them on the spec's validation split, with no Ray. Both produce the same
+report (``distill.report``): accuracy, parameters, stored bytes, MACs,
+measured CPU latency, compression a/a* and speed-up s/s* against each
+teacher and the ensemble.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.data import DatasetMeta, load_split
+from distill.report import build_report, model_entry
+from distill.spec import JobSpec, SpecError, load_spec
+from teachers.ensemble import combine_probs
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat([model(xb).float() for xb in x.split(512)])
+
+
+def evaluate_models(spec: JobSpec, root: Path, meta: DatasetMeta, student: nn.Module,
+                    teacher_models: dict[str, nn.Module],
+                    teacher_logits: list[torch.Tensor] | None = None) -> dict:
+    """The report for ``student`` and the spec's teachers on the validation split.
+
+    ``teacher_logits`` (one ``[N, C]`` per teacher, spec order) are the served
+    answers when the caller has them; otherwise the local teacher models run.
+    """
+    x_val, y_val = load_split(root, meta, "val")
+    shape = (meta.channels, meta.image_size, meta.image_size)
+    student_entry = model_entry(spec.student.arch, student, _logits(student, x_val), y_val, shape)
+    members = [m for m in spec.teachers.members if m.name in teacher_models]
+    if teacher_logits is None:
+        teacher_logits = [_logits(teacher_models[m.name], x_val) for m in members]
+    teachers = [model_entry(m.name, teacher_models[m.name], z, y_val, shape)
+                for m, z in zip(members, teacher_logits, strict=True)]
+    ens = combine_probs(teacher_logits, [m.weight for m in members], 1.0,
+                        spec.teachers.combine) if teacher_logits else None
+    return build_report(spec.name, teachers, ens, student_entry, y_val,
+                        extra={"val_samples": len(y_val), "dataset": meta.source})
+
+
+def locate_checkpoint(path: Path, config: Path | None = None) -> tuple[Path, Path]:
+    """(student weights, job spec) from a run folder or a ``student.pt`` (spec beside it by default)."""
+    path = Path(path)
+    weights = path / "student.pt" if path.is_dir() else path
+    if not weights.is_file():
+        raise SpecError(f"{weights}: no student weights here (give a run folder or its student.pt)")
+    config = config or weights.parent / "config.yaml"
+    if not config.is_file():
+        raise SpecError(f"{config}: no job spec next to the checkpoint (pass --config)")
+    return weights, config
+
+
+def evaluate_checkpoint(path: Path, config: Path | None = None, overrides: list[str] | None = None) -> dict:
+    """``distill eval``: the report for a saved student, teachers loaded and run locally."""
+    from distill.checks import check_job
+    from distill.runner import prepare_data
+
+    weights, config = locate_checkpoint(path, config)
+    spec = load_spec(config, overrides)
+    root, meta = prepare_data(spec)
+    student, teacher_models = check_job(spec, meta)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        student.load_state_dict(state)
+    except (RuntimeError, OSError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecError(f"{weights}: does not load into {spec.student.arch} from {config}: {first}") from None
+    report = evaluate_models(spec, root, meta, student, teacher_models)
+    report["checkpoint"] = str(weights)
+    return report
+
+
+def add_eval_command(sub: Any) -> None:
+    """The ``distill eval`` subcommand (registered by ``distill.cli``)."""
+    p = sub.add_parser("eval", help="score a trained student against its teachers (no Ray)",
+                       description="Evaluate a trained student: accuracy, parameters, stored bytes, MACs, "
+                                   "measured CPU latency, compression a/a* and speed-up s/s* against each "
+                                   "teacher and the ensemble, on the job's validation split. CHECKPOINT is a "
+                                   "run folder (student.pt + config.yaml) or a student.pt.")
+    p.add_argument("checkpoint", type=Path, help="run folder or student.pt")
+    p.add_argument("--config", type=Path, default=None,
+                   help="job spec (default: config.yaml next to the student weights)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set data.source=other/shards (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    p.add_argument("--out", type=Path, default=None, help="also write the report JSON here")
+
+
+def cmd_eval(args: Any) -> int:
+    import json
+
+    from distill.report import print_report, write_report
+
+    report = evaluate_checkpoint(args.checkpoint, args.config, args.overrides)
+    if args.out:
+        write_report(report, args.out)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_report(report)
+    return 0

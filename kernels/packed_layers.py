@@ -1,0 +1,398 @@
+"""Deployable ternary/binary layers on the packed kernels.
+
+Each layer holds its weights as packed uint8 tiles (kernels/packing.py) plus
+float scales and bias, all as buffers, so ``state_dict`` round-trips and the
+layer moves with ``.to(device)``. Forward calls the ``torch.ops.distill`` ops,
+so ``torch.export`` / ``torch.compile`` trace through it.
+
+- PackedTernaryLinear / PackedTernaryConv2d: TWN (one scale per output
+  channel) or TTQ (separate scales for +1 and -1 weights); int8 activations.
+- PackedBinaryLinear / PackedBinaryConv2d: one scale per output channel; int8
+  activations (binary-connect style) or binary ones (``binary_activations=True``,
+  XNOR-Net: sgn(x) = +1 if x > 0 else -1, times the mean |x| of each row or
+  patch unless ``act_scale=False``).
+
+Convolutions cover groups=1; depthwise layers stay fp32. ``fold_batchnorm``
+folds a following BatchNorm into a packed layer's scales and bias.
+``save_packed`` / ``load_packed`` store a whole model in one file (tensors and
+plain data only, loadable with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kernels import ops, reference
+from kernels.packing import (
+    binary_from_float,
+    binary_packed_shape,
+    pack_binary,
+    pack_ternary,
+    ternary_from_float,
+    ternary_packed_shape,
+    unpack_binary,
+    unpack_ternary,
+)
+
+FORMAT = "distill.packed/1"
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _vec(v: Tensor | None, n: int, what: str) -> Tensor | None:
+    if v is None:
+        return None
+    v = v.detach().float().reshape(-1).clone()
+    if v.numel() != n:
+        raise ValueError(f"{what}: expected {n} values, got {v.numel()}")
+    return v
+
+
+class _Packed(nn.Module):
+    """Shared buffers and helpers. Subclasses set ``kind`` and implement ``dequantize``."""
+
+    kind = ""
+
+    def _init_buffers(self, packed_shape, n: int, bias: bool, two_scales: bool) -> None:
+        self.register_buffer("weight_packed", torch.zeros(packed_shape, dtype=torch.uint8))
+        self.register_buffer("scale_pos", torch.ones(n))
+        self.register_buffer("scale_neg", torch.ones(n) if two_scales else None)
+        self.register_buffer("bias", torch.zeros(n) if bias else None)
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments, enough to rebuild the layer before loading its state."""
+        raise NotImplementedError
+
+    def packed_bytes(self) -> int:
+        """Bytes of the deployed layer: packed weights, scales and bias."""
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+
+class _TernaryMixin:
+    def _set_ternary(self, codes: Tensor, scale_pos: Tensor, scale_neg: Tensor | None, bias: Tensor | None):
+        n = codes.shape[0]
+        if (scale_neg is not None) != (self.scale_neg is not None):
+            raise ValueError("scale_neg must be given exactly when the layer is asymmetric (TTQ)")
+        self.weight_packed.copy_(pack_ternary(codes.reshape(n, -1)))
+        self.scale_pos.copy_(_vec(scale_pos, n, "scale_pos"))
+        if scale_neg is not None:
+            self.scale_neg.copy_(_vec(scale_neg, n, "scale_neg"))
+        if (bias is not None) != (self.bias is not None):
+            raise ValueError("bias must be given exactly when the layer was built with bias=True")
+        if bias is not None:
+            self.bias.copy_(_vec(bias, n, "bias"))
+        return self
+
+    def _dequantize_2d(self, n: int, k: int) -> Tensor:
+        codes = unpack_ternary(self.weight_packed, n, k).float()
+        neg = self.scale_neg if self.scale_neg is not None else self.scale_pos
+        return torch.where(codes > 0, self.scale_pos[:, None], -neg[:, None]) * codes.abs()
+
+
+class _BinaryMixin:
+    def _set_binary(self, signs: Tensor, scale: Tensor, bias: Tensor | None):
+        n = signs.shape[0]
+        self.weight_packed.copy_(pack_binary(signs.reshape(n, -1)))
+        self.scale_pos.copy_(_vec(scale, n, "scale"))
+        if (bias is not None) != (self.bias is not None):
+            raise ValueError("bias must be given exactly when the layer was built with bias=True")
+        if bias is not None:
+            self.bias.copy_(_vec(bias, n, "bias"))
+        return self
+
+    def _dequantize_2d(self, n: int, k: int) -> Tensor:
+        return unpack_binary(self.weight_packed, n, k).float() * self.scale_pos[:, None]
+
+
+# ---------------------------------------------------------------- linear
+
+
+class PackedTernaryLinear(_TernaryMixin, _Packed):
+    kind = "ternary_linear"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, asymmetric: bool = False):
+        super().__init__()
+        self.in_features, self.out_features, self.asymmetric = in_features, out_features, asymmetric
+        self._init_buffers(ternary_packed_shape(out_features, in_features), out_features, bias, asymmetric)
+
+    @classmethod
+    def from_float(cls, weight: Tensor, bias: Tensor | None = None) -> PackedTernaryLinear:
+        """From a dequantized ternary weight [out, in] (each row in {-a, 0, +b})."""
+        codes, sp, sn = ternary_from_float(weight)
+        layer = cls(weight.shape[1], weight.shape[0], bias is not None, sn is not None)
+        return layer._set_ternary(codes, sp, sn, bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.ternary_linear(
+            x, self.weight_packed, self.in_features, self.scale_pos, self.scale_neg, self.bias
+        )
+
+    def dequantize(self) -> Tensor:
+        """The float weight [out, in] this layer computes with."""
+        return self._dequantize_2d(self.out_features, self.in_features)
+
+    def config(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "asymmetric": self.asymmetric}  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, " + (
+            f"asymmetric={self.asymmetric}"
+        )
+
+
+class _BinaryActivations:
+    """int8 activations, or XNOR's sgn(x) scaled (act_scale) by the mean |x| of each row or patch."""
+
+    def _init_activations(self, binary_activations: bool, act_scale: bool) -> None:
+        self.binary_activations, self.act_scale = binary_activations, act_scale
+
+    def _activations(self) -> dict[str, Any]:
+        return {"binary_activations": self.binary_activations, "act_scale": self.act_scale}
+
+    def _activations_repr(self) -> str:
+        if not self.binary_activations:
+            return "activations=int8"
+        return f"activations=binary, act_scale={self.act_scale}"
+
+
+class PackedBinaryLinear(_BinaryActivations, _BinaryMixin, _Packed):
+    kind = "binary_linear"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 binary_activations: bool = False, act_scale: bool = True):  # fmt: skip
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._init_activations(binary_activations, act_scale)
+        self._init_buffers(binary_packed_shape(out_features, in_features), out_features, bias, False)
+
+    @classmethod
+    def from_float(cls, weight: Tensor, bias: Tensor | None = None, binary_activations: bool = False,
+                   act_scale: bool = True) -> PackedBinaryLinear:  # fmt: skip
+        """From a dequantized binary weight [out, in] (each row in {-a, +a})."""
+        signs, scale = binary_from_float(weight)
+        layer = cls(weight.shape[1], weight.shape[0], bias is not None, binary_activations, act_scale)
+        return layer._set_binary(signs, scale, bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.binary_activations:
+            return ops.xnor_linear(x, self.weight_packed, self.in_features, self.scale_pos, self.bias,
+                                   self.act_scale)  # fmt: skip
+        return ops.binary_linear(x, self.weight_packed, self.in_features, self.scale_pos, self.bias)
+
+    def dequantize(self) -> Tensor:
+        return self._dequantize_2d(self.out_features, self.in_features)
+
+    def config(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, **self._activations()}  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, "
+            + self._activations_repr()
+        )
+
+
+# ---------------------------------------------------------------- convolution
+
+
+class _ConvGeometry:
+    def _init_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation) -> None:
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.k = in_channels * self.kernel_size[0] * self.kernel_size[1]
+
+    def _geometry(self) -> dict[str, Any]:
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding,
+                "dilation": self.dilation}  # fmt: skip
+
+    def _geometry_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}"
+        )
+
+    @staticmethod
+    def _check_conv(conv_weight: Tensor, groups: int, padding_mode: str) -> None:
+        if groups != 1:
+            raise ValueError(f"packed convolutions support groups=1 only (got groups={groups}); keep it fp32")
+        if padding_mode != "zeros":
+            raise ValueError(f"packed convolutions support padding_mode='zeros' only (got {padding_mode!r})")
+        if conv_weight.dim() != 4:
+            raise ValueError(f"expected a conv weight [out, in, kh, kw], got shape {list(conv_weight.shape)}")
+
+
+class PackedTernaryConv2d(_ConvGeometry, _TernaryMixin, _Packed):
+    kind = "ternary_conv2d"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 bias: bool = True, asymmetric: bool = False):  # fmt: skip
+        super().__init__()
+        self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
+        self.asymmetric = asymmetric
+        self._init_buffers(ternary_packed_shape(out_channels, self.k), out_channels, bias, asymmetric)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, weight: Tensor | None = None) -> PackedTernaryConv2d:
+        """From an nn.Conv2d whose (given, or own) weight is dequantized ternary."""
+        w = conv.weight if weight is None else weight
+        cls._check_conv(w, conv.groups, conv.padding_mode)
+        codes, sp, sn = ternary_from_float(reference.conv_weight_rows(w))
+        layer = cls(w.shape[1], w.shape[0], w.shape[2:], conv.stride, conv.padding, conv.dilation,
+                    conv.bias is not None, sn is not None)  # fmt: skip
+        return layer._set_ternary(codes, sp, sn, conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.ternary_conv2d(x, self.weight_packed, self.kernel_size, self.scale_pos, self.scale_neg,
+                                  self.bias, self.stride, self.padding, self.dilation)  # fmt: skip
+
+    def dequantize(self) -> Tensor:
+        """The float weight [out, in, kh, kw] this layer computes with."""
+        rows = self._dequantize_2d(self.out_channels, self.k)
+        return reference.conv_weight_from_rows(rows, self.in_channels, self.kernel_size)
+
+    def config(self) -> dict[str, Any]:
+        return {**self._geometry(), "bias": self.bias is not None, "asymmetric": self.asymmetric}
+
+    def extra_repr(self) -> str:
+        return f"{self._geometry_repr()}, bias={self.bias is not None}, asymmetric={self.asymmetric}"
+
+
+class PackedBinaryConv2d(_ConvGeometry, _BinaryActivations, _BinaryMixin, _Packed):
+    kind = "binary_conv2d"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 bias: bool = True, binary_activations: bool = False, act_scale: bool = True):  # fmt: skip
+        super().__init__()
+        self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
+        self._init_activations(binary_activations, act_scale)
+        self._init_buffers(binary_packed_shape(out_channels, self.k), out_channels, bias, False)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, weight: Tensor | None = None, binary_activations: bool = False,
+                  act_scale: bool = True) -> PackedBinaryConv2d:  # fmt: skip
+        """From an nn.Conv2d whose (given, or own) weight is dequantized binary."""
+        w = conv.weight if weight is None else weight
+        cls._check_conv(w, conv.groups, conv.padding_mode)
+        signs, scale = binary_from_float(reference.conv_weight_rows(w))
+        layer = cls(w.shape[1], w.shape[0], w.shape[2:], conv.stride, conv.padding, conv.dilation,
+                    conv.bias is not None, binary_activations, act_scale)  # fmt: skip
+        return layer._set_binary(signs, scale, conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.binary_conv2d(
+            x, self.weight_packed, self.kernel_size, self.scale_pos, self.bias, self.stride, self.padding,
+            self.dilation, xnor=self.binary_activations, act_scale=self.act_scale,
+        )  # fmt: skip
+
+    def dequantize(self) -> Tensor:
+        rows = self._dequantize_2d(self.out_channels, self.k)
+        return reference.conv_weight_from_rows(rows, self.in_channels, self.kernel_size)
+
+    def config(self) -> dict[str, Any]:
+        return {**self._geometry(), "bias": self.bias is not None, **self._activations()}
+
+    def extra_repr(self) -> str:
+        return f"{self._geometry_repr()}, bias={self.bias is not None}, {self._activations_repr()}"
+
+
+PACKED_LAYERS: dict[str, type[_Packed]] = {
+    cls.kind: cls
+    for cls in (PackedTernaryLinear, PackedBinaryLinear, PackedTernaryConv2d, PackedBinaryConv2d)
+}
+
+
+# ---------------------------------------------------------------- BatchNorm folding
+
+
+@torch.no_grad()
+def fold_batchnorm(layer: _Packed, bn: nn.BatchNorm2d | nn.BatchNorm1d) -> _Packed:
+    """Fold an eval-mode BatchNorm that follows ``layer`` into its scales and bias (in place).
+
+    BN(y) = a * y + c with a = gamma / sqrt(var + eps), c = beta - a * mean. Every
+    output channel of a packed layer is (its scale) x (integer dot) x (activation
+    scale) + bias, so a multiplies the scales and the bias becomes a * bias + c.
+    A negative a is fine: the kernels only multiply by the scales.
+    """
+    n = layer.scale_pos.shape[0]
+    if bn.num_features != n:
+        raise ValueError(f"fold_batchnorm: BatchNorm has {bn.num_features} channels, the layer {n}")
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("fold_batchnorm: BatchNorm has no running statistics to fold")
+    a = bn.running_var.float().add(bn.eps).rsqrt()
+    if bn.weight is not None:
+        a = a * bn.weight.float()
+    c = -a * bn.running_mean.float()
+    if bn.bias is not None:
+        c = c + bn.bias.float()
+    layer.scale_pos.mul_(a)
+    if layer.scale_neg is not None:
+        layer.scale_neg.mul_(a)
+    if layer.bias is None:
+        layer.register_buffer("bias", c.clone())
+    else:
+        layer.bias.mul_(a).add_(c)
+    return layer
+
+
+# ---------------------------------------------------------------- one-file save / load
+
+
+def save_packed(model: nn.Module, path: str | Path, arch: dict[str, Any] | None = None) -> None:
+    """Save a model containing packed layers as one file.
+
+    The file holds the state dict, the config of every packed layer by module
+    path, and ``arch`` (plain data that tells ``load_packed``'s ``build`` how to
+    make the rest of the model, e.g. a student name and its arguments).
+    """
+    layers = {name: {"kind": m.kind, "config": m.config()} for name, m in model.named_modules()
+              if isinstance(m, _Packed)}  # fmt: skip
+    torch.save(
+        {"format": FORMAT, "arch": arch, "layers": layers, "state_dict": model.state_dict()}, str(path)
+    )
+
+
+def load_packed(
+    path: str | Path, build: Callable[[dict[str, Any] | None], nn.Module] | None = None
+) -> nn.Module:
+    """Load a file written by ``save_packed``.
+
+    ``build(arch)`` makes the model skeleton (its packed layers are then put in
+    place from the stored configs). Without ``build``, the file must hold a
+    single packed layer saved on its own.
+    """
+    blob = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a packed model file (expected format {FORMAT!r})")
+    layers = blob["layers"]
+    if build is None:
+        if list(layers) != [""]:
+            raise ValueError(f"{path}: holds a whole model; pass build= to make its skeleton")
+        model: nn.Module = _make(layers[""])
+    else:
+        model = build(blob["arch"])
+        for name, spec in layers.items():
+            if not name:
+                raise ValueError(f"{path}: holds a single layer; load it without build=")
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, _make(spec))
+    model.load_state_dict(blob["state_dict"], strict=True)
+    return model
+
+
+def _make(spec: dict[str, Any]) -> _Packed:
+    cls = PACKED_LAYERS.get(spec["kind"])
+    if cls is None:
+        raise ValueError(f"unknown packed layer kind {spec['kind']!r}")
+    return cls(**spec["config"])

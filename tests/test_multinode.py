@@ -1,0 +1,306 @@
+"""A real two-node Ray cluster on this machine, a job across it, and failures survived.
+
+Two network namespaces joined by a veth pair stand in for two machines (Ray
+on one host puts every node on one address; separate network stacks give it
+two). The head node offers ``teacher_node`` and the worker node
+``student_node`` plus the label ``role=student``; every process runs with
+``RAY_AUTH_MODE=token`` and one shared ``RAY_AUTH_TOKEN``. The job is
+submitted with ``distill launch`` from inside the head's namespace, so the
+run itself goes through Ray Jobs, ``--address auto``, the placement checks and
+the shared-storage probe. Ray's state API shows where the actors landed;
+then a student worker and a teacher replica are killed with SIGKILL and the
+job must still finish with every step trained (Ray Train restarts the worker
+group from the last checkpoint; Ray restarts the teacher actor).
+
+Every process the test starts runs in a process group of its own and is ended
+by that group; the namespaces are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+EPOCHS, STEPS = 6, 10
+
+
+def _can_make_namespaces() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    if shutil.which("ip") is None:
+        return "needs iproute2 (`ip`)"
+    probe = f"dmprobe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True)
+    if made.returncode != 0:
+        return f"cannot create network namespaces: {made.stderr.decode().strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+_SKIP = _can_make_namespaces()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]
+
+
+class TwoNodes:
+    """Head in namespace ``a`` (teacher_node), worker node in namespace ``b`` (student_node)."""
+
+    def __init__(self, workdir: Path) -> None:
+        tag = os.getpid()
+        self.ns = (f"dm{tag}a", f"dm{tag}b")
+        self.veth = (f"dmv{tag}a", f"dmv{tag}b")
+        net = f"10.{100 + tag % 100}.{tag // 100 % 250}"
+        self.ips = (f"{net}.1", f"{net}.2")
+        self.gcs = f"{self.ips[0]}:6379"
+        self.dashboard = f"http://{self.ips[0]}:8265"
+        self.tmp = (Path(f"/tmp/dm{tag}h"), Path(f"/tmp/dm{tag}w"))  # short: Ray's socket paths
+        self.logs = workdir
+        self.procs: list[subprocess.Popen] = []
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_USAGE_STATS_ENABLED": "0",
+                    "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", "DS_ACCELERATOR": "cpu",
+                    "OMP_NUM_THREADS": "1", "RAY_ADDRESS": self.gcs, "PYTHONPATH": str(ROOT)}
+
+    def _ip(self, *args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    def start(self) -> None:
+        for ns in self.ns:
+            self._ip("netns", "add", ns)
+        self._ip("link", "add", self.veth[0], "type", "veth", "peer", "name", self.veth[1])
+        for ns, veth, ip in zip(self.ns, self.veth, self.ips, strict=True):
+            self._ip("link", "set", veth, "netns", ns)
+            self._ip("-n", ns, "addr", "add", f"{ip}/24", "dev", veth)
+            self._ip("-n", ns, "link", "set", "lo", "up")
+            self._ip("-n", ns, "link", "set", veth, "up")
+        common = ["--num-cpus=2", "--object-store-memory=100000000", "--disable-usage-stats", "--block"]
+        self._spawn(0, ["--head", f"--node-ip-address={self.ips[0]}", "--port=6379",
+                        "--dashboard-host=0.0.0.0", f"--temp-dir={self.tmp[0]}",
+                        '--resources={"teacher_node": 4}', '--labels={"role": "teacher"}', *common])
+        self._spawn(1, [f"--address={self.gcs}", f"--node-ip-address={self.ips[1]}",
+                        f"--temp-dir={self.tmp[1]}", '--resources={"student_node": 4}',
+                        '--labels={"role": "student"}', *common])
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if sum(n["state"] == "ALIVE" for n in self.state()["nodes"]) == 2:
+                    return
+            except (subprocess.CalledProcessError, json.JSONDecodeError):
+                pass
+            time.sleep(2)
+        raise RuntimeError(f"two-node cluster did not come up; see {self.logs}/node*.log")
+
+    def _spawn(self, i: int, args: list[str]) -> None:
+        log = open(self.logs / f"node{i}.log", "wb")  # noqa: SIM115 - closed with the process
+        self.procs.append(subprocess.Popen(["ip", "netns", "exec", self.ns[i], str(VENV_BIN / "ray"), "start",
+                                            *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True))
+
+    def run(self, argv: list[str], timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a command inside the head's namespace (where the cluster's addresses are reachable)."""
+        return subprocess.run(["ip", "netns", "exec", self.ns[0], *argv], env=self.env, capture_output=True,
+                              text=True, timeout=timeout, check=check, cwd=ROOT)
+
+    def state(self) -> dict:
+        out = self.run([sys.executable, str(ROOT / "tests" / "scripts" / "ray_state.py")], timeout=60)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def distill(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run([str(VENV_BIN / "distill"), *args], timeout=timeout, check=check)
+
+    def stop(self) -> None:
+        for p in self.procs:  # each `ray start --block` leads its own process group
+            _end_group(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5  # a node drains for up to 30 s on SIGTERM; no need here
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _end_group(p.pid, signal.SIGKILL)
+            p.wait()
+        for ns in self.ns:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        for tmp in self.tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _end_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    cluster = TwoNodes(tmp_path_factory.mktemp("two_nodes"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, digits_root) -> Path:
+    """The two digits teachers, trained once (2 epochs) for this module's jobs."""
+    from distill.runner import prepare_data
+    from distill.spec import parse_spec
+    from distill.teacher_training import train_teachers
+
+    folder = tmp_path_factory.mktemp("teachers")
+    spec = parse_spec(job_doc(folder, digits_root, folder))
+    train_teachers(spec, *prepare_data(spec))
+    return folder
+
+
+def job_doc(tmp_path: Path, digits_root: Path, teachers: Path) -> dict:
+    """A tiny digits job; teachers pinned to the head by a custom resource, workers to the other node."""
+    teacher = {"format": "state_dict", "resources": {"num_cpus": 0.25, "custom": {"teacher_node": 1}}}
+    return {
+        "name": "multinode",
+        "data": {"source": str(digits_root), "augment": {"crop_padding": 1}},
+        "teachers": {"members": [
+            {"name": "cnn", "source": str(teachers / "cnn.pt"), "arch": "digits_cnn",
+             "train": {"epochs": 2, "seed": 0}, **teacher},
+            {"name": "mlp", "source": str(teachers / "mlp.pt"), "arch": "digits_mlp",
+             "train": {"epochs": 2, "seed": 1}, **teacher}]},
+        "student": {"arch": "mobilenet_v1", "options": {"alpha": 0.25}},
+        "loss": {"terms": [{"type": "ce", "weight": 0.3}, {"type": "kd", "weight": 0.7, "temperature": 4.0}]},
+        "trainer": {"epochs": EPOCHS, "steps_per_epoch": STEPS, "batch_size": 32, "lr": 0.1,
+                    "deepspeed_stage": 2},
+        "cluster": {"num_workers": 2, "cpus_per_worker": 1, "worker_resources": {"student_node": 1},
+                    "worker_labels": {"role": "student"}, "max_failures": 2, "placement_timeout_s": 120},
+        "logging": {"tensorboard": str(tmp_path / "tb"), "log_every_n_steps": 2},
+        "output": {"dir": str(tmp_path / "run")},
+    }
+
+
+_T0 = time.monotonic()
+
+
+def _wait(what: str, predicate, timeout: float, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            print(f"[{time.monotonic() - _T0:6.1f} s] {what}", flush=True)  # where the time goes (-s)
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _alive(state: dict, cls: str) -> list[dict]:
+    return [a for a in state["actors"] if a["class"] == cls and a["state"] == "ALIVE"]
+
+
+def _global_step(ckpt: Path) -> int:
+    """Lightning's global step stored in a (DeepSpeed folder or plain) checkpoint."""
+    import torch
+
+    files = [ckpt] if ckpt.is_file() else sorted(ckpt.rglob("mp_rank_00_model_states.pt"))
+    return int(torch.load(files[0], map_location="cpu", weights_only=False)["global_step"])
+
+
+def test_infeasible_job_fails_at_once_with_one_line(two_nodes, tmp_path, digits_root, teacher_dir):
+    """A worker bundle that no node can hold: exit 2 and one line, before any actor starts."""
+    doc = job_doc(tmp_path, digits_root, teacher_dir)
+    doc["cluster"]["worker_resources"] = {"student_node": 3}  # 2 x 3 > the node's 4
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(doc))
+    out = two_nodes.distill("run", str(tmp_path / "job.yaml"), "--address", two_nodes.gcs, check=False)
+    assert out.returncode == 2, out.stdout + out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: cluster:"), out.stderr
+    assert "student_node: 6" in errors[0], errors[0]
+
+
+def test_job_placed_across_nodes_survives_worker_and_teacher_kills(two_nodes, tmp_path, digits_root,
+                                                                    teacher_dir):
+    from cluster.train import fingerprint
+
+    doc = job_doc(tmp_path, digits_root, teacher_dir)
+    workdir = tmp_path / "wd"
+    workdir.mkdir()
+    (workdir / "job.yaml").write_text(yaml.safe_dump(doc))
+
+    launched = two_nodes.distill("launch", str(workdir / "job.yaml"), "--working-dir", str(workdir),
+                                 "--address", two_nodes.dashboard)
+    job_id = launched.stdout.split()[0]
+    assert job_id.startswith("raysubmit_"), launched.stdout + launched.stderr
+
+    def status() -> str:
+        return two_nodes.distill("status", job_id, "--address", two_nodes.dashboard).stdout.split()[1]
+
+    def logs() -> str:
+        return two_nodes.distill("logs", job_id, "--address", two_nodes.dashboard).stdout
+
+    try:
+        # Placement, seen through Ray's state API: teachers on the head, student workers on the other node.
+        nodes = {n["labels"].get("role"): n["id"] for n in two_nodes.state()["nodes"]}
+
+        def all_up() -> dict | None:
+            s = two_nodes.state()
+            up = len(_alive(s, "TeacherWorker")) == 2 and len(_alive(s, "RayTrainWorker")) == 2
+            return s if up else None
+
+        state = _wait("teachers and 2 student workers", all_up, timeout=180, every=2)
+        assert {a["node"] for a in _alive(state, "TeacherWorker")} == {nodes["teacher"]}
+        assert all(a["placement_group"] for a in _alive(state, "TeacherWorker"))  # reserved all-or-none
+        assert {a["node"] for a in _alive(state, "RayTrainWorker")} == {nodes["student"]}
+
+        # Kill a student worker once a checkpoint exists (and is not being written).
+        last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+        _wait("the first checkpoint", lambda: last.exists(), timeout=180)
+
+        def settled() -> bool:
+            before = fingerprint(last)
+            time.sleep(1.5)
+            return before is not None and before == fingerprint(last)
+
+        _wait("the checkpoint to settle", settled, timeout=60, every=0)
+        step_at_kill = _global_step(last)
+        victim = _alive(state, "RayTrainWorker")[0]
+        os.kill(victim["pid"], signal.SIGKILL)
+
+        # Ray Train starts a new worker group; then kill a teacher replica while training goes on.
+        old = {a["pid"] for a in _alive(state, "RayTrainWorker")}
+
+        def restarted() -> dict | None:
+            s = two_nodes.state()
+            return s if len({a["pid"] for a in _alive(s, "RayTrainWorker")} - old) == 2 else None
+
+        state = _wait("a restarted worker group", restarted, timeout=180, every=2)
+        teacher = _alive(state, "TeacherWorker")[0]
+        os.kill(teacher["pid"], signal.SIGKILL)
+
+        def ended() -> str | None:
+            now = status()
+            return now if now in ("SUCCEEDED", "FAILED", "STOPPED") else None
+
+        final = _wait("the job to end", ended, timeout=300, every=3)
+        text = logs()
+        assert final == "SUCCEEDED", text[-3000:]
+    finally:
+        if status() in ("PENDING", "RUNNING"):
+            two_nodes.distill("stop", job_id, "--address", two_nodes.dashboard, check=False)
+
+    assert f"resuming from {last}" in text, text[-3000:]
+    assert step_at_kill >= STEPS
+    assert _global_step(last) == EPOCHS * STEPS  # nothing lost, nothing trained twice past the end
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["student"]["top1"] > 0.2
+    # The killed teacher was restarted by Ray (in its placement-group bundle) and the job went on.
+    (after,) = [a for a in two_nodes.state()["actors"] if a["id"] == teacher["id"]]
+    assert after["restarts"] >= 1, after
