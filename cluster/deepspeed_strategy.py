@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import sys
 from typing import Any
 
 import torch
@@ -25,9 +26,21 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 
 
 def prepare_cpu_environment() -> None:
-    """DeepSpeed picks its accelerator at import time: tell it before it is imported."""
+    """DeepSpeed picks its accelerator at import time: tell it before it is imported.
+
+    On CPU, DeepSpeed JIT-builds its shared-memory collective op with whatever
+    ``ninja`` is first on PATH, into one cache folder shared by every process.
+    Two ninja versions (the venv's and the system's) disagree on their build
+    logs, so processes that alternate between them rebuild it each time (a
+    minute or two). Always using the one installed next to this Python keeps
+    the cached build valid.
+    """
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    bin_dir = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "")
+    if os.path.exists(os.path.join(bin_dir, "ninja")) and path.split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = os.pathsep.join([bin_dir, path]) if path else bin_dir
 
 
 class _CPUCapable:

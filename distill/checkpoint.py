@@ -126,10 +126,21 @@ class AtomicCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self._at_epoch_end(trainer):
             super().on_train_epoch_end(trainer, pl_module)
+            if self._should_save_on_train_epoch_end(trainer):
+                self._refresh_last(trainer)
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if self._at_epoch_end(trainer):
             super().on_validation_end(trainer, pl_module)
+            if not self._should_save_on_train_epoch_end(trainer):
+                self._refresh_last(trainer)
+
+    def _refresh_last(self, trainer: Any) -> None:
+        """Lightning writes ``last`` only at steps where a top-k checkpoint was written; a resume
+        needs the latest epoch end whether or not the monitored metric improved."""
+        if self.save_last and self._last_global_step_saved != trainer.global_step and not (
+                trainer.fast_dev_run or trainer.sanity_checking):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if self._at_epoch_end(trainer):

@@ -44,6 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_commands(sub, _add_spec_args)
     add_eval_command(sub)
 
+    teach = sub.add_parser("teach", help="run the teachers once over the training set and store soft labels",
+                           description="Offline teaching: serve the spec's teachers as Ray actors, run them "
+                                       "over every training sample (teachers.views augmented views each, "
+                                       "with their crop/flip parameters) and write the soft labels (and "
+                                       "hints) as WebDataset shards keyed like the data, in "
+                                       "teachers.offline_dir (default <data.shards>/soft-<name>). A run with "
+                                       "teachers.mode: offline then trains from them with no teacher.")
+    _add_spec_args(teach)
+    teach.add_argument("--address", default=None, help="Ray address to join; default: an embedded Ray")
+    teach.add_argument("--batch-size", type=int, default=256, help="images per teacher request (default 256)")
+
     teachers = sub.add_parser("teachers", help="teacher utilities",
                               description="Teacher utilities.")
     tsub = teachers.add_subparsers(dest="teachers_command", required=True, metavar="ACTION")
@@ -109,6 +120,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_teach(args: argparse.Namespace) -> int:
+    from distill.spec import load_spec
+    from distill.teach import teach
+
+    if args.batch_size < 1:
+        raise SpecError("--batch-size must be positive")
+    teach(load_spec(args.config, args.overrides), address=args.address, batch_images=args.batch_size)
+    return 0
+
+
 def _cmd_teachers(args: argparse.Namespace) -> int:
     from distill.runner import prepare_data
     from distill.spec import load_spec
@@ -132,7 +153,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "teachers": _cmd_teachers, "data": _cmd_data, "students": _cmd_students,
-            "eval": cmd_eval, **JOB_COMMANDS}
+            "eval": cmd_eval, "teach": _cmd_teach, **JOB_COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,11 +34,11 @@ SHAPE_OPTIONS: dict[str, tuple[str, str, bool]] = {
 
 
 def _probe_term(i: int, term: LossTermSpec) -> LossTerm:
-    """The term built only to ask which layers it reads (FitNets' shapes are placeholders here)."""
+    """The term built only to ask which layers it reads (FitNets' shapes are placeholders here;
+    the real ones, given or measured, are checked when the term is built for good)."""
     options = term.options()
     if term.type == "hint":
-        options.setdefault("student_shape", [1])
-        options.setdefault("teacher_shape", [1])
+        options.update(student_shape=[1], teacher_shape=[1])
     try:
         return build_term(term.type, term.label(), **options)
     except (ValueError, TypeError) as exc:

@@ -30,6 +30,7 @@ from distill.feature_shapes import resolve_feature_terms, teacher_hint_paths
 from distill.report import print_report, write_report
 from distill.scheduling import check_cluster, embedded_extras, teacher_demand
 from distill.spec import JobSpec
+from distill.teach import check_offline
 from distill.val_analysis import TeacherValLogits, score_teachers
 from distill.worker import train_worker
 from teachers.client import TeacherPool
@@ -139,6 +140,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False,
     started = time.perf_counter()
     root, meta = prepare_data(spec)
     student, teacher_models = check_job(spec, meta)
+    soft_labels = check_offline(spec, root, meta) if spec.teachers.mode == "offline" else None
     spec_doc = resolve_feature_terms(spec, student, teacher_models,
                                      (meta.channels, meta.image_size, meta.image_size))
     run_dir = spec.output.dir
@@ -162,6 +164,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False,
                   "tensorboard_dir": str(spec.logging.tensorboard.resolve()), "run_version": version,
                   "resume": resume, "stop_after_steps": stop_after_steps,
                   "teacher_val": _object_ref(teacher_val),
+                  "soft_labels": str(soft_labels.resolve()) if soft_labels else None,
                   "checkpoint_at_start": fingerprint(last_checkpoint(run_dir / "checkpoints"))}
         c = spec.cluster
         fit(train_worker, config, num_workers=c.num_workers, use_gpu=c.use_gpu,

@@ -79,6 +79,9 @@ class TeachersSpec(_Section):
     window: int = Field(4, ge=1, description="batches kept in flight to the teacher pool")
     output: Literal["fp16", "fp32", "topk"] = "fp16"
     topk: int = Field(0, ge=0, description="k for output: topk")
+    offline_dir: Path | None = Field(None, description="soft labels written by `distill teach` and read "
+                                                       "by mode: offline; default <data.shards>/soft-<name>")
+    views: int = Field(1, ge=1, description="augmented views per sample that `distill teach` stores")
     members: list[TeacherSpec] = Field(default_factory=list)
 
     @model_validator(mode="before")

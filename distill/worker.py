@@ -61,14 +61,20 @@ def train_worker(config: dict[str, Any]) -> None:
 
     counter = CorruptCounter(spec.data.on_corrupt)
     aug = spec.data.augment
+    offline = spec.teachers.mode == "offline" and config.get("soft_labels")  # views come from the cache
     train = stream = train_loader(
         root, meta, batch_size=spec.trainer.batch_size, steps_per_epoch=steps, rank=rank, world=world,
         seed=spec.seed, shuffle_buffer=spec.data.shuffle_buffer, num_workers=spec.data.num_workers,
-        crop_padding=aug.crop_padding, hflip=aug.hflip, counter=counter)
+        crop_padding=0 if offline else aug.crop_padding, hflip=aug.hflip and not offline, counter=counter)
     pool = None
     if spec.teachers.mode == "online" and config.get("teacher_handles"):
         pool = TeacherPool([m.name for m in spec.teachers.members], config["teacher_handles"])
         train = Prefetcher(train, pool, spec.teachers.window, length=steps)
+    elif offline:
+        from distill.data.soft_labels import OfflineTeacher, SoftLabels
+
+        mine = meta.shard_paths(root, "train")[rank::world]  # this rank's shards, as train_loader splits them
+        train = OfflineTeacher(train, SoftLabels(Path(config["soft_labels"]), mine), spec.seed, length=steps)
     else:
         train = _NoTeacher(train, steps)
     val = val_loader(root, meta, batch_size=max(spec.trainer.batch_size, 256), counter=counter)

@@ -12,7 +12,10 @@ so ``torch.export`` / ``torch.compile`` trace through it.
   XNOR-Net: sgn(x) = +1 if x > 0 else -1, times the mean |x| of each row or
   patch unless ``act_scale=False``).
 
-Convolutions cover groups=1; depthwise layers stay fp32. ``fold_batchnorm``
+Convolutions cover groups=1 (depthwise layers stay fp32). Their weights are
+packed as [O, kh*kw*C] (``reference.conv_weight_rows``), the column order of
+the channels-last im2col rows, and they return NCHW tensors in channels-last
+memory, which the next packed conv reads without a copy. ``fold_batchnorm``
 folds a following BatchNorm into a packed layer's scales and bias.
 ``save_packed`` / ``load_packed`` store a whole model in one file (tensors and
 plain data only, loadable with ``weights_only=True``).

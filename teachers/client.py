@@ -1,7 +1,7 @@
 """The student side of the teacher service: fan-out, load balancing, pipelining.
 
 ``TeacherPool`` sends each batch to one replica of every teacher, choosing the
-replica with the fewest unfinished requests (``teachers.replicas``).
+replica with the least outstanding work (``teachers.replicas``).
 ``Prefetcher`` wraps a data loader and keeps ``window`` batches in flight, so
 while the student trains on batch i the teachers already work on batches
 i+1..i+W: the student only waits when the teachers are truly slower than it.
@@ -17,6 +17,7 @@ served per replica and window occupancy are counted for TensorBoard.
 from __future__ import annotations
 
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -102,6 +103,8 @@ class TeacherPool:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.stats = PoolStats()
+        # Answers arrive as read-only object-store views (zero-copy); the student only reads them.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
     @property
     def handles(self) -> list[list[Any]]:
@@ -150,7 +153,7 @@ class TeacherPool:
                     time.sleep(min(2.0, self.backoff_s * 2 ** call.attempts))
                 continue
             team.calls[call.replica].discard(call)
-            team.answered(call.replica, out["pid"])
+            team.answered(call.replica, out["pid"], out["latency_s"])
             return out
 
     def fetch(self, req: Request) -> TeacherOutput:

@@ -8,9 +8,13 @@ call until the restart). The probe's answer brings it back *up*, counted as a
 restart when the process id changed; a probe refused with ``ActorDiedError``
 a few times in a row means its restarts are spent, and it is *dead* for good.
 
-Load is least-outstanding: the replica with the fewest unfinished calls, ties
-broken by fewest unfetched calls and then round-robin, so equal idle replicas
-share work evenly and a slow replica gets less.
+Load is least outstanding *work*: the replica whose unfinished calls (plus the
+new one) take the least time at its own measured speed (a moving average of the
+compute time each actor reports). Between equal replicas that is plain
+least-outstanding; a replica twice as slow gets about half as much. (Counting
+calls alone sends a slow replica a full share: a pipelined client submits in
+bursts, and the fast replica always looks busy right after a burst.) Ties go
+to the replica with fewer unfetched calls, then round-robin.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 UP, DOWN, DEAD = "up", "down", "dead"
 DEAD_AFTER = 3  # consecutive ActorDiedError probes before a replica counts as gone for good
+EWMA = 0.3  # weight of the newest compute time in a replica's speed estimate
 
 
 @dataclass(eq=False)
@@ -54,6 +59,7 @@ class Replicas:
         self.pid: list[int | None] = [None] * len(handles)
         self.probe: list[Any] = [None] * len(handles)
         self.died_probes = [0] * len(handles)
+        self.compute_s: list[float | None] = [None] * len(handles)
         self.counts = HealthCounts()
         self._cursor = 0
 
@@ -74,7 +80,10 @@ class Replicas:
                                           "(their max_restarts are spent)")
         if len(candidates) > 1:
             busy = self._unfinished(candidates)
-            candidates.sort(key=lambda r: (busy[r], len(self.calls[r]), (r - self._cursor) % n))
+            known = [s for s in self.compute_s if s is not None]
+            typical = float(sum(known) / len(known)) if known else 1.0
+            cost = {r: (busy[r] + 1) * (self.compute_s[r] or typical) for r in candidates}
+            candidates.sort(key=lambda r: (cost[r], len(self.calls[r]), (r - self._cursor) % n))
         r = candidates[0]
         self._cursor = (r + 1) % n
         return r
@@ -97,13 +106,15 @@ class Replicas:
             except RayActorError:
                 self.failed(r)
 
-    def answered(self, r: int, pid: int) -> None:
-        """A call on ``r`` came back from process ``pid``.
+    def answered(self, r: int, pid: int, compute_s: float) -> None:
+        """A call on ``r`` came back from process ``pid`` after ``compute_s`` of work.
 
         An answer from the old process of a replica that is down was computed
         before it failed: it says nothing about the replica now. An answer from
         a new process means Ray restarted it.
         """
+        last = self.compute_s[r]
+        self.compute_s[r] = compute_s if last is None else (1 - EWMA) * last + EWMA * compute_s
         if self.state[r] == UP or pid != self.pid[r]:
             self._seen(r, pid)
 

@@ -125,17 +125,21 @@ def test_ensemble_rules_and_weights():
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared CIFAR-10 teachers not found at {SHARED}")
 def test_shared_teachers_every_format_in_actors(ray_session):
-    """Each shared teacher in each format, served by an actor: logits and hints equal a direct forward."""
+    """Each format, and each shared teacher, served by an actor: logits and hints equal a direct forward.
+
+    Three actors (a Latin square: every format once, every teacher once) rather than nine:
+    loading itself is covered for all nine pairs by ``test_teacher_load``; what the actor adds
+    (a fresh process, the object store, fp16 hints on the wire) is the same for each pair.
+    """
     files = {"state_dict": "{}.state_dict.pt", "torchscript": "{}.torchscript.pt", "export": "{}.pt2"}
+    pairs = [("resnet20_a", "export"), ("vgg_small_a", "torchscript"), ("resnet20_b", "state_dict")]
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     started = []
-    for name in ("resnet20_a", "vgg_small_a", "resnet20_b"):
+    for name, fmt in pairs:
         paths = SHARED_HINTS[name.rsplit("_", 1)[0]]
-        for fmt, pattern in files.items():
-            config = TeacherConfig(name=f"{name}-{fmt}", source=str(SHARED / pattern.format(name)),
-                                   format=fmt, hints=paths, output="fp32", num_classes=10,
-                                   input_shape=(3, 32, 32))
-            started.append((name, fmt, paths, start_replicas(config, 1, num_cpus=0.1, max_restarts=0)))
+        config = TeacherConfig(name=f"{name}-{fmt}", source=str(SHARED / files[fmt].format(name)), format=fmt,
+                               hints=paths, output="fp32", num_classes=10, input_shape=(3, 32, 32))
+        started.append((name, fmt, paths, start_replicas(config, 1, num_cpus=0.1, max_restarts=0)))
     try:
         pool = TeacherPool([f"{n}-{f}" for n, f, _, _ in started], [h for *_, h in started])
         out = pool(x)
@@ -176,8 +180,8 @@ def test_topk_and_hints_through_actor(ray_session, slow_teacher):
 
 def test_least_outstanding_spreads_load(ray_session, slow_teacher):
     """Equal replicas share a pipelined stream evenly; a slow replica gets less than a fast one."""
-    fast = start_replicas(slow_config(slow_teacher, 0.02), 2, num_cpus=0.1)
-    slow = start_replicas(slow_config(slow_teacher, 0.12), 1, num_cpus=0.1)
+    fast = start_replicas(slow_config(slow_teacher, 0.01), 2, num_cpus=0.1)
+    slow = start_replicas(slow_config(slow_teacher, 0.3), 1, num_cpus=0.1)
     try:
         batches = keyed_batches(24)
         pool = TeacherPool(["slow"], [fast])
@@ -188,7 +192,7 @@ def test_least_outstanding_spreads_load(ray_session, slow_teacher):
         assert abs(served["slow_0"] - served["slow_1"]) <= 4 * 16, served
 
         pool = TeacherPool(["slow"], [[fast[0], slow[0]]])
-        for _ in Prefetcher(batches, pool, window=4):
+        for _ in Prefetcher(batches, pool, window=6):
             pass
         served = pool.drain_stats().replica_served
         assert served["slow_0"] >= 2 * served["slow_1"] > 0, served

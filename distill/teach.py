@@ -1,0 +1,101 @@
+"""`distill teach`: run the ensemble once over the training set and store its soft labels.
+
+The same actors and client as online teaching produce the answers (so they
+are equal to what an online run would be sent); ``teachers.offline`` writes them
+as shards beside the data. A run with ``teachers.mode: offline`` then trains
+from them with no teacher started, after ``check_offline`` has confirmed that
+they were made for this data, these teachers and this view policy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from cluster import ray_env
+from cluster.placement import release
+from distill.data import DatasetMeta
+from distill.data.meta import DataError
+from distill.data.soft_labels import check_soft_labels, file_digest, soft_label_dir
+from distill.feature_shapes import teacher_hint_paths
+from distill.spec import JobSpec, SpecError
+
+
+def teacher_digests(spec: JobSpec) -> dict[str, str]:
+    return {m.name: file_digest(m.source) for m in spec.teachers.members if Path(m.source).is_file()}
+
+
+def check_offline(spec: JobSpec, root: Path, meta: DatasetMeta) -> Path:
+    """The soft-label folder for an offline run; one-line ``DataError`` when missing or stale."""
+    aug = spec.data.augment
+    if aug.mixup > 0 or aug.cutmix > 0:
+        raise SpecError("data.augment: mixup/cutmix mix images after the teachers answered; "
+                        "offline soft labels cannot follow them (use teachers.mode: online)")
+    folder = soft_label_dir(spec.teachers.offline_dir, root, spec.name)
+    soft = check_soft_labels(folder, meta, teachers=[m.name for m in spec.teachers.members],
+                             views=spec.teachers.views, padding=aug.crop_padding, hflip=aug.hflip,
+                             sources=teacher_digests(spec))
+    stored = dict(zip(soft["teachers"], soft["hints"], strict=True))
+    for name, paths in teacher_hint_paths(spec).items():
+        missing = [p for p in paths if p not in stored[name]]
+        if missing:
+            raise DataError(f"{folder}: teacher {name!r} hints {missing} were not stored; rerun teach")
+    return folder
+
+
+def teach(spec: JobSpec, *, address: str | None = None, batch_images: int = 256,
+          console: Console | None = None) -> dict[str, Any]:
+    """Write the job's soft labels; returns the folder's ``meta.json`` plus ``folder`` and ``bytes``."""
+    from distill.checks import check_teachers
+    from distill.data.views import view_batches
+    from distill.runner import prepare_data, start_teachers
+    from distill.scheduling import embedded_extras
+    from teachers.client import TeacherPool
+    from teachers.offline import write_soft_labels
+    from teachers.service import stop_replicas
+
+    console = console or Console()
+    if not spec.teachers.members:
+        raise SpecError("teachers.members: `distill teach` needs at least one teacher")
+    aug = spec.data.augment
+    if aug.mixup > 0 or aug.cutmix > 0:
+        raise SpecError("data.augment: mixup/cutmix cannot be stored as offline views; turn them off")
+    root, meta = prepare_data(spec)
+    check_teachers(spec, meta)
+    folder = soft_label_dir(spec.teachers.offline_dir, root, spec.name)
+    views = spec.teachers.views
+    if views > 1 and aug.crop_padding == 0 and not aug.hflip:
+        raise SpecError(f"teachers.views: {views} views, but data.augment makes every view the same "
+                        "(set crop_padding or hflip, or views: 1)")
+    info = {"job": spec.name, "views": views, "padding": aug.crop_padding, "hflip": aug.hflip,
+            "seed": spec.seed, "num_classes": meta.num_classes, "data": str(Path(root).resolve()),
+            "sources": teacher_digests(spec)}
+    address = address or spec.cluster.address
+    started_ray = ray_env.connect(address, namespace=spec.cluster.namespace,
+                                  **(embedded_extras(spec) if address is None else {}))
+    handles: list[list[Any]] = []
+    groups: list[Any] = []
+    try:
+        console.print(f"starting {sum(m.replicas for m in spec.teachers.members)} teacher replica(s)")
+        handles = start_teachers(spec, meta, groups)
+        pool = TeacherPool([m.name for m in spec.teachers.members], handles)
+        batches = view_batches(root, meta, views=views, padding=aug.crop_padding, hflip=aug.hflip,
+                               seed=spec.seed, batch_images=batch_images)
+        soft = write_soft_labels(batches, pool, folder, info=info, output=spec.teachers.output,
+                                 topk=spec.teachers.topk, window=spec.teachers.window,
+                                 total=meta.count("train"))
+    finally:
+        for group in handles:
+            stop_replicas(group)
+        for pg in groups:
+            release(pg)
+        if started_ray:
+            ray_env.shutdown()
+    size = sum(p.stat().st_size for p in folder.glob("*.tar"))
+    if soft["count"] != meta.count("train"):
+        raise DataError(f"{folder}: wrote {soft['count']} samples, the data has {meta.count('train')}")
+    console.print(f"soft labels: {soft['count']} samples x {views} view(s) x {len(handles)} teacher(s), "
+                  f"{size / max(1, soft['count']):.0f} bytes/sample on disk -> {folder}")
+    return {**soft, "folder": str(folder), "bytes": size}
