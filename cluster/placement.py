@@ -61,7 +61,8 @@ def autoscaling() -> bool:
         return False
 
 
-def _fmt(res: dict[str, float]) -> str:
+def format_resources(res: dict[str, float]) -> str:
+    """``{CPU: 1, teacher_node: 1}``: resources as people write them."""
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(res.items())) + "}"
 
 
@@ -101,6 +102,9 @@ def check_feasible(demands: list[Demand], nodes: list[Node]) -> None:
         short = {k: v for k, v in need.items() if have.get(k, 0.0) + 1e-9 < v}
         raise ClusterError(f"cluster: the job needs {_fmt(need)} at once but the cluster has "
                            f"{_fmt(_visible(have))}; short of {_fmt(short)}")
+
+
+_fmt = format_resources
 
 
 def _total(resources: Any) -> dict[str, float]:
@@ -149,5 +153,5 @@ def release(pg: Any) -> None:
     remove_placement_group(pg)
 
 
-__all__ = ["ClusterError", "Demand", "Node", "autoscaling", "bundle_options", "check_feasible", "live_nodes",
-           "release", "reserve"]
+__all__ = ["ClusterError", "Demand", "Node", "autoscaling", "bundle_options", "check_feasible",
+           "format_resources", "live_nodes", "release", "reserve"]

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cluster.placement import ClusterError, format_resources
+
 
 def worker_bundle(cpus_per_worker: float, use_gpu: bool, custom: dict[str, float] | None = None) -> dict:
     """Ray resources one training worker holds (its placement-group bundle)."""
@@ -33,29 +35,47 @@ def fit(train_fn: Callable[[dict], None], config: dict[str, Any], *, num_workers
         placement_strategy: str = "PACK", placement_timeout_s: float | None = None) -> Any:
     """Run ``train_fn(config)`` on ``num_workers`` Ray Train workers and wait for it.
 
-    ``placement_timeout_s`` bounds the wait for the workers' placement group:
-    Ray Train would otherwise retry forever while the cluster is busy.
+    ``placement_timeout_s`` bounds each wait for the workers' placement group
+    (at the start and after each restart): Ray Train would otherwise retry
+    forever while the cluster is busy. Running out of it raises ``ClusterError``.
     """
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import ControllerError, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     failure = FailureConfig(max_failures=max_failures)
+    timeout_var = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # read by Ray Train's controller, from our env
+    saved = os.environ.get(timeout_var)
     if placement_timeout_s is not None:
-        # Read by Ray Train's controller (propagated from this driver's environment).
-        os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(placement_timeout_s)
-        failure = FailureConfig(max_failures=max_failures, controller_failure_limit=0)
+        os.environ[timeout_var] = str(placement_timeout_s)
+        failure = FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures)
+    bundle = worker_bundle(cpus_per_worker, use_gpu, resources_per_worker)
     trainer = TorchTrainer(
         train_fn,
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=worker_bundle(cpus_per_worker, use_gpu,
-                                                                        resources_per_worker),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=bundle,
                                      placement_strategy=placement_strategy,
                                      label_selector=dict(label_selector) if label_selector else None),
         run_config=RunConfig(name=name, storage_path=str(storage_path.resolve()), failure_config=failure),
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except ControllerError as exc:
+        # Ray Train's own exceptions for "no room for the workers" are internal; match them by name.
+        kind = type(exc.controller_failure).__name__
+        if kind == "WorkerGroupStartupTimeoutError":
+            raise ClusterError(f"cluster: waited {placement_timeout_s:g} s for {num_workers} student "
+                               f"workers x {format_resources(bundle)}; the cluster has them but they are in "
+                               "use (see `ray status`)") from None
+        if kind == "InsufficientClusterResourcesError":
+            first = str(exc.controller_failure).strip().splitlines()
+            raise ClusterError(f"cluster: {first[1] if len(first) > 1 else first[0]}") from None
+        raise
+    finally:
+        if saved is None:
+            os.environ.pop(timeout_var, None)
+        else:
+            os.environ[timeout_var] = saved
 
 
 def fingerprint(path: str | Path | None) -> str | None:
@@ -68,9 +88,14 @@ def fingerprint(path: str | Path | None) -> str | None:
         return None
     path = Path(path)
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    stats = [(str(f.relative_to(path)) if f != path else "", f.stat()) for f in files]
-    top = path.stat()
-    return ";".join([f"{top.st_ino}"] + [f"{n}:{s.st_ino}:{s.st_size}:{s.st_mtime_ns}" for n, s in stats])
+    parts = [str(path.stat().st_ino)]
+    for f in files:
+        try:
+            st = f.stat()
+        except FileNotFoundError:  # a temporary file renamed away mid-scan
+            continue
+        parts.append(f"{f.relative_to(path) if f != path else ''}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
+    return ";".join(parts)
 
 
 def resume_checkpoint(last: str | None, *, resume: bool, at_start: str | None) -> str | None:

@@ -56,6 +56,28 @@ class DistillModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
 
+    def on_fit_start(self) -> None:
+        """Match floating buffers to the parameters' dtype under bf16/fp16.
+
+        DeepSpeed casts parameters to the training precision but leaves buffers
+        alone, so BatchNorm would see bf16 weights next to fp32 running
+        statistics (and BinaryConnect a bf16 weight next to an fp32 scale),
+        which the CPU kernels refuse. Those buffers follow the parameters; the
+        student is saved and evaluated in fp32 again. torch.ao fake-quant state
+        stays fp32, the only dtype its kernels take.
+        """
+        from torch.ao.quantization import FakeQuantizeBase, ObserverBase
+
+        dtype = next(self.student.parameters()).dtype
+        if dtype not in (torch.bfloat16, torch.float16):
+            return
+        for module in self.modules():
+            if isinstance(module, FakeQuantizeBase | ObserverBase):
+                continue
+            for name, buf in module.named_buffers(recurse=False):
+                if buf.is_floating_point() and buf.dtype != dtype:
+                    setattr(module, name, buf.to(dtype))
+
     def _inputs(self, logits: torch.Tensor, targets: torch.Tensor, teacher_out: Any) -> LossInputs:
         return LossInputs(
             student_logits=logits, targets=targets,
@@ -97,17 +119,27 @@ class DistillModule(pl.LightningModule):
         return logits.detach()  # for the validation callbacks (confusion matrix, teacher agreement)
 
     def configure_optimizers(self) -> Any:
+        from students.quantize import quantizer_param_groups
+
         t = self.spec.trainer
         params = [p for p in self.parameters() if p.requires_grad]
+        # Learned quantizer state (TTQ's log-scales) in groups of its own: lr x the layer's
+        # scale_lr option, no weight decay. The first group stays "all other parameters".
+        quant = quantizer_param_groups(self.student)
+        taken = {id(p) for g in quant for p in g["params"]}
+        groups = [{"params": [p for p in params if id(p) not in taken]}]
+        groups += [{"params": g["params"], "lr": t.lr * g["lr_scale"], "weight_decay": g["weight_decay"]}
+                   for g in quant]
         if t.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
+            opt = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
         else:
-            opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+            opt = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
         total = max(1, t.epochs * self.steps_per_epoch)
         if t.schedule == "constant":
             return opt
         if t.schedule == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, total_steps=total)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                        total_steps=total)
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -36,7 +36,7 @@ def check_offline(spec: JobSpec, root: Path, meta: DatasetMeta) -> Path:
     folder = soft_label_dir(spec.teachers.offline_dir, root, spec.name)
     soft = check_soft_labels(folder, meta, teachers=[m.name for m in spec.teachers.members],
                              views=spec.teachers.views, padding=aug.crop_padding, hflip=aug.hflip,
-                             sources=teacher_digests(spec))
+                             sources=teacher_digests(spec), data_meta=file_digest(Path(root) / "meta.json"))
     stored = dict(zip(soft["teachers"], soft["hints"], strict=True))
     for name, paths in teacher_hint_paths(spec).items():
         missing = [p for p in paths if p not in stored[name]]
@@ -71,7 +71,7 @@ def teach(spec: JobSpec, *, address: str | None = None, batch_images: int = 256,
                         "(set crop_padding or hflip, or views: 1)")
     info = {"job": spec.name, "views": views, "padding": aug.crop_padding, "hflip": aug.hflip,
             "seed": spec.seed, "num_classes": meta.num_classes, "data": str(Path(root).resolve()),
-            "sources": teacher_digests(spec)}
+            "sources": teacher_digests(spec), "data_meta": file_digest(Path(root) / "meta.json")}
     address = address or spec.cluster.address
     started_ray = ray_env.connect(address, namespace=spec.cluster.namespace,
                                   **(embedded_extras(spec) if address is None else {}))

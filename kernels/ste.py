@@ -59,6 +59,7 @@ __all__ = [
     "ttq_threshold",
     "ttq_init_scales",
     "ttq_weight",
+    "TTQ_GRADS",
     "quantize_k",
     "dorefa_weight",
     "dorefa_weight_codes",
@@ -185,29 +186,54 @@ class TTQWeightSTE(torch.autograd.Function):
     """Trained Ternary Quantization with learned scales Wp, Wn > 0 (one pair per layer).
 
     forward:  Wq_i = +Wp if W_i > delta;  0 if |W_i| <= delta;  -Wn if W_i < -delta
-    backward (TTQ paper, eqs. 6-7), g = dL/dWq, I_p = {W > delta}, I_n = {W < -delta}:
+    with g = dL/dWq, I_p = {W > delta}, I_n = {W < -delta}, I_z = {|W| <= delta}; delta is not
+    differentiated. Two backward rules (`grads`):
+
+    "paper" (TTQ paper, eqs. 6-7, as printed):
               dL/dWp  =  sum_{i in I_p} g_i
               dL/dWn  = -sum_{i in I_n} g_i      (the paper prints it without the minus;
                                                   with Wq = -Wn on I_n the chain rule has it)
-              dL/dW_i = Wp * g_i on I_p;  g_i where |W_i| <= delta;  Wn * g_i on I_n
-    delta is not differentiated.
+              dL/dW_i = Wp * g_i on I_p;  g_i on I_z;  Wn * g_i on I_n
+
+    "normalized" (the default of `ttq_weight` and the layers), a deliberate deviation:
+              dL/dWp  =  mean_{i in I_p} g_i     (0 if I_p is empty)
+              dL/dWn  = -mean_{i in I_n} g_i
+              dL/dW_i = (Wp / s) g_i on I_p;  g_i on I_z;  (Wn / s) g_i on I_n,  s = (Wp + Wn) / 2
+      Why: the paper states its rule for latent weights normalized to [-1, 1], where the
+      factors Wp, Wn and the 1 of the zero band are of one order. In a net's own units (He
+      init: |W| ~ 0.01-0.3) the +-Wp weights then learn 3-100x slower than the zero band, and
+      the scales' gradient, a sum over every weight of the layer (up to ~1e5), makes one
+      plain-SGD step on Wp, Wn larger than the scales themselves: they turn negative within a
+      few steps and the net collapses (MobileNet v1 on digits: chance accuracy). The normalized
+      rule is free of both units: the factors keep the paper's asymmetry (the side with the
+      larger scale gets the larger gradient) with mean 1 (when Wp == Wn it is TWN's identity
+      STE), and the scale gradient is the mean demand of the weights that share the scale,
+      the size of one weight's gradient whatever the layer's size. It is the paper's
+      gradient with a per-layer rescaling, not a different quantizer: the forward is unchanged.
     """
 
     @staticmethod
-    def forward(ctx, w: Tensor, wp: Tensor, wn: Tensor, delta: Tensor) -> Tensor:
+    def forward(ctx, w: Tensor, wp: Tensor, wn: Tensor, delta: Tensor, normalized: bool = False) -> Tensor:
         pos = w > delta
         neg = w < -delta
         ctx.save_for_backward(pos, neg, wp, wn)
+        ctx.normalized = normalized
         zero = torch.zeros((), dtype=w.dtype, device=w.device)
         return torch.where(pos, wp.to(w.dtype), torch.where(neg, -wn.to(w.dtype), zero))
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
         pos, neg, wp, wn = ctx.saved_tensors
-        grad_w = torch.where(pos, wp.to(grad.dtype) * grad, torch.where(neg, wn.to(grad.dtype) * grad, grad))
-        grad_wp = (grad * pos).sum().reshape(wp.shape).to(wp.dtype)
-        grad_wn = -(grad * neg).sum().reshape(wn.shape).to(wn.dtype)
-        return grad_w, grad_wp, grad_wn, None
+        fp, fn = wp.to(grad.dtype), wn.to(grad.dtype)
+        grad_wp = (grad * pos).sum()
+        grad_wn = -(grad * neg).sum()
+        if ctx.normalized:
+            s = (fp + fn) / 2
+            fp, fn = fp / s, fn / s
+            grad_wp = grad_wp / pos.sum().clamp_min(1)
+            grad_wn = grad_wn / neg.sum().clamp_min(1)
+        grad_w = torch.where(pos, fp * grad, torch.where(neg, fn * grad, grad))
+        return grad_w, grad_wp.reshape(wp.shape).to(wp.dtype), grad_wn.reshape(wn.shape).to(wn.dtype), None, None
 
 
 class RoundSTE(torch.autograd.Function):
@@ -368,9 +394,18 @@ def ttq_init_scales(w: Tensor, t: float = 0.05) -> tuple[Tensor, Tensor]:
     return side(w > delta).reshape(1), side(w < -delta).reshape(1)
 
 
-def ttq_weight(w: Tensor, wp: Tensor, wn: Tensor, t: float = 0.05) -> Tensor:
-    """TTQ: Wq in {-Wn, 0, +Wp} with threshold delta = t * max|W| (see `TTQWeightSTE`)."""
-    return TTQWeightSTE.apply(w, wp, wn, ttq_threshold(w, t))
+TTQ_GRADS = ("normalized", "paper")
+
+
+def ttq_weight(w: Tensor, wp: Tensor, wn: Tensor, t: float = 0.05, grads: str = "normalized") -> Tensor:
+    """TTQ: Wq in {-Wn, 0, +Wp} with threshold delta = t * max|W|.
+
+    grads: "normalized" (default) or "paper", the backward rule (see `TTQWeightSTE`).
+    Wp, Wn must be > 0; the layers keep them positive by learning log Wp, log Wn.
+    """
+    if grads not in TTQ_GRADS:
+        raise ValueError(f"ttq grads must be one of {TTQ_GRADS}, got {grads!r}")
+    return TTQWeightSTE.apply(w, wp, wn, ttq_threshold(w, t), grads == "normalized")
 
 
 # --------------------------------------------------------------------------- DoReFa

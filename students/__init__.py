@@ -13,11 +13,15 @@ __all__ = [
     "count_macs",
     "count_params",
     "create_model",
+    "export",
     "list_models",
+    "load_exported",
     "model_bytes",
     "model_info",
     "register_model",
+    "save_exported",
     "zoo_table",
 ]
 
+from .export import export, load_exported, save_exported  # noqa: E402
 from .quantize import SCHEMES, clip_latent_, convert_int8, quantize, quantized_layers  # noqa: E402, F401

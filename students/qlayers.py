@@ -31,14 +31,26 @@ Per scheme (scales are detached tensors, computed from the latent weight now):
                   receptive field (XNOR-Net's K; per group, padded zeros counted), then + bias
   twn             codes in {-1,0,+1}, alpha (scalar), threshold delta = threshold_factor * mean|W| (0.7)
                   Wq = alpha * codes
-  ttq             codes in {-1,0,+1}, learned nn.Parameters wp, wn (shape (1,), > 0 in practice,
-                  not enforced),
-                  threshold delta = threshold_factor * max|W| (0.05);  Wq = wp if code>0, -wn if code<0
+  ttq             codes in {-1,0,+1}, learned scales wp, wn (shape (1,), > 0 by construction: the
+                  parameters are log_wp, log_wn and wp = exp(log_wp); a state dict with the old
+                  wp / wn keys still loads), threshold delta = threshold_factor * max|W| (0.05);
+                  Wq = wp if code>0, -wn if code<0.
+                  Options: grads="normalized" (default) or "paper", the backward rule
+                  (kernels.ste.TTQWeightSTE: the paper's rule as printed collapses nets trained
+                  from scratch with plain SGD); scale_lr=1.0, the learning-rate multiplier of the
+                  scales' optimizer group (see quantizer_parameters below).
   dorefa          codes in 0..2^k-1 (uint8), k = weight_bits;        Wq = 2 * codes / (2^k-1) - 1
                   input: clip(x, 0, 1) quantized to act_bits levels (none if act_bits is None)
   int8            torch.ao fake-quant submodules input_fake_quant, weight_fake_quant,
                   output_fake_quant (their .scale / .zero_point buffers); see
                   students.quantize.convert_int8 for the real int8 model.
+
+What optimizers read (all layers):
+  quantizer_parameters()  the learned quantizer state (TTQ: log_wp, log_wn; others: none). It
+                  belongs in its own parameter group, without weight decay (decay would pull
+                  log-scales to 1) and with lr x quantizer_lr_scale;
+                  students.quantize.quantizer_param_groups builds those groups for a model.
+  quantizer_lr_scale  that multiplier (the ttq option scale_lr; 1.0 for the other schemes)
 
 Sign convention: sgn(x) = +1 if x > 0 else -1 (see kernels.ste).
 """
@@ -61,7 +73,7 @@ SCHEME_OPTIONS: dict[str, dict[str, Any]] = {
     "binary-connect": {"stochastic": False, "scale": "rms"},
     "xnor": {"binarize_input": True, "act_scale": True},
     "twn": {"threshold_factor": 0.7},
-    "ttq": {"threshold_factor": 0.05},
+    "ttq": {"threshold_factor": 0.05, "grads": "normalized", "scale_lr": 1.0},
     "dorefa": {"bits": 4, "act_bits": None},
     "int8": {"backend": "x86"},
 }
@@ -88,6 +100,11 @@ def resolve_options(scheme: str, options: dict[str, Any]) -> dict[str, Any]:
         factor, hi = out["threshold_factor"], (1 if scheme == "ttq" else 10)
         if not _is_number_in(factor, 0, hi):
             raise ValueError(f"option 'threshold_factor' must be a number in (0, {hi}), got {factor!r}")
+    if scheme == "ttq":
+        if out["grads"] not in ste.TTQ_GRADS:
+            raise ValueError(f"option 'grads' must be one of {list(ste.TTQ_GRADS)}, got {out['grads']!r}")
+        if not (out["scale_lr"] == 0 or _is_number_in(out["scale_lr"], 0, float("inf"))):
+            raise ValueError(f"option 'scale_lr' must be a number >= 0, got {out['scale_lr']!r}")
     if scheme == "dorefa":
         if out["act_bits"] is None:
             out["act_bits"] = out["bits"]
@@ -138,9 +155,12 @@ class _QuantMixin:
             self.register_buffer("binary_scale", torch.ones((), dtype=w.dtype, device=w.device))
             self._init_binary_scale()
         if scheme == "ttq":
+            # Learned in log space: Wp, Wn > 0 by construction (a negative Wn turns the layer's
+            # "negative" weights positive), and an optimizer step changes them by a ratio,
+            # whatever their size (BN makes the function depend on Wp : Wn only).
             wp, wn = ste.ttq_init_scales(self.weight.detach(), self.options["threshold_factor"])
-            self.wp = nn.Parameter(wp.clone())
-            self.wn = nn.Parameter(wn.clone())
+            self.log_wp = nn.Parameter(wp.log())
+            self.log_wn = nn.Parameter(wn.log())
         if scheme == "int8":
             act_fq, weight_fq = ste.int8_fake_quant_factories(self.options["backend"])
             device = self.weight.device
@@ -164,6 +184,44 @@ class _QuantMixin:
         if self.scheme == "dorefa":
             return None if self.options["act_bits"] == 32 else self.options["act_bits"]
         return 8 if self.scheme == "int8" else None
+
+    @property
+    def wp(self) -> Tensor:
+        """TTQ's positive scale Wp = exp(log_wp), differentiable (the forward uses it)."""
+        return self.log_wp.exp()
+
+    @property
+    def wn(self) -> Tensor:
+        """TTQ's negative-side scale Wn = exp(log_wn) > 0 (the weight value is -Wn)."""
+        return self.log_wn.exp()
+
+    @torch.no_grad()
+    def set_ttq_scales_(self, wp: float | Tensor, wn: float | Tensor) -> None:
+        """Set TTQ's Wp, Wn (> 0) in place, e.g. after copying a latent weight."""
+        for param, value in ((self.log_wp, wp), (self.log_wn, wn)):
+            value = torch.as_tensor(value, dtype=torch.float32)
+            if not bool((value > 0).all()):
+                raise ValueError(f"TTQ scales must be > 0, got {value.tolist()}")
+            param.copy_(value.log().reshape(param.shape))
+
+    def quantizer_parameters(self) -> list[nn.Parameter]:
+        """The learned quantizer state the optimizer should group apart (TTQ: log_wp, log_wn)."""
+        return [self.log_wp, self.log_wn] if self.scheme == "ttq" else []
+
+    @property
+    def quantizer_lr_scale(self) -> float:
+        """Learning-rate multiplier for `quantizer_parameters()` (the ttq option scale_lr)."""
+        return float(self.options.get("scale_lr", 1.0)) if self.scheme == "ttq" else 1.0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """Accept TTQ state dicts from before the log parametrization (keys wp / wn)."""
+        if getattr(self, "scheme", None) == "ttq":
+            for side in ("wp", "wn"):
+                old, new = prefix + side, prefix + "log_" + side
+                if old in state_dict and new not in state_dict:
+                    value = state_dict.pop(old)
+                    state_dict[new] = value.clamp_min(torch.finfo(value.dtype).tiny).log()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
 
     @property
     def threshold(self) -> Tensor:
@@ -278,7 +336,7 @@ class _QuantMixin:
         if s == "twn":
             return ste.twn_weight(w, o["threshold_factor"])
         if s == "ttq":
-            return ste.ttq_weight(w, self.wp, self.wn, o["threshold_factor"])
+            return ste.ttq_weight(w, self.wp, self.wn, o["threshold_factor"], o["grads"])
         if s == "dorefa":
             return ste.dorefa_weight(w, o["bits"])
         fq, w = self.weight_fake_quant, w.float()  # torch.ao fake-quant runs in fp32 only
@@ -468,7 +526,5 @@ def _copy_from(q: QConv2d | QLinear, src: nn.Conv2d | nn.Linear) -> Any:
         if q.scheme == "binary-connect":  # H and the TTQ scales start from the copied weight
             q._init_binary_scale()
         if q.scheme == "ttq":
-            wp, wn = ste.ttq_init_scales(q.weight, q.options["threshold_factor"])
-            q.wp.copy_(wp)
-            q.wn.copy_(wn)
+            q.set_ttq_scales_(*ste.ttq_init_scales(q.weight, q.options["threshold_factor"]))
     return q.train(src.training)

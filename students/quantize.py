@@ -22,7 +22,15 @@ from torch import nn
 
 from students.qlayers import SCHEME_OPTIONS, SCHEMES, QConv2d, QLinear, quantize_weight_int8, resolve_options
 
-__all__ = ["SCHEMES", "SCHEME_OPTIONS", "quantize", "quantized_layers", "clip_latent_", "convert_int8"]
+__all__ = [
+    "SCHEMES",
+    "SCHEME_OPTIONS",
+    "quantize",
+    "quantized_layers",
+    "quantizer_param_groups",
+    "clip_latent_",
+    "convert_int8",
+]
 
 
 def _is_depthwise(m: nn.Module) -> bool:
@@ -97,6 +105,26 @@ def _swap(model: nn.Module, replaced: dict[int, nn.Module]) -> None:
 def quantized_layers(model: nn.Module) -> list[tuple[str, QConv2d | QLinear]]:
     """(qualified name, layer) for every low-precision layer, in module order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, QConv2d | QLinear)]
+
+
+def quantizer_param_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """Optimizer groups for the learned quantizer state of `model`'s low-precision layers.
+
+    One dict per distinct learning-rate multiplier: {"params": [...], "lr_scale": m,
+    "weight_decay": 0.0}; [] when no layer learns quantizer state (every scheme but ttq).
+    The caller builds its optimizer with these groups (lr = base lr * lr_scale) next to a
+    group of all other parameters. Weight decay stays off: TTQ's scales are learned as
+    log Wp, log Wn, and decay would pull them towards 1, which means nothing to the layer.
+    Shared layers and parameters appear once; frozen ones (requires_grad False) not at all.
+    """
+    by_scale: dict[float, list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for _, layer in quantized_layers(model):
+        for p in layer.quantizer_parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                by_scale.setdefault(layer.quantizer_lr_scale, []).append(p)
+    return [{"params": ps, "lr_scale": m, "weight_decay": 0.0} for m, ps in by_scale.items()]
 
 
 @torch.no_grad()

@@ -16,6 +16,8 @@ served per replica and window occupancy are counted for TensorBoard.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 import warnings
 from collections import deque
@@ -28,6 +30,8 @@ import torch
 
 from .replicas import UP, Call, Replicas, TeacherUnavailableError
 from .service import decode_logits
+
+INLINE_BYTES = 100 * 1024  # Ray's max_direct_call_object_size: smaller arguments skip the object store
 
 __all__ = ["Prefetcher", "PoolStats", "TeacherOutput", "TeacherPool", "TeacherUnavailableError"]
 
@@ -103,6 +107,8 @@ class TeacherPool:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.stats = PoolStats()
+        # A Prefetcher's thread submits and fetches while the training loop drains the stats.
+        self._lock = threading.RLock()
         # Answers arrive as read-only object-store views (zero-copy); the student only reads them.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
@@ -120,24 +126,29 @@ class TeacherPool:
     def submit(self, x: torch.Tensor) -> Request:
         import ray
 
-        batch_ref = ray.put(np.ascontiguousarray(x.detach().cpu().numpy()))
+        batch = np.ascontiguousarray(x.detach().cpu().numpy())
+        # A small batch rides inside each call (as Ray inlines small arguments); a large one is put in
+        # the object store once and shared by all teachers (and by any re-send).
+        batch_ref = batch if batch.nbytes < INLINE_BYTES else ray.put(batch)
         calls = [Call(batch_ref, len(x)) for _ in self.teams]
-        for t, call in enumerate(calls):
-            self._send(t, call)
+        with self._lock:
+            for t, call in enumerate(calls):
+                self._send(t, call)
         return Request(calls, time.perf_counter())
 
     def _replica_failed(self, t: int, r: int) -> None:
         """Re-send every call still on replica ``r`` (the failed one included)."""
         team = self.teams[t]
-        team.failed(r)
-        for call in list(team.calls[r]):
-            team.calls[r].discard(call)
-            call.attempts += 1
-            if call.attempts > self.max_retries:
-                raise TeacherUnavailableError(f"teacher {team.name!r}: a batch failed {call.attempts} times; "
-                                              "giving up")
-            self.stats.retries += 1
-            self._send(t, call)
+        with self._lock:
+            team.failed(r)
+            for call in list(team.calls[r]):
+                team.calls[r].discard(call)
+                call.attempts += 1
+                if call.attempts > self.max_retries:
+                    raise TeacherUnavailableError(f"teacher {team.name!r}: a batch failed {call.attempts} "
+                                                  "times; giving up")
+                self.stats.retries += 1
+                self._send(t, call)
 
     def _get(self, t: int, call: Call) -> dict[str, Any]:
         import ray
@@ -152,38 +163,51 @@ class TeacherPool:
                 if team.state[call.replica] != UP:  # nowhere healthy to go: let the restart happen
                     time.sleep(min(2.0, self.backoff_s * 2 ** call.attempts))
                 continue
-            team.calls[call.replica].discard(call)
-            team.answered(call.replica, out["pid"], out["latency_s"])
+            with self._lock:
+                team.calls[call.replica].discard(call)
+                team.answered(call.replica, out["pid"], out["latency_s"])
             return out
 
-    def fetch(self, req: Request) -> TeacherOutput:
+    def fetch(self, req: Request, student_waits: bool = True) -> TeacherOutput:
+        """The answers to ``req``; the time blocked here counts as student wait unless told otherwise
+        (a ``Prefetcher`` thread fetches ahead and measures the student's wait itself)."""
         start = time.perf_counter()
         outs = [self._get(t, call) for t, call in enumerate(req.calls)]
         done = time.perf_counter()
-        self.stats.wait_s += done - start
-        self.stats.latencies_s.append(done - req.submitted)
         logits, hints = [], []
-        for team, call, out in zip(self.teams, req.calls, outs, strict=True):
-            logits.append(decode_logits(out))
-            hints.append({k: torch.from_numpy(v) for k, v in out["hints"].items()})
-            replica, st = f"{team.name}_{call.replica}", self.stats
-            st.served[team.name] = st.served.get(team.name, 0) + call.size
-            st.replica_served[replica] = st.replica_served.get(replica, 0) + call.size
-            st.replica_busy_s[replica] = st.replica_busy_s.get(replica, 0.0) + out["latency_s"]
+        with self._lock:
+            st = self.stats
+            st.wait_s += (done - start) if student_waits else 0.0
+            st.latencies_s.append(done - req.submitted)
+            for team, call, out in zip(self.teams, req.calls, outs, strict=True):
+                logits.append(decode_logits(out))
+                hints.append({k: torch.from_numpy(v) for k, v in out["hints"].items()})
+                replica = f"{team.name}_{call.replica}"
+                st.served[team.name] = st.served.get(team.name, 0) + call.size
+                st.replica_served[replica] = st.replica_served.get(replica, 0) + call.size
+                st.replica_busy_s[replica] = st.replica_busy_s.get(replica, 0.0) + out["latency_s"]
         return TeacherOutput(logits, hints)
+
+    def record(self, wait_s: float = 0.0, in_flight: int | None = None) -> None:
+        """Student wait and window occupancy, as a ``Prefetcher`` sees them."""
+        with self._lock:
+            self.stats.wait_s += wait_s
+            if in_flight is not None:
+                self.stats.in_flight.append(in_flight)
 
     def __call__(self, x: torch.Tensor) -> TeacherOutput:
         """Synchronous request (no pipelining): evaluation and the baseline in benchmarks."""
         return self.fetch(self.submit(x))
 
     def drain_stats(self) -> PoolStats:
-        stats, self.stats = self.stats, PoolStats(window=self.stats.window)
-        for team in self.teams:
-            team.poll_probes()
-            counts = team.drain_counts()
-            stats.failures += counts.failures
-            stats.restarts += counts.restarts
-            stats.dead_replicas += team.not_up()
+        with self._lock:
+            stats, self.stats = self.stats, PoolStats(window=self.stats.window)
+            for team in self.teams:
+                team.poll_probes()
+                counts = team.drain_counts()
+                stats.failures += counts.failures
+                stats.restarts += counts.restarts
+                stats.dead_replicas += team.not_up()
         stats.elapsed_s = self.stats.started - stats.started
         return stats
 
@@ -192,14 +216,20 @@ class Prefetcher:
     """Iterates ``(batch, TeacherOutput)`` with ``window`` teacher requests in flight.
 
     ``loader`` yields batches whose first element is the input tensor that the
-    teachers must see (the augmented view the student trains on).
+    teachers must see (the augmented view the student trains on). With
+    ``thread=True`` (the default) a background thread reads the loader, submits
+    and fetches, one answered batch ahead of the consumer: the client's own work
+    (serializing, Ray calls, decoding) then overlaps the student's step instead
+    of adding to it. Order is kept; an error in the thread is raised to the consumer.
     """
 
-    def __init__(self, loader: Iterable, pool: TeacherPool, window: int, length: int | None = None) -> None:
+    def __init__(self, loader: Iterable, pool: TeacherPool, window: int, length: int | None = None,
+                 thread: bool = True) -> None:
         self.loader = loader
         self.pool = pool
         self.window = max(1, window)
         self.length = length
+        self.thread = thread
 
     def __len__(self) -> int:
         if self.length is None:
@@ -207,10 +237,15 @@ class Prefetcher:
         return self.length
 
     def __iter__(self) -> Iterator[tuple[Any, TeacherOutput]]:
+        self.pool.stats.window = self.window
+        if not self.thread:
+            return self._answers(student_waits=True)
+        return _ahead(self._answers(student_waits=False), self.pool.record)
+
+    def _answers(self, student_waits: bool) -> Iterator[tuple[Any, TeacherOutput]]:
         pending: deque[tuple[Any, Request]] = deque()
         source = iter(self.loader)
         exhausted = False
-        self.pool.stats.window = self.window
         while True:
             while not exhausted and len(pending) < self.window:
                 try:
@@ -221,6 +256,46 @@ class Prefetcher:
                 pending.append((batch, self.pool.submit(batch[0])))
             if not pending:
                 return
-            self.pool.stats.in_flight.append(len(pending))
+            self.pool.record(in_flight=len(pending))
             batch, req = pending.popleft()
-            yield batch, self.pool.fetch(req)
+            yield batch, self.pool.fetch(req, student_waits)
+
+
+def _ahead(items: Iterator, record: Any) -> Iterator:
+    """Run ``items`` in a thread, one item ahead; ``record(wait_s=...)`` gets the consumer's waits."""
+    box: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put((False, exc))
+        finally:
+            items.close()
+
+    threading.Thread(target=produce, name="teacher-prefetch", daemon=True).start()
+    try:
+        while True:
+            start = time.perf_counter()
+            ok, item = box.get()
+            record(wait_s=time.perf_counter() - start)
+            if not ok:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()

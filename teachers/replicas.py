@@ -31,7 +31,7 @@ EWMA = 0.3  # weight of the newest compute time in a replica's speed estimate
 class Call:
     """One teacher's share of one batch: the replica working on it and the ref to its answer."""
 
-    batch_ref: Any
+    batch_ref: Any  # the input: an object ref, or the array itself when small
     size: int
     ref: Any = None
     replica: int = -1

@@ -33,7 +33,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-EPOCHS, STEPS = 4, 8
+EPOCHS, STEPS = 3, 8
 
 
 def _can_make_namespaces() -> str | None:
@@ -113,6 +113,13 @@ class TwoNodes:
         return subprocess.run(["ip", "netns", "exec", self.ns[0], *argv], env=self.env, capture_output=True,
                               text=True, timeout=timeout, check=check, cwd=ROOT)
 
+    def run_all(self, argvs: list[list[str]], timeout: float = 120) -> list[tuple[str, str]]:
+        """Run commands side by side inside the head's namespace; their (stdout, stderr), in order."""
+        pipe = subprocess.PIPE
+        procs = [subprocess.Popen(["ip", "netns", "exec", self.ns[0], *argv], env=self.env, cwd=ROOT,
+                                  text=True, stdout=pipe, stderr=pipe) for argv in argvs]
+        return [p.communicate(timeout=timeout) for p in procs]
+
     def state(self) -> dict:
         out = self.run([sys.executable, str(ROOT / "tests" / "scripts" / "ray_state.py")], timeout=60)
         return json.loads(out.stdout.strip().splitlines()[-1])
@@ -174,16 +181,16 @@ def teacher_dir(tmp_path_factory) -> Path:
 
 
 def job_doc(tmp_path: Path, digits_root: Path, teachers: Path) -> dict:
-    """A tiny digits job; teachers pinned to the head by a custom resource, workers to the other node."""
-    teacher = {"format": "state_dict", "resources": {"num_cpus": 0.25, "custom": {"teacher_node": 1}}}
+    """A tiny digits job; teachers pinned to the head (one by a custom resource, one by a node label),
+    student workers to the other node (custom resource and label)."""
     return {
         "name": "multinode",
         "data": {"source": str(digits_root), "augment": {"crop_padding": 1}},
         "teachers": {"members": [
-            {"name": "cnn", "source": str(teachers / "cnn.pt"), "arch": "digits_cnn",
-             **teacher},
-            {"name": "mlp", "source": str(teachers / "mlp.pt"), "arch": "digits_mlp",
-             **teacher}]},
+            {"name": "cnn", "source": str(teachers / "cnn.pt"), "arch": "digits_cnn", "format": "state_dict",
+             "resources": {"num_cpus": 0.25, "custom": {"teacher_node": 1}}},
+            {"name": "mlp", "source": str(teachers / "mlp.pt"), "arch": "digits_mlp", "format": "state_dict",
+             "resources": {"num_cpus": 0.25, "labels": {"role": "teacher"}}}]},
         "student": {"arch": "mobilenet_v1", "options": {"alpha": 0.25}},
         "loss": {"terms": [{"type": "ce", "weight": 0.3}, {"type": "kd", "weight": 0.7, "temperature": 4.0}]},
         "trainer": {"epochs": EPOCHS, "steps_per_epoch": STEPS, "batch_size": 32, "lr": 0.1,
@@ -252,12 +259,11 @@ def test_job_placed_across_nodes_survives_worker_and_teacher_kills(two_nodes, tm
     job_id = launched.stdout.split()[0]
     assert job_id.startswith("raysubmit_"), launched.stdout + launched.stderr
 
-    def status() -> str:
-        return two_nodes.distill("status", job_id, "--address", two_nodes.dashboard).stdout.split()[1]
+    def status() -> str:  # the Jobs client alone: the full CLI imports too much to poll with
+        code = f"from cluster import jobs; print(jobs.info({two_nodes.dashboard!r}, {job_id!r}).status.value)"
+        return two_nodes.run([sys.executable, "-c", code]).stdout.split()[-1]
 
-    def logs() -> str:
-        return two_nodes.distill("logs", job_id, "--address", two_nodes.dashboard).stdout
-
+    done = False
     try:
         # Placement, seen through Ray's state API: teachers on the head, student workers on the other node.
         nodes = {n["labels"].get("role"): n["id"] for n in two_nodes.state()["nodes"]}
@@ -270,7 +276,7 @@ def test_job_placed_across_nodes_survives_worker_and_teacher_kills(two_nodes, tm
         state = _wait("teachers and 2 student workers", all_up, timeout=180, every=2)
         assert {a["node"] for a in _alive(state, "TeacherWorker")} == {nodes["teacher"]}
         assert all(a["placement_group"] for a in _alive(state, "TeacherWorker"))  # reserved all-or-none
-        _check_feasibility_on(two_nodes.state()["nodes"], doc)
+        _check_feasibility_on(state["nodes"], doc)
         assert {a["node"] for a in _alive(state, "RayTrainWorker")} == {nodes["student"]}
 
         # Kill a student worker once a checkpoint exists (and is not being written).
@@ -303,18 +309,26 @@ def test_job_placed_across_nodes_survives_worker_and_teacher_kills(two_nodes, tm
             now = status()
             return now if now in ("SUCCEEDED", "FAILED", "STOPPED") else None
 
-        final = _wait("the job to end", ended, timeout=300, every=3)
-        text = logs()
-        assert final == "SUCCEEDED", text[-3000:]
+        _wait("the job to end", ended, timeout=300, every=3)
+        done = True
     finally:
-        if status() in ("PENDING", "RUNNING"):
+        if not done:
             two_nodes.distill("stop", job_id, "--address", two_nodes.dashboard, check=False)
 
-    assert f"resuming from {last}" in text, text[-3000:]
+    # The CLI's view of the job, its log and the actors' final state, side by side (each process start
+    # costs seconds here; the log comes through the same client `distill logs` uses).
+    logs = f"from cluster import jobs; jobs.logs({two_nodes.dashboard!r}, {job_id!r})"
+    status_cmd = [str(VENV_BIN / "distill"), "status", job_id, "--address", two_nodes.dashboard]
+    shown = two_nodes.run_all([status_cmd, [sys.executable, "-c", logs],
+                               [sys.executable, str(ROOT / "tests" / "scripts" / "ray_state.py")]])
+    (status_out, status_err), (logs_out, logs_err), (state_out, _) = shown
+    assert status_out.startswith(f"{job_id}: SUCCEEDED"), status_out + status_err + logs_out[-3000:]
+    assert f"resuming from {last}" in logs_out, logs_out[-3000:] + logs_err
     assert step_at_kill >= STEPS
     assert _global_step(last) == EPOCHS * STEPS  # nothing lost, nothing trained twice past the end
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert 0.0 <= report["student"]["top1"] <= 1.0
     # The killed teacher was restarted by Ray (in its placement-group bundle) and the job went on.
-    (after,) = [a for a in two_nodes.state()["actors"] if a["id"] == teacher["id"]]
+    actors = json.loads(state_out.strip().splitlines()[-1])["actors"]
+    (after,) = [a for a in actors if a["id"] == teacher["id"]]
     assert after["restarts"] >= 1, after

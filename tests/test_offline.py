@@ -29,7 +29,8 @@ from distill.data.views import apply_views, draw_views
 from distill.spec import parse_spec
 from distill.teach import check_offline
 from teachers.archs import create_teacher
-from teachers.client import TeacherPool
+from teachers.client import TeacherOutput, TeacherPool
+from teachers.offline import FORMAT_VERSION, ViewBatch, sample_records
 from teachers.service import TeacherConfig, start_replicas, stop_replicas
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,37 @@ def test_views_are_reproducible_crops_and_flips():
     picks = pick_views(keys, 0, 3, 4)
     assert np.array_equal(picks, pick_views(keys, 0, 3, 4)) and set(picks) == {0, 1, 2, 3}
     assert not np.array_equal(picks, pick_views(keys, 0, 4, 4))
+
+
+def test_topk_records_round_trip(tmp_path):
+    """The stored format alone (no Ray): top-k logits and hints with upper-case paths come back as sent."""
+    n, views, classes = 6, 3, 12
+    batch = ViewBatch("train-000000.tar", [f"k{i}" for i in range(n)],
+                      np.stack([draw_views(f"k{i}", 0, views, 2, True) for i in range(n)]),
+                      torch.zeros(n * views, 1, 4, 4))
+    g = torch.Generator().manual_seed(0)
+    out = TeacherOutput([torch.randn(n * views, classes, generator=g) for _ in range(2)],
+                        [{"Block.A": torch.randn(n * views, 4, 2, 2, generator=g).half()}, {}])
+    with wds.TarWriter(str(tmp_path / batch.shard), encoder=False) as sink:
+        for record in sample_records(batch, out, "topk", 3):
+            sink.write(record)
+    meta = {"format": FORMAT_VERSION, "teachers": ["a", "b"], "hints": [["Block.A"], []],
+            "num_classes": classes, "padding": 2, "views": views, "hflip": True, "shards": {batch.shard: n},
+            "count": n}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    labels = SoftLabels(tmp_path, [batch.shard])
+    assert np.array_equal(labels.views, batch.views)
+    rows, chosen = labels.rows(["k4", "k1"]), np.array([2, 0])
+    back = labels.output(rows, chosen)
+    flat = rows * views + chosen  # sample-major, as the teachers saw them
+    for t in range(2):
+        z = out.logits[t][flat]
+        idx = z.topk(3, dim=1).indices
+        torch.testing.assert_close(back.logits[t].gather(1, idx), z.gather(1, idx).half().float())
+        assert (back.logits[t].scatter(1, idx, 0) == torch.full_like(z, -1e4).scatter(1, idx, 0)).all()
+    assert torch.equal(back.hints[0]["Block.A"], out.hints[0]["Block.A"][flat]) and back.hints[1] == {}
+    with pytest.raises(DataError, match="'nope' has no stored soft labels"):
+        labels.rows(["k0", "nope"])
 
 
 def _teacher_files(folder: Path) -> dict[str, Path]:

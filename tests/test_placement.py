@@ -94,3 +94,26 @@ def test_launch_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert main(["status", "raysubmit_nothing", "--address", nowhere]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: --address {nowhere}: cannot reach") and err.count("\n") == 1, err
+
+
+def _never_called(config: dict) -> None:
+    raise AssertionError("workers must not start while their resources are held")
+
+
+@pytest.mark.slow
+def test_busy_cluster_waits_then_fails_with_one_line(ray_session, tmp_path):
+    """Resources that exist but are held: teachers and Ray Train workers wait, then stop with one line."""
+    from cluster.placement import release, reserve
+    from cluster.train import fit
+
+    cpus = ray_session.cluster_resources()["CPU"]
+    holder = reserve(Demand("test", {"CPU": cpus}), timeout_s=30)
+    try:
+        where = "teachers.members.0.resources"
+        with pytest.raises(ClusterError, match=rf"^{where}: waited 1 s for 1 x \{{CPU: 1\}}"):
+            reserve(Demand(where, {"CPU": 1}), timeout_s=1)
+        with pytest.raises(ClusterError, match=r"^cluster: waited 2 s for 2 student workers"):
+            fit(_never_called, {}, num_workers=2, use_gpu=False, cpus_per_worker=1, storage_path=tmp_path,
+                name="busy", placement_timeout_s=2)
+    finally:
+        release(holder)

@@ -171,12 +171,10 @@ def test_twn_values(monkeypatch):
 def test_ttq_values(monkeypatch):
     torch.manual_seed(0)
     layer = QConv2d(4, 6, 3, scheme="ttq")
-    with torch.no_grad():
-        layer.wp.fill_(0.3)
-        layer.wn.fill_(0.7)
+    layer.set_ttq_scales_(0.3, 0.7)
     seen = record_forward(layer, monkeypatch)
     layer(torch.randn(2, 4, 5, 5))
-    assert distinct(seen[0][1]) == {-0.699999988079071, 0.0, 0.30000001192092896}
+    assert torch.allclose(torch.tensor(sorted(distinct(seen[0][1]))), torch.tensor([-0.7, 0.0, 0.3]))
     delta = 0.05 * layer.weight.detach().abs().max()
     assert torch.equal(seen[0][1] > 0, layer.weight.detach() > delta)
     assert torch.equal(seen[0][1] < 0, layer.weight.detach() < -delta)
@@ -270,10 +268,73 @@ def test_ttq_gradients_hand_example():
     wp, wn = torch.tensor([2.0]), torch.tensor([3.0])
     g = torch.arange(1.0, 7.0)
     assert torch.equal(ste.ttq_weight(w, wp, wn), torch.tensor([2.0, -3, 0, 2, 0, -3]))
-    gw, gwp, gwn = grad_of(ste.ttq_weight, w, wp, wn, g=g)
+    gw, gwp, gwn = grad_of(lambda *t: ste.ttq_weight(*t, grads="paper"), w, wp, wn, g=g)
     assert torch.equal(gw, torch.tensor([2 * 1.0, 3 * 2, 3, 2 * 4, 5, 3 * 6]))  # Wp g | g | Wn g
     assert torch.equal(gwp, torch.tensor([1.0 + 4]))  # sum over I_p
     assert torch.equal(gwn, torch.tensor([-(2.0 + 6)]))  # -sum over I_n
+    # the default, unit-free rule: factors Wp / s, Wn / s with s = (Wp + Wn) / 2 = 2.5, and means
+    gw, gwp, gwn = grad_of(ste.ttq_weight, w, wp, wn, g=g)
+    assert torch.allclose(gw, torch.tensor([0.8 * 1, 1.2 * 2, 3, 0.8 * 4, 5, 1.2 * 6]))
+    assert torch.allclose(gwp, torch.tensor([(1.0 + 4) / 2]))  # mean over I_p
+    assert torch.allclose(gwn, torch.tensor([-(2.0 + 6) / 2]))  # -mean over I_n
+    with pytest.raises(ValueError, match="grads"):
+        ste.ttq_weight(w, wp, wn, grads="exact")
+
+
+def test_ttq_scales_are_positive_by_construction_and_old_state_dicts_load():
+    layer = QConv2d(4, 6, 3, scheme="ttq")
+    assert {n for n, _ in layer.named_parameters()} == {"weight", "bias", "log_wp", "log_wn"}
+    layer.set_ttq_scales_(0.25, 4.0)
+    assert torch.allclose(layer.wp, torch.tensor([0.25])) and torch.allclose(layer.wn, torch.tensor([4.0]))
+    with torch.no_grad():
+        layer.log_wn.fill_(-50.0)  # any real value is a valid (positive) scale
+    assert layer.wn.item() > 0
+    with pytest.raises(ValueError, match="> 0"):
+        layer.set_ttq_scales_(0.5, -1.0)
+    old = {k: v for k, v in layer.state_dict().items() if not k.startswith("log_")}
+    old.update(wp=torch.tensor([0.3]), wn=torch.tensor([0.7]))  # a checkpoint from before log-scales
+    fresh = QConv2d(4, 6, 3, scheme="ttq")
+    fresh.load_state_dict(old)
+    assert torch.allclose(fresh.wp, torch.tensor([0.3])) and torch.allclose(fresh.wn, torch.tensor([0.7]))
+    st = fresh.export_state()
+    assert torch.allclose(st["wp"], torch.tensor([0.3])) and torch.allclose(st["wn"], torch.tensor([0.7]))
+
+
+def test_ttq_mobilenet_survives_plain_sgd():
+    """The collapse the normalized rule fixes: with the paper's rule as printed, SGD at the demo's
+    lr 0.1 made Wn negative and Wp huge within ~5 steps (the scale gradient sums over every
+    weight of a layer), and the net never left chance accuracy."""
+    import students
+
+    torch.manual_seed(0)
+    net = students.create_model("mobilenet_v1", num_classes=10, in_chans=1, variant="cifar", alpha=0.25)
+    model = quantize(net, "ttq")
+    start = {n: (m.wp.item(), m.wn.item()) for n, m in quantized_layers(model)}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    for _ in range(8):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    for name, m in quantized_layers(model):
+        wp, wn = m.wp.item(), m.wn.item()
+        p0, n0 = start[name]
+        assert 0.2 < wp / p0 < 5 and 0.2 < wn / n0 < 5, (name, p0, n0, wp, wn)  # moved, but sanely
+
+
+def test_quantizer_param_groups():
+    from students.quantize import quantizer_param_groups
+
+    assert quantizer_param_groups(quantize(small_net(), "twn")) == []
+    assert quantizer_param_groups(small_net()) == []
+    model = quantize(small_net(), "ttq", scale_lr=0.1)
+    (group,) = quantizer_param_groups(model)
+    assert group["lr_scale"] == 0.1 and group["weight_decay"] == 0.0
+    assert [id(p) for p in group["params"]] == [id(p) for p in (model[3].log_wp, model[3].log_wn,
+                                                               model[6].log_wp, model[6].log_wn)]
+    model[6].log_wn.requires_grad_(False)
+    assert len(quantizer_param_groups(model)[0]["params"]) == 3  # frozen parameters stay out
+    assert model[3].quantizer_lr_scale == 0.1 and quantize(small_net(), "xnor")[3].quantizer_parameters() == []
 
 
 def test_dorefa_gradients():
@@ -302,10 +363,10 @@ def test_gradients_reach_latent_weights_and_scales(scheme):
     for name, layer in layers:
         assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0, name
         if scheme == "ttq":
-            assert layer.wp.grad.abs().item() > 0 and layer.wn.grad.abs().item() > 0, name
+            assert layer.log_wp.grad.abs().item() > 0 and layer.log_wn.grad.abs().item() > 0, name
     params = {n for n, p in model.named_parameters() if p.grad is not None}
     if scheme == "ttq":
-        assert {"3.wp", "3.wn", "6.wp", "6.wn"} <= params
+        assert {"3.log_wp", "3.log_wn", "6.log_wp", "6.log_wn"} <= params
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -386,7 +447,7 @@ def test_quantized_model_keeps_state_dict_keys():
     q = quantize(net, "dorefa")
     assert set(q.state_dict()) == set(net.state_dict())
     q = quantize(net, "ttq")
-    assert set(q.state_dict()) - set(net.state_dict()) == {"3.wp", "3.wn", "6.wp", "6.wn"}
+    assert set(q.state_dict()) - set(net.state_dict()) == {"3.log_wp", "3.log_wn", "6.log_wp", "6.log_wn"}
 
 
 def test_shared_module_is_replaced_everywhere():
@@ -407,6 +468,8 @@ def test_shared_module_is_replaced_everywhere():
         ({"scheme": "twn", "threshold_factor": -1}, "'threshold_factor'"),
         ({"scheme": "binary-connect", "scale": "he"}, "'scale'"),
         ({"scheme": "int8", "backend": "tpu"}, "'backend'"),
+        ({"scheme": "ttq", "grads": "exact"}, "'grads'"),
+        ({"scheme": "ttq", "scale_lr": -1}, "'scale_lr'"),
         ({"scheme": "xnor", "exclude": ["nope"]}, "'nope'"),
     ],
 )

@@ -60,7 +60,8 @@ def read_soft_meta(folder: Path) -> dict[str, Any]:
 
 
 def check_soft_labels(folder: Path, data: DatasetMeta, *, teachers: list[str], views: int, padding: int,
-                      hflip: bool, sources: dict[str, str] | None = None) -> dict[str, Any]:
+                      hflip: bool, sources: dict[str, str] | None = None,
+                      data_meta: str | None = None) -> dict[str, Any]:
     """The cache must match the data, the teachers and the view policy; one line naming the mismatch."""
     meta = read_soft_meta(folder)
     where = f"{Path(folder) / SOFT_META}"
@@ -76,6 +77,8 @@ def check_soft_labels(folder: Path, data: DatasetMeta, *, teachers: list[str], v
     if sorted(meta["shards"]) != sorted(train) or meta["count"] != data.count("train"):
         raise DataError(f"{where}: made for other training shards ({meta['count']} samples, the data has "
                         f"{data.count('train')}); rerun teach")
+    if data_meta is not None and meta.get("data_meta") not in (None, data_meta):
+        raise DataError(f"{where}: made for data packed differently (its meta.json changed); rerun teach")
     for name, digest in (sources or {}).items():
         if meta.get("sources", {}).get(name) not in (None, digest):
             raise DataError(f"{where}: teacher {name!r} changed since the soft labels were made; rerun teach")
