@@ -359,14 +359,14 @@ def main(argv: list[str] | None = None) -> int:
                                                 window=4):
                     emit(row)
             if "scaling" in args.only:
-                for row in bench_scaling("sleep", sleepy, (1, 8, 8), 16, max(3, rounds // 2)):
+                for row in bench_scaling("sleep", sleepy, (1, 8, 8), steps, max(3, rounds // 2)):
                     emit(row)
                 compute = _start(paths["compute"], "Compute", 4, (3, 32, 32))
-                for row in bench_scaling("compute", compute, (3, 32, 32), 16, max(3, rounds // 2)):
+                for row in bench_scaling("compute", compute, (3, 32, 32), steps, max(3, rounds // 2)):
                     emit(row)
                 stop_replicas(compute)
             if "offline" in args.only:
-                for row in bench_offline(paths, sleepy, Path(tmp), steps, rounds):
+                for row in bench_offline(paths, sleepy, Path(tmp), 8 if args.quick else 16, rounds + 2):
                     emit(row)
         finally:
             ray.shutdown()

@@ -66,6 +66,9 @@ def format_resources(res: dict[str, float]) -> str:
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(res.items())) + "}"
 
 
+_fmt = format_resources
+
+
 def _fits(bundle: dict[str, float], have: dict[str, float]) -> bool:
     return all(have.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())
 
@@ -102,9 +105,6 @@ def check_feasible(demands: list[Demand], nodes: list[Node]) -> None:
         short = {k: v for k, v in need.items() if have.get(k, 0.0) + 1e-9 < v}
         raise ClusterError(f"cluster: the job needs {_fmt(need)} at once but the cluster has "
                            f"{_fmt(_visible(have))}; short of {_fmt(short)}")
-
-
-_fmt = format_resources
 
 
 def _total(resources: Any) -> dict[str, float]:

@@ -59,7 +59,8 @@ def check_cluster(spec: JobSpec, data_root: Path, *, joined: bool) -> None:
     if not autoscaling():
         check_feasible(demands(spec), live_nodes())
     if joined:
-        read = {"data.shards": data_root / "meta.json"}
+        field = "data.source" if data_root.resolve() == Path(spec.data.source).resolve() else "data.shards"
+        read = {field: data_root / "meta.json"}
         if online(spec):
             read.update({f"teachers.members.{i}.source": Path(m.source).resolve()
                          for i, m in enumerate(spec.teachers.members)})

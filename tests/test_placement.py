@@ -117,3 +117,14 @@ def test_busy_cluster_waits_then_fails_with_one_line(ray_session, tmp_path):
                 name="busy", placement_timeout_s=2)
     finally:
         release(holder)
+
+
+@pytest.mark.slow
+def test_paths_every_node_must_see(ray_session, tmp_path):
+    """The shared-storage probe: a missing input is named with its field and node; a shared folder passes."""
+    from cluster.storage import check_shared
+
+    check_shared({"data.shards": tmp_path}, {"output.dir": tmp_path / "run"})
+    assert not list((tmp_path / "run").iterdir())  # the probe file is cleaned up
+    with pytest.raises(ClusterError, match=r"^teachers.members.1.source: .*/gone.pt does not exist on node "):
+        check_shared({"teachers.members.1.source": tmp_path / "gone.pt"}, {})
