@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 import students
-from distill.data.augment import mix_batch
 from distill.hooks import FeatureTap
 from distill.losses import LossInputs, build_term
 from distill.spec import JobSpec
@@ -143,13 +142,3 @@ class DistillModule(pl.LightningModule):
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def mix_if_configured(batch: tuple, spec: JobSpec, num_classes: int, rng) -> tuple:
-    """Apply mixup/cutmix to a loader batch before teachers see it."""
-    aug = spec.data.augment
-    if aug.mixup <= 0 and aug.cutmix <= 0:
-        return batch
-    x, y, keys = batch
-    x, soft = mix_batch(x, y, num_classes, aug.mixup, aug.cutmix, rng)
-    return x, soft, keys

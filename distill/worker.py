@@ -18,6 +18,7 @@ from cluster.deepspeed_strategy import make_strategy, prepare_cpu_environment
 from cluster.train import lightning_plugins, resume_checkpoint, worker_rank
 from distill.checkpoint import atomic_save, last_checkpoint
 from distill.data import CorruptCounter, load_meta, train_loader, val_loader
+from distill.data.augment import MixedBatches
 from distill.precision import LIGHTNING_PRECISION, resolve_precision
 from distill.spec import JobSpec
 
@@ -66,6 +67,8 @@ def train_worker(config: dict[str, Any]) -> None:
         root, meta, batch_size=spec.trainer.batch_size, steps_per_epoch=steps, rank=rank, world=world,
         seed=spec.seed, shuffle_buffer=spec.data.shuffle_buffer, num_workers=spec.data.num_workers,
         crop_padding=0 if offline else aug.crop_padding, hflip=aug.hflip and not offline, counter=counter)
+    if (aug.mixup > 0 or aug.cutmix > 0) and not offline:
+        train = MixedBatches(train, meta.num_classes, aug.mixup, aug.cutmix, seed=spec.seed + 7919 * rank)
     pool = None
     if spec.teachers.mode == "online" and config.get("teacher_handles"):
         pool = TeacherPool([m.name for m in spec.teachers.members], config["teacher_handles"])

@@ -50,3 +50,21 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup: float, 
     else:
         x = lam * x + (1 - lam) * x[perm]
     return x, lam * onehot + (1 - lam) * onehot[perm]
+
+
+class MixedBatches:
+    """Wraps a loader of ``(x, y, keys)`` batches and mixes each one (mixup/cutmix).
+
+    It sits before the teacher prefetcher, so the teachers score exactly the
+    mixed images the student trains on; targets become probabilities ``[B, C]``.
+    """
+
+    def __init__(self, loader, num_classes: int, mixup: float, cutmix: float, seed: int) -> None:
+        self.loader, self.num_classes = loader, num_classes
+        self.mixup, self.cutmix = mixup, cutmix
+        self.rng = np.random.default_rng(seed)
+
+    def __iter__(self):
+        for x, y, keys in self.loader:
+            x, soft = mix_batch(x, y, self.num_classes, self.mixup, self.cutmix, self.rng)
+            yield x, soft, keys
