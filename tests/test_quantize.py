@@ -277,6 +277,10 @@ def test_ttq_gradients_hand_example():
     assert torch.allclose(gw, torch.tensor([0.8 * 1, 1.2 * 2, 3, 0.8 * 4, 5, 1.2 * 6]))
     assert torch.allclose(gwp, torch.tensor([(1.0 + 4) / 2]))  # mean over I_p
     assert torch.allclose(gwn, torch.tensor([-(2.0 + 6) / 2]))  # -mean over I_n
+    # bound: the latent gradient passes only where |W| <= bound (hard-tanh STE); scales unaffected
+    gw_b, gwp_b, gwn_b = grad_of(lambda *t: ste.ttq_weight(*t, bound=0.7), w, wp, wn, g=g)
+    assert torch.allclose(gw_b, gw * torch.tensor([0.0, 0, 1, 1, 1, 1]))
+    assert torch.equal(gwp_b, gwp) and torch.equal(gwn_b, gwn)
     with pytest.raises(ValueError, match="grads"):
         ste.ttq_weight(w, wp, wn, grads="exact")
 
@@ -291,10 +295,11 @@ def test_ttq_scales_are_positive_by_construction_and_old_state_dicts_load():
     assert layer.wn.item() > 0
     with pytest.raises(ValueError, match="> 0"):
         layer.set_ttq_scales_(0.5, -1.0)
-    old = {k: v for k, v in layer.state_dict().items() if not k.startswith("log_")}
+    old = {k: v for k, v in layer.state_dict().items() if k in ("weight", "bias")}
     old.update(wp=torch.tensor([0.3]), wn=torch.tensor([0.7]))  # a checkpoint from before log-scales
     fresh = QConv2d(4, 6, 3, scheme="ttq")
     fresh.load_state_dict(old)
+    assert torch.equal(fresh.latent_bound, layer.weight.detach().abs().max())
     assert torch.allclose(fresh.wp, torch.tensor([0.3])) and torch.allclose(fresh.wn, torch.tensor([0.7]))
     st = fresh.export_state()
     assert torch.allclose(st["wp"], torch.tensor([0.3])) and torch.allclose(st["wn"], torch.tensor([0.7]))
@@ -308,7 +313,7 @@ def test_ttq_mobilenet_survives_plain_sgd():
 
     torch.manual_seed(0)
     net = students.create_model("mobilenet_v1", num_classes=10, in_chans=1, variant="cifar", alpha=0.25)
-    model = quantize(net, "ttq")
+    model = quantize(net, "ttq", skip_depthwise=False)
     start = {n: (m.wp.item(), m.wn.item()) for n, m in quantized_layers(model)}
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
@@ -327,7 +332,7 @@ def test_quantizer_param_groups():
 
     assert quantizer_param_groups(quantize(small_net(), "twn")) == []
     assert quantizer_param_groups(small_net()) == []
-    model = quantize(small_net(), "ttq", scale_lr=0.1)
+    model = quantize(small_net(), "ttq", skip_depthwise=False, scale_lr=0.1)
     (group,) = quantizer_param_groups(model)
     assert group["lr_scale"] == 0.1 and group["weight_decay"] == 0.0
     assert [id(p) for p in group["params"]] == [id(p) for p in (model[3].log_wp, model[3].log_wn,
@@ -356,7 +361,7 @@ def test_dorefa_gradients():
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_gradients_reach_latent_weights_and_scales(scheme):
     torch.manual_seed(0)
-    model = quantize(small_net(), scheme)
+    model = quantize(small_net(), scheme, skip_depthwise=False)
     model(torch.randn(4, 3, 16, 16)).pow(2).mean().backward()
     layers = quantized_layers(model)
     assert len(layers) == 2
@@ -427,15 +432,18 @@ def test_clip_latent_for_binary_connect_only():
 
 def test_first_and_last_layers_stay_full_precision():
     net = small_net()
-    q = quantize(net, "ttq")
+    q = quantize(net, "ttq", skip_depthwise=False)
     assert type(q[0]) is nn.Conv2d and type(q[11]) is nn.Linear
     assert isinstance(q[3], QConv2d) and isinstance(q[6], QConv2d)
     assert torch.equal(q[3].weight, net[3].weight) and q[3].weight is not net[3].weight  # copied
     assert type(net[3]) is nn.Conv2d  # the input model is untouched
-    q = quantize(small_net(), "ttq", keep_first=False, keep_last=False)
+    q = quantize(small_net(), "ttq", keep_first=False, keep_last=False, skip_depthwise=False)
     assert isinstance(q[0], QConv2d) and isinstance(q[11], QLinear)
-    q = quantize(small_net(), "ttq", skip_depthwise=True)
+    q = quantize(small_net(), "twn", skip_depthwise=True)
     assert [n for n, _ in quantized_layers(q)] == ["6"]
+    # ttq keeps depthwise convs in fp32 unless told otherwise (students.quantize.DEPTHWISE_FP_SCHEMES)
+    assert [n for n, _ in quantized_layers(quantize(small_net(), "ttq"))] == ["6"]
+    assert [n for n, _ in quantized_layers(quantize(small_net(), "twn"))] == ["3", "6"]
     q = quantize(small_net(), "xnor", exclude=["6"])
     assert [n for n, _ in quantized_layers(q)] == ["3"]
     same = small_net()
@@ -446,8 +454,9 @@ def test_quantized_model_keeps_state_dict_keys():
     net = small_net()
     q = quantize(net, "dorefa")
     assert set(q.state_dict()) == set(net.state_dict())
-    q = quantize(net, "ttq")
-    assert set(q.state_dict()) - set(net.state_dict()) == {"3.log_wp", "3.log_wn", "6.log_wp", "6.log_wn"}
+    q = quantize(net, "ttq", skip_depthwise=False)
+    extra = {f"{i}.{k}" for i in (3, 6) for k in ("log_wp", "log_wn", "latent_bound")}
+    assert set(q.state_dict()) - set(net.state_dict()) == extra
 
 
 def test_shared_module_is_replaced_everywhere():
