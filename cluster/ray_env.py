@@ -52,7 +52,7 @@ def connect(address: str | None = None, *, namespace: str = "distill", num_cpus:
     if address is None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         cpus = max(float(os.cpu_count() or 1), num_cpus or 0)
-        ray.init(num_cpus=int(cpus + 0.999), namespace=namespace, resources=resources or None,
+        ray.init(address="local", num_cpus=int(cpus + 0.999), namespace=namespace, resources=resources or None,
                  labels=labels or None, runtime_env=env, log_to_driver=True, configure_logging=False)
     else:
         ray.init(address=address, namespace=namespace, runtime_env=env, log_to_driver=True)
