@@ -42,18 +42,18 @@ _lib: ctypes.CDLL | None = None
 _backend: str | None = None
 build_seconds: float | None = None  # wall time of this process's build (None if loaded from cache)
 
-_p, _i64, _i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_p, _i64, _i32, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 _SIGNATURES = {
     "dl_isa_supported": [_i32],
     "dl_get_isa": [],
     "dl_set_isa": [_i32],
     "dl_quantize_rows": [_p, _i64, _i64, _p, _p, _i32],
     "dl_binarize_rows": [_p, _i64, _i64, _p, _p, _i32],
-    "dl_ternary_linear": [_p, _i64, _i64, _p, _i64, _p, _p, _p, _p, _i32],
+    "dl_ternary_linear": [_p, _i64, _i64, _p, _i64, _p, _p, _p, _p, _i32, _f32, _f32],
     "dl_ternary_mm": [_p, _i64, _i64, _p, _i64, _p, _i32],
-    "dl_binary_linear": [_p, _i64, _i64, _p, _i64, _p, _p, _p, _i32],
+    "dl_binary_linear": [_p, _i64, _i64, _p, _i64, _p, _p, _p, _i32, _f32, _f32],
     "dl_binary_mm": [_p, _i64, _i64, _p, _i64, _p, _i32],
-    "dl_xnor_linear": [_p, _i64, _i64, _p, _i64, _p, _p, _i32, _p, _i32],
+    "dl_xnor_linear": [_p, _i64, _i64, _p, _i64, _p, _p, _i32, _p, _i32, _f32, _f32],
     "dl_xnor_mm": [_p, _i64, _i64, _p, _i64, _p, _i32],
 }
 

@@ -209,6 +209,12 @@ def _prepare(x: Tensor, w: Tensor, k: int, scale: Tensor, shape_fn, name: str) -
     return _rows(x, k, name), n
 
 
+def _bounds(act_min: float | None, act_max: float | None) -> tuple[float, float]:
+    """The C kernels' clamp arguments: -inf / +inf where a bound is not given."""
+    lo = float("-inf") if act_min is None else float(act_min)
+    return lo, float("inf") if act_max is None else float(act_max)
+
+
 def _finish(y: Tensor, x: Tensor, n: int) -> Tensor:
     if x.dim() != 2:
         y = y.view(_out_shape(x, n))
@@ -223,10 +229,13 @@ def ternary_linear(
     scale_pos: Tensor,
     scale_neg: Tensor | None = None,
     bias: Tensor | None = None,
+    act_min: float | None = None,
+    act_max: float | None = None,
 ) -> Tensor:
     """y = x W^T + bias: int8 per-row activations, 2-bit ternary W [N, k] (spec: reference.ternary_linear).
 
     N is len(scale_pos). scale_neg (TTQ) is the magnitude of the -1 weights; None means symmetric.
+    act_min / act_max clamp the output in the kernel's epilogue (a fused ReLU / ReLU6).
     """
     name = "ternary_linear"
     x2, n = _prepare(x, w_packed, k, scale_pos, ternary_packed_shape, name)
@@ -237,24 +246,34 @@ def ternary_linear(
         y = torch.empty(x2.shape[0], n, dtype=torch.float32)
         rc = _cpu.lib().dl_ternary_linear(
             x2.data_ptr(), x2.shape[0], k, w_packed.contiguous().data_ptr(), n, sp.data_ptr(),
-            _cpu.ptr(sn), _cpu.ptr(b), y.data_ptr(), torch.get_num_threads(),
+            _cpu.ptr(sn), _cpu.ptr(b), y.data_ptr(), torch.get_num_threads(), *_bounds(act_min, act_max),
         )  # fmt: skip
         _cpu.check(rc, name)
     elif x2.is_cuda and _triton() is not None:
         y = _triton().ternary_linear(x2, w_packed.contiguous(), k, sp, sn, b)
+        y = reference.clamp_output(y, act_min, act_max)
     else:
-        y = reference.ternary_linear(x2, w_packed, k, sp, sn, b)
+        y = reference.ternary_linear(x2, w_packed, k, sp, sn, b, act_min, act_max)
     return _finish(y, x, n)
 
 
 @ternary_linear.register_fake
-def _(x, w_packed, k, scale_pos, scale_neg=None, bias=None):
+def _(x, w_packed, k, scale_pos, scale_neg=None, bias=None, act_min=None, act_max=None):
     return x.new_empty(_out_shape(x, scale_pos.shape[0]))
 
 
 @torch.library.custom_op("distill::binary_linear", mutates_args=())
-def binary_linear(x: Tensor, w_packed: Tensor, k: int, scale: Tensor, bias: Tensor | None = None) -> Tensor:
-    """Binary weights (scale[n] * +-1) times int8 per-row activations (spec: reference.binary_linear)."""
+def binary_linear(
+    x: Tensor,
+    w_packed: Tensor,
+    k: int,
+    scale: Tensor,
+    bias: Tensor | None = None,
+    act_min: float | None = None,
+    act_max: float | None = None,
+) -> Tensor:
+    """Binary weights (scale[n] * +-1) times int8 per-row activations (spec: reference.binary_linear);
+    act_min / act_max clamp the output."""
     name = "binary_linear"
     x2, n = _prepare(x, w_packed, k, scale, binary_packed_shape, name)
     s = _check_vec(scale, n, name, "scale")
@@ -263,28 +282,37 @@ def binary_linear(x: Tensor, w_packed: Tensor, k: int, scale: Tensor, bias: Tens
         y = torch.empty(x2.shape[0], n, dtype=torch.float32)
         rc = _cpu.lib().dl_binary_linear(
             x2.data_ptr(), x2.shape[0], k, w_packed.contiguous().data_ptr(), n, s.data_ptr(), _cpu.ptr(b),
-            y.data_ptr(), torch.get_num_threads(),
+            y.data_ptr(), torch.get_num_threads(), *_bounds(act_min, act_max),
         )  # fmt: skip
         _cpu.check(rc, name)
     elif x2.is_cuda and _triton() is not None:
         y = _triton().binary_linear(x2, w_packed.contiguous(), k, s, b)
+        y = reference.clamp_output(y, act_min, act_max)
     else:
-        y = reference.binary_linear(x2, w_packed, k, s, b)
+        y = reference.binary_linear(x2, w_packed, k, s, b, act_min, act_max)
     return _finish(y, x, n)
 
 
 @binary_linear.register_fake
-def _(x, w_packed, k, scale, bias=None):
+def _(x, w_packed, k, scale, bias=None, act_min=None, act_max=None):
     return x.new_empty(_out_shape(x, scale.shape[0]))
 
 
 @torch.library.custom_op("distill::xnor_linear", mutates_args=())
 def xnor_linear(
-    x: Tensor, w_packed: Tensor, k: int, scale: Tensor, bias: Tensor | None = None, act_scale: bool = True
+    x: Tensor,
+    w_packed: Tensor,
+    k: int,
+    scale: Tensor,
+    bias: Tensor | None = None,
+    act_scale: bool = True,
+    act_min: float | None = None,
+    act_max: float | None = None,
 ) -> Tensor:
     """XNOR-Net linear: sgn(x) (+1 if x > 0 else -1) times binary weights, by XNOR and popcount.
 
-    With act_scale, each row is scaled by its mean |x| (XNOR-Net's K). Spec: reference.xnor_linear.
+    With act_scale, each row is scaled by its mean |x| (XNOR-Net's K); act_min / act_max clamp
+    the output. Spec: reference.xnor_linear.
     """
     name = "xnor_linear"
     x2, n = _prepare(x, w_packed, k, scale, binary_packed_shape, name)
@@ -294,18 +322,19 @@ def xnor_linear(
         y = torch.empty(x2.shape[0], n, dtype=torch.float32)
         rc = _cpu.lib().dl_xnor_linear(
             x2.data_ptr(), x2.shape[0], k, w_packed.contiguous().data_ptr(), n, s.data_ptr(), _cpu.ptr(b),
-            int(act_scale), y.data_ptr(), torch.get_num_threads(),
+            int(act_scale), y.data_ptr(), torch.get_num_threads(), *_bounds(act_min, act_max),
         )  # fmt: skip
         _cpu.check(rc, name)
     elif x2.is_cuda and _triton() is not None:
         y = _triton().xnor_linear(x2, w_packed.contiguous(), k, s, b, act_scale)
+        y = reference.clamp_output(y, act_min, act_max)
     else:
-        y = reference.xnor_linear(x2, w_packed, k, s, b, act_scale)
+        y = reference.xnor_linear(x2, w_packed, k, s, b, act_scale, act_min, act_max)
     return _finish(y, x, n)
 
 
 @xnor_linear.register_fake
-def _(x, w_packed, k, scale, bias=None, act_scale=True):
+def _(x, w_packed, k, scale, bias=None, act_scale=True, act_min=None, act_max=None):
     return x.new_empty(_out_shape(x, scale.shape[0]))
 
 
@@ -322,12 +351,14 @@ def ternary_conv2d(
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
+    act_min: float | None = None,
+    act_max: float | None = None,
 ) -> Tensor:
     """Ternary conv2d (groups=1): a 1x1 conv is a channels-last view, kxk goes through im2col;
     both then run ternary_linear. Output is NCHW in channels-last memory."""
     p = reference._pair
     rows, shape = reference.conv_rows(x, p(kernel_size), p(stride), p(padding), p(dilation))
-    y = ternary_linear(rows, w_packed, rows.shape[1], scale_pos, scale_neg, bias)
+    y = ternary_linear(rows, w_packed, rows.shape[1], scale_pos, scale_neg, bias, act_min, act_max)
     return reference.rows_to_nchw(y, shape)
 
 
@@ -342,13 +373,15 @@ def binary_conv2d(
     dilation: int | tuple[int, int] = 1,
     xnor: bool = False,
     act_scale: bool = True,
+    act_min: float | None = None,
+    act_max: float | None = None,
 ) -> Tensor:
     """Binary-weight conv2d (groups=1) on int8 activations, or binary ones (xnor=True; zero
     padding binarizes to -1, and act_scale scales each patch by its mean |x|)."""
     p = reference._pair
     rows, shape = reference.conv_rows(x, p(kernel_size), p(stride), p(padding), p(dilation))
     if xnor:
-        y = xnor_linear(rows, w_packed, rows.shape[1], scale, bias, act_scale)
+        y = xnor_linear(rows, w_packed, rows.shape[1], scale, bias, act_scale, act_min, act_max)
     else:
-        y = binary_linear(rows, w_packed, rows.shape[1], scale, bias)
+        y = binary_linear(rows, w_packed, rows.shape[1], scale, bias, act_min, act_max)
     return reference.rows_to_nchw(y, shape)

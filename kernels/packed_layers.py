@@ -16,7 +16,8 @@ Convolutions cover groups=1 (depthwise layers stay fp32). Their weights are
 packed as [O, kh*kw*C] (``reference.conv_weight_rows``), the column order of
 the channels-last im2col rows, and they return NCHW tensors in channels-last
 memory, which the next packed conv reads without a copy. ``fold_batchnorm``
-folds a following BatchNorm into a packed layer's scales and bias.
+folds a following BatchNorm into a packed layer's scales and bias, ``fuse_activation``
+a following ReLU / ReLU6 into its kernel (a clamp in the epilogue).
 ``save_packed`` / ``load_packed`` store a whole model in one file (tensors and
 plain data only, loadable with ``weights_only=True``).
 """
@@ -69,6 +70,19 @@ class _Packed(nn.Module):
         self.register_buffer("scale_neg", torch.ones(n) if two_scales else None)
         self.register_buffer("bias", torch.zeros(n) if bias else None)
 
+    def _init_clamp(self, act_min: float | None, act_max: float | None) -> None:
+        """A fused activation: the kernels clamp the output to [act_min, act_max] (None: open)."""
+        self.act_min = None if act_min is None else float(act_min)
+        self.act_max = None if act_max is None else float(act_max)
+
+    def _clamp(self) -> dict[str, Any]:
+        return {"act_min": self.act_min, "act_max": self.act_max}
+
+    def _clamp_repr(self) -> str:
+        if self.act_min is None and self.act_max is None:
+            return ""
+        return f", act_min={self.act_min}, act_max={self.act_max}"
+
     def config(self) -> dict[str, Any]:
         """Constructor arguments, enough to rebuild the layer before loading its state."""
         raise NotImplementedError
@@ -120,9 +134,11 @@ class _BinaryMixin:
 class PackedTernaryLinear(_TernaryMixin, _Packed):
     kind = "ternary_linear"
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, asymmetric: bool = False):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, asymmetric: bool = False,
+                 act_min: float | None = None, act_max: float | None = None):  # fmt: skip
         super().__init__()
         self.in_features, self.out_features, self.asymmetric = in_features, out_features, asymmetric
+        self._init_clamp(act_min, act_max)
         self._init_buffers(ternary_packed_shape(out_features, in_features), out_features, bias, asymmetric)
 
     @classmethod
@@ -133,9 +149,8 @@ class PackedTernaryLinear(_TernaryMixin, _Packed):
         return layer._set_ternary(codes, sp, sn, bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.ternary_linear(
-            x, self.weight_packed, self.in_features, self.scale_pos, self.scale_neg, self.bias
-        )
+        return ops.ternary_linear(x, self.weight_packed, self.in_features, self.scale_pos, self.scale_neg,
+                                  self.bias, self.act_min, self.act_max)  # fmt: skip
 
     def dequantize(self) -> Tensor:
         """The float weight [out, in] this layer computes with."""
@@ -143,11 +158,11 @@ class PackedTernaryLinear(_TernaryMixin, _Packed):
 
     def config(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.bias is not None, "asymmetric": self.asymmetric}  # fmt: skip
+                "bias": self.bias is not None, "asymmetric": self.asymmetric, **self._clamp()}  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, " + (
-            f"asymmetric={self.asymmetric}"
+            f"asymmetric={self.asymmetric}{self._clamp_repr()}"
         )
 
 
@@ -170,9 +185,11 @@ class PackedBinaryLinear(_BinaryActivations, _BinaryMixin, _Packed):
     kind = "binary_linear"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 binary_activations: bool = False, act_scale: bool = True):  # fmt: skip
+                 binary_activations: bool = False, act_scale: bool = True,
+                 act_min: float | None = None, act_max: float | None = None):  # fmt: skip
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self._init_clamp(act_min, act_max)
         self._init_activations(binary_activations, act_scale)
         self._init_buffers(binary_packed_shape(out_features, in_features), out_features, bias, False)
 
@@ -187,20 +204,22 @@ class PackedBinaryLinear(_BinaryActivations, _BinaryMixin, _Packed):
     def forward(self, x: Tensor) -> Tensor:
         if self.binary_activations:
             return ops.xnor_linear(x, self.weight_packed, self.in_features, self.scale_pos, self.bias,
-                                   self.act_scale)  # fmt: skip
-        return ops.binary_linear(x, self.weight_packed, self.in_features, self.scale_pos, self.bias)
+                                   self.act_scale, self.act_min, self.act_max)  # fmt: skip
+        return ops.binary_linear(x, self.weight_packed, self.in_features, self.scale_pos, self.bias,
+                                 self.act_min, self.act_max)  # fmt: skip
 
     def dequantize(self) -> Tensor:
         return self._dequantize_2d(self.out_features, self.in_features)
 
     def config(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.bias is not None, **self._activations()}  # fmt: skip
+                "bias": self.bias is not None, **self._activations(), **self._clamp()}  # fmt: skip
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, "
             + self._activations_repr()
+            + self._clamp_repr()
         )
 
 
@@ -239,10 +258,12 @@ class PackedTernaryConv2d(_ConvGeometry, _TernaryMixin, _Packed):
     kind = "ternary_conv2d"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 bias: bool = True, asymmetric: bool = False):  # fmt: skip
+                 bias: bool = True, asymmetric: bool = False, act_min: float | None = None,
+                 act_max: float | None = None):  # fmt: skip
         super().__init__()
         self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
         self.asymmetric = asymmetric
+        self._init_clamp(act_min, act_max)
         self._init_buffers(ternary_packed_shape(out_channels, self.k), out_channels, bias, asymmetric)
 
     @classmethod
@@ -257,7 +278,8 @@ class PackedTernaryConv2d(_ConvGeometry, _TernaryMixin, _Packed):
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.ternary_conv2d(x, self.weight_packed, self.kernel_size, self.scale_pos, self.scale_neg,
-                                  self.bias, self.stride, self.padding, self.dilation)  # fmt: skip
+                                  self.bias, self.stride, self.padding, self.dilation, self.act_min,
+                                  self.act_max)  # fmt: skip
 
     def dequantize(self) -> Tensor:
         """The float weight [out, in, kh, kw] this layer computes with."""
@@ -265,20 +287,26 @@ class PackedTernaryConv2d(_ConvGeometry, _TernaryMixin, _Packed):
         return reference.conv_weight_from_rows(rows, self.in_channels, self.kernel_size)
 
     def config(self) -> dict[str, Any]:
-        return {**self._geometry(), "bias": self.bias is not None, "asymmetric": self.asymmetric}
+        return {**self._geometry(), "bias": self.bias is not None, "asymmetric": self.asymmetric,
+                **self._clamp()}  # fmt: skip
 
     def extra_repr(self) -> str:
-        return f"{self._geometry_repr()}, bias={self.bias is not None}, asymmetric={self.asymmetric}"
+        return (
+            f"{self._geometry_repr()}, bias={self.bias is not None}, asymmetric={self.asymmetric}"
+            + self._clamp_repr()
+        )
 
 
 class PackedBinaryConv2d(_ConvGeometry, _BinaryActivations, _BinaryMixin, _Packed):
     kind = "binary_conv2d"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 bias: bool = True, binary_activations: bool = False, act_scale: bool = True):  # fmt: skip
+                 bias: bool = True, binary_activations: bool = False, act_scale: bool = True,
+                 act_min: float | None = None, act_max: float | None = None):  # fmt: skip
         super().__init__()
         self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
         self._init_activations(binary_activations, act_scale)
+        self._init_clamp(act_min, act_max)
         self._init_buffers(binary_packed_shape(out_channels, self.k), out_channels, bias, False)
 
     @classmethod
@@ -295,7 +323,8 @@ class PackedBinaryConv2d(_ConvGeometry, _BinaryActivations, _BinaryMixin, _Packe
     def forward(self, x: Tensor) -> Tensor:
         return ops.binary_conv2d(
             x, self.weight_packed, self.kernel_size, self.scale_pos, self.bias, self.stride, self.padding,
-            self.dilation, xnor=self.binary_activations, act_scale=self.act_scale,
+            self.dilation, xnor=self.binary_activations, act_scale=self.act_scale, act_min=self.act_min,
+            act_max=self.act_max,
         )  # fmt: skip
 
     def dequantize(self) -> Tensor:
@@ -303,10 +332,13 @@ class PackedBinaryConv2d(_ConvGeometry, _BinaryActivations, _BinaryMixin, _Packe
         return reference.conv_weight_from_rows(rows, self.in_channels, self.kernel_size)
 
     def config(self) -> dict[str, Any]:
-        return {**self._geometry(), "bias": self.bias is not None, **self._activations()}
+        return {**self._geometry(), "bias": self.bias is not None, **self._activations(), **self._clamp()}
 
     def extra_repr(self) -> str:
-        return f"{self._geometry_repr()}, bias={self.bias is not None}, {self._activations_repr()}"
+        return (
+            f"{self._geometry_repr()}, bias={self.bias is not None}, {self._activations_repr()}"
+            + self._clamp_repr()
+        )
 
 
 PACKED_LAYERS: dict[str, type[_Packed]] = {
@@ -328,6 +360,8 @@ def fold_batchnorm(layer: _Packed, bn: nn.BatchNorm2d | nn.BatchNorm1d) -> _Pack
     A negative a is fine: the kernels only multiply by the scales.
     """
     n = layer.scale_pos.shape[0]
+    if layer.act_min is not None or layer.act_max is not None:
+        raise ValueError("fold_batchnorm: the layer already ends in a fused activation; fold BN first")
     if bn.num_features != n:
         raise ValueError(f"fold_batchnorm: BatchNorm has {bn.num_features} channels, the layer {n}")
     if bn.running_mean is None or bn.running_var is None:
@@ -345,6 +379,24 @@ def fold_batchnorm(layer: _Packed, bn: nn.BatchNorm2d | nn.BatchNorm1d) -> _Pack
         layer.register_buffer("bias", c.clone())
     else:
         layer.bias.mul_(a).add_(c)
+    return layer
+
+
+def fuse_activation(layer: _Packed, act: nn.Module) -> _Packed:
+    """Fuse a ReLU / ReLU6 / Hardtanh that follows ``layer`` into its kernel's epilogue (in place).
+
+    The kernels clamp each output while it is still in registers, which saves the
+    activation's own pass over the tensor (the largest tensors of a MobileNet).
+    """
+    if type(act) is nn.ReLU:
+        lo, hi = 0.0, None
+    elif type(act) in (nn.ReLU6, nn.Hardtanh):
+        lo, hi = float(act.min_val), float(act.max_val)
+    else:
+        raise ValueError(f"fuse_activation: cannot fuse {type(act).__name__} (ReLU, ReLU6, Hardtanh only)")
+    if layer.act_min is not None or layer.act_max is not None:
+        raise ValueError("fuse_activation: the layer already ends in a fused activation")
+    layer._init_clamp(lo, hi)
     return layer
 
 

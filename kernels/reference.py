@@ -40,6 +40,11 @@ def binarize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return pack_signs(x), x.abs().mean(dim=1)
 
 
+def clamp_output(y: torch.Tensor, act_min: float | None, act_max: float | None) -> torch.Tensor:
+    """The fused activation of the float linears: y clamped to [act_min, act_max] (None: open)."""
+    return y if act_min is None and act_max is None else y.clamp(act_min, act_max)
+
+
 def ternary_mm_int(xq: torch.Tensor, w_packed: torch.Tensor, n: int) -> torch.Tensor:
     """int32 [M, n] = int8 activations [M, K] times the ternary weights [n, K] transposed."""
     return _int_mm(xq, unpack_ternary(w_packed, n, xq.shape[1]))
@@ -52,8 +57,11 @@ def ternary_linear(
     scale_pos: torch.Tensor,
     scale_neg: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
+    act_min: float | None = None,
+    act_max: float | None = None,
 ) -> torch.Tensor:
-    """y = x W^T (+ bias) with x quantized to int8 per row and W ternary.
+    """y = x W^T (+ bias) with x quantized to int8 per row and W ternary, then clamped to
+    [act_min, act_max] when either is given (a fused ReLU / ReLU6).
 
     Symmetric (TWN): W[n] = scale_pos[n] * codes[n].
     Asymmetric (TTQ): W[n] = +scale_pos[n] where code is +1, -scale_neg[n] where it is -1.
@@ -69,7 +77,7 @@ def ternary_linear(
         y = (pos * scale_pos - neg * scale_neg) * sx[:, None]
     if bias is not None:
         y = y + bias
-    return y.reshape(*lead, y.shape[-1])
+    return clamp_output(y, act_min, act_max).reshape(*lead, y.shape[-1])
 
 
 def binary_mm_int(xq: torch.Tensor, w_packed: torch.Tensor, n: int) -> torch.Tensor:
@@ -78,15 +86,21 @@ def binary_mm_int(xq: torch.Tensor, w_packed: torch.Tensor, n: int) -> torch.Ten
 
 
 def binary_linear(
-    x: torch.Tensor, w_packed: torch.Tensor, k: int, scale: torch.Tensor, bias: torch.Tensor | None = None
+    x: torch.Tensor,
+    w_packed: torch.Tensor,
+    k: int,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    act_min: float | None = None,
+    act_max: float | None = None,
 ) -> torch.Tensor:
-    """Binary weights (W[n] = scale[n] * signs[n]) times int8 per-row activations."""
+    """Binary weights (W[n] = scale[n] * signs[n]) times int8 per-row activations (then clamped)."""
     lead, x2 = x.shape[:-1], x.reshape(-1, k)
     q, sx = quantize_rows_int8(x2)
     y = (_int_mm(q, unpack_binary(w_packed, scale.shape[0], k)).float() * scale) * sx[:, None]
     if bias is not None:
         y = y + bias
-    return y.reshape(*lead, y.shape[-1])
+    return clamp_output(y, act_min, act_max).reshape(*lead, y.shape[-1])
 
 
 def xnor_mm_int(x_bits: torch.Tensor, w_packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
@@ -101,8 +115,11 @@ def xnor_linear(
     scale: torch.Tensor,
     bias: torch.Tensor | None = None,
     act_scale: bool = True,
+    act_min: float | None = None,
+    act_max: float | None = None,
 ) -> torch.Tensor:
-    """XNOR-Net linear: sgn(x) * beta times binary weights; beta = mean |x| per row (1 if not act_scale)."""
+    """XNOR-Net linear: sgn(x) * beta times binary weights; beta = mean |x| per row (1 if not act_scale);
+    then clamped to [act_min, act_max]."""
     lead, x2 = x.shape[:-1], x.reshape(-1, k)
     bits, beta = binarize_rows(x2)
     if not act_scale:
@@ -110,7 +127,7 @@ def xnor_linear(
     y = (xnor_mm_int(bits, w_packed, scale.shape[0], k).float() * scale) * beta[:, None]
     if bias is not None:
         y = y + bias
-    return y.reshape(*lead, y.shape[-1])
+    return clamp_output(y, act_min, act_max).reshape(*lead, y.shape[-1])
 
 
 # ---------------------------------------------------------------- convolution
@@ -174,6 +191,8 @@ def ternary_conv2d(
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
+    act_min: float | None = None,
+    act_max: float | None = None,
 ) -> torch.Tensor:
     """Ternary conv2d (groups=1) as im2col + ternary_linear; activations quantized per patch.
 
@@ -181,7 +200,8 @@ def ternary_conv2d(
     """
     ks = _pair(kernel_size)
     rows, shape = conv_rows(x, ks, _pair(stride), _pair(padding), _pair(dilation))
-    return rows_to_nchw(ternary_linear(rows, w_packed, rows.shape[1], scale_pos, scale_neg, bias), shape)
+    y = ternary_linear(rows, w_packed, rows.shape[1], scale_pos, scale_neg, bias, act_min, act_max)
+    return rows_to_nchw(y, shape)
 
 
 def binary_conv2d(
@@ -195,6 +215,8 @@ def binary_conv2d(
     dilation: int | tuple[int, int] = 1,
     xnor: bool = False,
     act_scale: bool = True,
+    act_min: float | None = None,
+    act_max: float | None = None,
 ) -> torch.Tensor:
     """Binary-weight conv2d (groups=1): int8 activations per patch, or binary ones (xnor=True).
 
@@ -203,7 +225,7 @@ def binary_conv2d(
     ks = _pair(kernel_size)
     rows, shape = conv_rows(x, ks, _pair(stride), _pair(padding), _pair(dilation))
     if xnor:
-        y = xnor_linear(rows, w_packed, rows.shape[1], scale, bias, act_scale)
+        y = xnor_linear(rows, w_packed, rows.shape[1], scale, bias, act_scale, act_min, act_max)
     else:
-        y = binary_linear(rows, w_packed, rows.shape[1], scale, bias)
+        y = binary_linear(rows, w_packed, rows.shape[1], scale, bias, act_min, act_max)
     return rows_to_nchw(y, shape)

@@ -20,8 +20,9 @@ __all__ = [
     "model_info",
     "register_model",
     "save_exported",
+    "simulate_packed_activations",
     "zoo_table",
 ]
 
-from .export import export, load_exported, save_exported  # noqa: E402
+from .export import export, load_exported, save_exported, simulate_packed_activations  # noqa: E402
 from .quantize import SCHEMES, clip_latent_, convert_int8, quantize, quantized_layers  # noqa: E402, F401

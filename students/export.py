@@ -12,18 +12,22 @@ What ``export(model, "packed")`` does to a model trained with ``quantize(model, 
   binary-connect, binary with binary activations for xnor (``binarize_input``). Layers
   trained on fp activations (twn, ttq, binary-connect) now see int8 activations,
   quantized per row (one row per output pixel of a conv): the one approximation here.
+  ``simulate_packed_activations`` puts that rounding into training, so that the
+  trained model computes what the export deploys.
 - a BatchNorm right after a conv/linear in an nn.Sequential (the zoo's conv-bn-act
   blocks) is folded into that layer (packed: its per-channel scales and bias; fp:
   its weight and bias, torch.nn.utils.fusion) and replaced by nn.Identity. A BN we
-  cannot pair that way stays, in eval mode: still correct, only slower.
+  cannot pair that way stays, in eval mode: still correct, only slower. A ReLU / ReLU6
+  right after a packed layer (and its BN) is fused into the kernel's epilogue.
 - grouped/depthwise QConv2d layers (the packed convs are groups=1) become fp32
   nn.Conv2d with the dequantized weight, which is exactly what they computed;
   xnor ones become ``BinaryInputConv2d`` (sign of the input, XNOR-Net's K).
 - full-precision layers (``keep_first`` / ``keep_last``, skip_depthwise) stay fp32.
+- fp conv weights are made channels-last: the packed convs' output layout.
 
-``format="export"`` / ``"torchscript"`` run ``torch.export.export`` / ``torch.jit.trace``
-on that module (they need ``example_input``; the packed ops must be imported, i.e.
-``import kernels.ops``, before loading such a file).
+``format="export"`` / ``"torchscript"`` run ``torch.export.export`` (dynamic batch) /
+``torch.jit.trace`` on that module (they need ``example_input``; the packed ops must be
+registered, i.e. ``import kernels.ops``, before loading such a file).
 
 One file: ``save_exported`` writes ``kernels.packed_layers.save_packed``'s format with,
 as its ``arch``, the ``students.create_model`` arguments plus every fp conv/linear/identity
@@ -34,6 +38,7 @@ that export put in place; ``load_exported`` rebuilds that skeleton and loads the
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,13 +47,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from kernels import ste
+from kernels import reference, ste
 from kernels.packed_layers import (
+    PACKED_LAYERS,
     PackedBinaryConv2d,
     PackedBinaryLinear,
     PackedTernaryConv2d,
     PackedTernaryLinear,
     fold_batchnorm,
+    fuse_activation,
     load_packed,
     save_packed,
 )
@@ -56,10 +63,19 @@ from kernels.packed_layers import (
 from .qlayers import QConv2d, QLinear
 from .registry import create_model
 
-__all__ = ["EXPORT_SCHEMES", "BinaryInputConv2d", "export", "load_exported", "save_exported"]
+__all__ = [
+    "EXPORT_SCHEMES",
+    "BinaryInputConv2d",
+    "export",
+    "load_exported",
+    "save_exported",
+    "simulate_packed_activations",
+]
 
 EXPORT_SCHEMES = ("twn", "ttq", "binary-connect", "xnor")
 FORMATS = ("packed", "export", "torchscript")
+FUSED_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+PACKED = tuple(PACKED_LAYERS.values())
 
 
 class BinaryInputConv2d(nn.Conv2d):
@@ -84,9 +100,7 @@ class BinaryInputConv2d(nn.Conv2d):
         return out if self.bias is None else out + self.bias.view(-1, 1, 1)
 
 
-def export(
-    model: nn.Module, format: str = "packed", *, example_input: Tensor | None = None
-) -> nn.Module | Any:
+def export(model: nn.Module, format: str = "packed", *, example_input: Tensor | None = None) -> nn.Module | Any:
     """A deployable eval-mode copy of ``model`` (see the module docstring); ``model`` is untouched.
 
     format: "packed" (an nn.Module), "export" (a torch.export ExportedProgram) or
@@ -98,8 +112,9 @@ def export(
     if format != "packed" and example_input is None:
         raise ValueError(f"export: format {format!r} needs example_input (a batch the model accepts)")
     deployed = _to_packed(model)
-    if format == "export":
-        return torch.export.export(deployed, (example_input,))
+    if format == "export":  # the batch dimension stays dynamic
+        batch = torch.export.Dim("batch", min=1)
+        return torch.export.export(deployed, (example_input,), dynamic_shapes=({0: batch},))
     if format == "torchscript":
         with torch.no_grad():
             return torch.jit.trace(deployed, example_input)
@@ -116,23 +131,33 @@ def _to_packed(model: nn.Module) -> nn.Module:
                 f"packed export supports {', '.join(EXPORT_SCHEMES)}"
             )
     model = copy.deepcopy(model).float().eval()
-    done: dict[int, nn.Module] = {}  # id(old layer) -> new, so a shared layer stays shared
+    uses = Counter(id(c) for m in model.modules() for c in m._modules.values() if c is not None)
+    done: dict[int, nn.Module] = {}  # id(shared layer) -> its one conversion
     for parent in list(model.modules()):
         names = list(parent._modules)
         for i, name in enumerate(names):
             layer = parent._modules[name]
             if not _is_layer(layer):
                 continue
-            nxt = parent._modules[names[i + 1]] if i + 1 < len(names) else None
-            bn = nxt if isinstance(parent, nn.Sequential) and _folds(layer, nxt) else None
-            if id(layer) not in done:
-                done[id(layer)] = _convert(layer, bn)
-            elif bn is not None:  # shared layer: fold only where it was folded the first time
-                bn = None
-            setattr(parent, name, done[id(layer)])
+            if uses[id(layer)] > 1:  # registered twice: convert once, fold nothing into it
+                if id(layer) not in done:
+                    done[id(layer)] = _convert(layer, None)
+                setattr(parent, name, done[id(layer)])
+                continue
+            # Only inside a Sequential is the next module the one that consumes the output.
+            after = names[i + 1 : i + 3] if isinstance(parent, nn.Sequential) else []
+            bn = parent._modules[after[0]] if after and _folds(layer, parent._modules[after[0]]) else None
+            new = _convert(layer, bn)
+            setattr(parent, name, new)
             if bn is not None:
-                setattr(parent, names[i + 1], nn.Identity())
-    return model.eval()
+                setattr(parent, after.pop(0), nn.Identity())
+            act = parent._modules[after[0]] if after else None
+            if isinstance(new, PACKED) and type(act) in FUSED_ACTIVATIONS:
+                setattr(parent, after[0], nn.Identity())
+                fuse_activation(new, act)
+    # Packed convs return channels-last tensors; fp convs with channels-last weights keep
+    # the whole net in that layout (no NCHW <-> NHWC copies, and oneDNN is faster in it).
+    return model.to(memory_format=torch.channels_last).eval()
 
 
 def _is_layer(m: nn.Module | None) -> bool:
@@ -185,6 +210,48 @@ def _conv_config(conv: nn.Conv2d) -> dict[str, Any]:
             "padding_mode": conv.padding_mode}  # fmt: skip
 
 
+# ---------------------------------------------------------------- training for the kernels
+
+
+def simulate_packed_activations(model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+    """Make ``model``'s low-precision layers see the int8 activations the packed kernels will use.
+
+    Registers a forward pre-hook on every QLinear and 1x1 groups=1 QConv2d that export
+    gives int8 activations (twn, ttq, binary-connect, xnor without binarize_input): the
+    input is quantized per row as ``kernels.reference.quantize_rows_int8`` does (a row:
+    one sample of a linear, one pixel's channels of a 1x1 conv), with a straight-through
+    gradient. Trained (or fine-tuned) this way, the eval model computes
+    what ``export`` deploys, up to float rounding: without it, int8 rounding of every
+    layer's input (~0.5% of the signal each) flips near-tie predictions. k x k convs are
+    quantized per patch by the kernels, which no input hook can express; they are left
+    alone. Returns the handles (``h.remove()`` undoes it); the hooks also run in eval.
+    """
+    handles = []
+    for m in model.modules():
+        if not isinstance(m, QConv2d | QLinear) or not _int8_input(m):
+            continue
+        if isinstance(m, QConv2d) and (m.groups != 1 or m.kernel_size != (1, 1) or m.padding != (0, 0)):
+            continue
+        handles.append(m.register_forward_pre_hook(_int8_rows_hook))
+    return handles
+
+
+def _int8_input(m: QConv2d | QLinear) -> bool:
+    """True when export runs this layer on int8 activations."""
+    binarized = m.scheme == "xnor" and m.options["binarize_input"]
+    return m.scheme in ("twn", "ttq", "binary-connect") or (m.scheme == "xnor" and not binarized)
+
+
+def _int8_rows_hook(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    x = args[0]
+    rows = x.movedim(1, -1) if isinstance(module, nn.Conv2d) else x
+    with torch.no_grad():
+        q, scale = reference.quantize_rows_int8(rows.reshape(-1, rows.shape[-1]))
+        deq = (q.float() * scale[:, None]).reshape(rows.shape).to(x.dtype)
+        deq = deq.movedim(-1, 1) if isinstance(module, nn.Conv2d) else deq
+    return (x + (deq - x).detach(), *args[1:])
+
+
 # ---------------------------------------------------------------- one file
 
 
@@ -219,9 +286,7 @@ def save_exported(model: nn.Module, path: str | Path, arch: dict[str, Any] | Non
     save_packed(model, path, arch={"model": arch, "modules": modules})
 
 
-def load_exported(
-    path: str | Path, build: Callable[[dict[str, Any] | None], nn.Module] | None = None
-) -> nn.Module:
+def load_exported(path: str | Path, build: Callable[[dict[str, Any] | None], nn.Module] | None = None) -> nn.Module:
     """Load a file from ``save_exported``, in eval mode.
 
     ``build(arch)`` makes the float model the student was trained from (default:
@@ -242,4 +307,4 @@ def load_exported(
                     _MAKERS[spec["kind"]](**spec.get("config", {})))  # fmt: skip
         return model
 
-    return load_packed(path, build=skeleton).eval()
+    return load_packed(path, build=skeleton).to(memory_format=torch.channels_last).eval()

@@ -97,9 +97,7 @@ def test_pack_round_trips(n, k):
     assert p.shape == packing.binary_packed_shape(n, k)
     assert torch.equal(packing.unpack_binary(p, n, k), b.to(torch.int8))
     x = torch.randn(n, k).relu()  # zeros are -1 (sgn(x) = +1 if x > 0 else -1, as kernels.ste.sgn)
-    assert torch.equal(
-        packing.unpack_signs(packing.pack_signs(x), k), torch.where(x > 0, 1, -1).to(torch.int8)
-    )
+    assert torch.equal(packing.unpack_signs(packing.pack_signs(x), k), torch.where(x > 0, 1, -1).to(torch.int8))
 
 
 def test_packed_bit_positions_follow_the_spec():
@@ -215,14 +213,29 @@ def test_float_linears_match_reference(isa, m, k, n):
     x, tern, binw, sp, sn, bias = _problem(m, k, n)
     for neg in (None, sn):
         for b in (None, bias):
-            close(
-                ops.ternary_linear(x, tern, k, sp, neg, b), reference.ternary_linear(x, tern, k, sp, neg, b)
-            )
+            close(ops.ternary_linear(x, tern, k, sp, neg, b), reference.ternary_linear(x, tern, k, sp, neg, b))
     close(ops.binary_linear(x, binw, k, sp, bias), reference.binary_linear(x, binw, k, sp, bias))
     close(ops.xnor_linear(x, binw, k, sp, bias), reference.xnor_linear(x, binw, k, sp, None) + bias)
     xr = x.relu()  # many exact zeros: sgn(0) = -1 in kernel and spec alike
     close(ops.xnor_linear(xr, binw, k, sp, bias), reference.xnor_linear(xr, binw, k, sp, bias))
     close(ops.xnor_linear(x, binw, k, sp, None, False), reference.xnor_linear(x, binw, k, sp, None, False))
+
+
+@pytest.mark.parametrize("m,k,n", [(5, 40, 24), (9, 100, 70)])
+def test_fused_clamp_matches_reference(isa, m, k, n):
+    """act_min / act_max (a fused ReLU6, or a one-sided ReLU) clamp in the epilogue; NaN passes."""
+    x, tern, binw, sp, sn, bias = _problem(m, k, n)
+    bias[2] = float("nan")  # a NaN output column stays NaN, as torch.clamp leaves it
+    same = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, equal_nan=True)
+    for lo, hi in ((0.0, 6.0), (0.0, None), (None, 0.5)):
+        for neg in (None, sn):
+            y = ops.ternary_linear(x, tern, k, sp, neg, bias, lo, hi)
+            same(y, reference.ternary_linear(x, tern, k, sp, neg, bias).clamp(lo, hi))
+        y = ops.binary_linear(x, binw, k, sp, bias, lo, hi)
+        same(y, reference.binary_linear(x, binw, k, sp, bias, lo, hi))
+        y = ops.xnor_linear(x, binw, k, sp, bias, True, lo, hi)
+        same(y, reference.xnor_linear(x, binw, k, sp, bias, True, lo, hi))
+    assert torch.isnan(ops.ternary_linear(x, tern, k, sp, None, bias, 0.0, 6.0)[:, 2]).all()
 
 
 def test_ternary_linear_is_close_to_float_math():
@@ -322,6 +335,9 @@ def test_opcheck():
         (ops.binary_linear, (x, binw, 40, sp, bias)),
         (ops.xnor_linear, (x, binw, 40, sp, None)),
         (ops.xnor_linear, (x, binw, 40, sp, bias, False)),
+        (ops.ternary_linear, (x, tern, 40, sp, sn, bias, 0.0, 6.0)),
+        (ops.binary_linear, (x, binw, 40, sp, bias, 0.0, None)),
+        (ops.xnor_linear, (x, binw, 40, sp, bias, True, None, 1.0)),
         (ops.ternary_mm_int, (q, tern, 20)),
         (ops.binary_mm_int, (q, binw, 20)),
         (ops.xnor_mm_int, (bits, binw, 20, 40)),

@@ -30,9 +30,9 @@ def ternary_weight(shape, asymmetric=False, seed=0):
 def binary_weight(shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     view = (shape[0],) + (1,) * (len(shape) - 1)
-    return torch.where(torch.rand(shape, generator=g) > 0.5, 1.0, -1.0) * (
-        torch.rand(shape[0], generator=g) + 0.5
-    ).view(view)
+    return torch.where(torch.rand(shape, generator=g) > 0.5, 1.0, -1.0) * (torch.rand(shape[0], generator=g) + 0.5).view(
+        view
+    )
 
 
 def close(a, b, tol=1e-5):
@@ -46,9 +46,7 @@ def test_ternary_linear_from_float(asymmetric):
     assert layer.asymmetric == asymmetric and (layer.scale_neg is not None) == asymmetric
     close(layer.dequantize(), w, 1e-6)
     x = torch.randn(4, 130)
-    close(
-        layer(x), reference.ternary_linear(x, layer.weight_packed, 130, layer.scale_pos, layer.scale_neg, b)
-    )
+    close(layer(x), reference.ternary_linear(x, layer.weight_packed, 130, layer.scale_pos, layer.scale_neg, b))
     close(layer(x), x @ w.T + b, 0.05 * float((x @ w.T).abs().max()))  # int8 activations: close to float
 
 
@@ -80,13 +78,9 @@ def test_conv_from_conv(kind):
     y = layer(x)
     assert y.shape == conv(x).shape == (2, 18, 5, 4)
     if kind.startswith("ternary"):
-        ref = reference.ternary_conv2d(
-            x, layer.weight_packed, 3, layer.scale_pos, layer.scale_neg, layer.bias, 2, 1
-        )
+        ref = reference.ternary_conv2d(x, layer.weight_packed, 3, layer.scale_pos, layer.scale_neg, layer.bias, 2, 1)
     else:
-        ref = reference.binary_conv2d(
-            x, layer.weight_packed, 3, layer.scale_pos, layer.bias, 2, 1, xnor=kind == "xnor"
-        )
+        ref = reference.binary_conv2d(x, layer.weight_packed, 3, layer.scale_pos, layer.bias, 2, 1, xnor=kind == "xnor")
     close(y, ref)
     if kind != "xnor":  # int8 activations: close to the float convolution
         yf = conv(x).detach()
@@ -117,6 +111,25 @@ def test_fold_batchnorm(with_bias):
     close(layer(x), expected, 1e-4)
 
 
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.ReLU6(), nn.Hardtanh(-1.0, 2.0)])
+def test_fuse_activation(tmp_path, act):
+    conv = nn.Conv2d(4, 10, 1)
+    with torch.no_grad():
+        conv.weight.copy_(ternary_weight(conv.weight.shape, asymmetric=True))
+    layer = PL.PackedTernaryConv2d.from_conv(conv)
+    x = torch.randn(2, 4, 5, 5) * 3
+    expected = act(layer(x)).detach()
+    PL.fuse_activation(layer, act)
+    close(layer(x), expected, 0.0)  # the same float outputs, clamped in the epilogue
+    assert "act_min" in repr(layer)
+    PL.save_packed(layer, tmp_path / "layer.pt")
+    assert torch.equal(PL.load_packed(tmp_path / "layer.pt")(x), layer(x))
+    with pytest.raises(ValueError, match="fold BN first"):
+        PL.fold_batchnorm(layer, nn.BatchNorm2d(10).eval())
+    with pytest.raises(ValueError, match="cannot fuse GELU"):
+        PL.fuse_activation(PL.PackedTernaryConv2d.from_conv(conv), nn.GELU())
+
+
 def test_state_dict_and_bytes():
     layer = PL.PackedTernaryLinear.from_float(ternary_weight((1024, 1024)))
     fresh = PL.PackedTernaryLinear(1024, 1024, bias=False)
@@ -142,9 +155,7 @@ def _binary_conv():
 
 
 def _skeleton(arch):
-    return nn.Sequential(
-        nn.Identity(), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 25, arch["hidden"]), nn.Identity()
-    )
+    return nn.Sequential(nn.Identity(), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 25, arch["hidden"]), nn.Identity())
 
 
 def _model():

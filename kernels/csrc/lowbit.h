@@ -42,6 +42,8 @@ typedef struct DlGemm {
   const float* scale_pos;  // [N] per-output-channel scale (ternary: of the +1 weights)
   const float* scale_neg;  // [N] ternary only: scale of the -1 weights; NULL -> symmetric
   const float* bias;       // [N] or NULL
+  int clamp;               // 1: clamp float outputs to [act_lo, act_hi] (a fused ReLU / ReLU6)
+  float act_lo, act_hi;
   float* y;                // [M, N] float output (when xscale != NULL)
   int32_t* yi;             // [M, N] integer output (when xscale == NULL)
 } DlGemm;
@@ -73,19 +75,27 @@ static inline const uint8_t* dl_tile(const DlGemm* g, int64_t nb, int64_t kb) {
 //   symmetric:  y = ((float)dot * w_scale) * x_scale + b
 //   TTQ:        y = ((float)pos * wp - (float)neg * wn) * x_scale + b
 // where dot = sum w*x, pos = sum of x over +1 weights, neg = over -1 weights.
+// The fused activation, min(hi, max(lo, y)) with NaN passing through, as torch.clamp.
+static inline float dl_clamp(const DlGemm* g, float y) {
+  if (!g->clamp) return y;
+  y = g->act_lo > y ? g->act_lo : y;
+  return g->act_hi < y ? g->act_hi : y;
+}
+
 static inline void dl_store(const DlGemm* g, int64_t m, int64_t n, int32_t dot) {
   if (!g->xscale) {
     g->yi[m * g->N + n] = dot;
     return;
   }
   const float b = g->bias ? g->bias[n] : 0.0f;
-  g->y[m * g->N + n] = ((float)dot * g->scale_pos[n]) * g->xscale[m] + b;
+  g->y[m * g->N + n] = dl_clamp(g, ((float)dot * g->scale_pos[n]) * g->xscale[m] + b);
 }
 
 static inline void dl_store_ttq(const DlGemm* g, int64_t m, int64_t n, int32_t dot, int32_t pos) {
   const int32_t neg = pos - dot;
   const float b = g->bias ? g->bias[n] : 0.0f;
-  g->y[m * g->N + n] = ((float)pos * g->scale_pos[n] - (float)neg * g->scale_neg[n]) * g->xscale[m] + b;
+  g->y[m * g->N + n] =
+      dl_clamp(g, ((float)pos * g->scale_pos[n] - (float)neg * g->scale_neg[n]) * g->xscale[m] + b);
 }
 
 // The int8 activation quantizer, one element: round half to even, as torch.round.

@@ -6,6 +6,7 @@
 // includes no torch headers, so a build takes seconds rather than minutes.
 // Every entry returns 0 on success and -1 when a work buffer could not be
 // allocated.
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -129,6 +130,12 @@ void run(DlGemm* g, const float* x, Prep prep, DlGemmFn gemm, int nthreads, bool
   }
 }
 
+// Output clamp [lo, hi] (a fused ReLU / ReLU6); -inf, +inf: none.
+void set_clamp(DlGemm* g, float lo, float hi) {
+  g->clamp = lo > -INFINITY || hi < INFINITY;
+  g->act_lo = lo, g->act_hi = hi;
+}
+
 DlGemm make_gemm(int64_t M, int64_t K, int64_t tile_k, const uint8_t* w, int64_t N) {
   DlGemm g;
   memset(&g, 0, sizeof(g));
@@ -140,8 +147,9 @@ DlGemm make_gemm(int64_t M, int64_t K, int64_t tile_k, const uint8_t* w, int64_t
 
 // Float linear on int8 activations: quantize x per row, then the GEMM.
 int linear_i8(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, int64_t tile_k, const float* sp,
-              const float* sn, const float* bias, float* y, DlGemmFn gemm, int nthreads) {
+              const float* sn, const float* bias, float* y, DlGemmFn gemm, int nthreads, float lo, float hi) {
   DlGemm g = make_gemm(M, K, tile_k, w, N);
+  set_clamp(&g, lo, hi);
   int8_t* xq = (int8_t*)alloc(M * g.Kp);
   int32_t* sums = (int32_t*)alloc(M * 4);
   float* scales = (float*)alloc(M * 4);
@@ -225,9 +233,11 @@ int dl_binarize_rows(const float* x, int64_t M, int64_t K, uint8_t* bits, float*
   return 0;
 }
 
+// act_lo, act_hi: clamp of the float outputs (-inf, +inf for none), in every *_linear entry.
 int dl_ternary_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, const float* scale_pos,
-                      const float* scale_neg, const float* bias, float* y, int nthreads) {
-  return linear_i8(x, M, K, w, N, DL_TK, scale_pos, scale_neg, bias, y, kernels()->ternary, nthreads);
+                      const float* scale_neg, const float* bias, float* y, int nthreads, float act_lo, float act_hi) {
+  return linear_i8(x, M, K, w, N, DL_TK, scale_pos, scale_neg, bias, y, kernels()->ternary, nthreads, act_lo,
+                   act_hi);
 }
 
 int dl_ternary_mm(const int8_t* xq, int64_t M, int64_t K, const uint8_t* w, int64_t N, int32_t* y, int nthreads) {
@@ -235,8 +245,8 @@ int dl_ternary_mm(const int8_t* xq, int64_t M, int64_t K, const uint8_t* w, int6
 }
 
 int dl_binary_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, const float* scale,
-                     const float* bias, float* y, int nthreads) {
-  return linear_i8(x, M, K, w, N, DL_BK, scale, nullptr, bias, y, kernels()->binary_i8, nthreads);
+                     const float* bias, float* y, int nthreads, float act_lo, float act_hi) {
+  return linear_i8(x, M, K, w, N, DL_BK, scale, nullptr, bias, y, kernels()->binary_i8, nthreads, act_lo, act_hi);
 }
 
 int dl_binary_mm(const int8_t* xq, int64_t M, int64_t K, const uint8_t* w, int64_t N, int32_t* y, int nthreads) {
@@ -245,8 +255,9 @@ int dl_binary_mm(const int8_t* xq, int64_t M, int64_t K, const uint8_t* w, int64
 
 // act_scale = 0: the output is not multiplied by beta = mean |x| of the row.
 int dl_xnor_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, const float* scale,
-                   const float* bias, int act_scale, float* y, int nthreads) {
+                   const float* bias, int act_scale, float* y, int nthreads, float act_lo, float act_hi) {
   DlGemm g = make_gemm(M, K, DL_BK, w, N);
+  set_clamp(&g, act_lo, act_hi);
   uint8_t* bits = (uint8_t*)alloc(M * (g.Kp / 8));
   float* beta = (float*)alloc(M * 4);
   if (!bits || !beta) {

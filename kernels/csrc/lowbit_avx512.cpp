@@ -40,7 +40,40 @@ TGT ALWAYS_INLINE void store16(const DlGemm* g, int64_t m, int64_t n, __m512i do
   } else {
     y = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), wp), sx), b);
   }
+  if (g->clamp)  // max(lo, y) returns y when y is NaN: NaN passes, as in dl_clamp
+    y = _mm512_min_ps(_mm512_set1_ps(g->act_hi), _mm512_max_ps(_mm512_set1_ps(g->act_lo), y));
   _mm512_mask_storeu_ps(g->y + m * g->N + n, mask, y);
+}
+
+// ---------------------------------------------------------------- activations
+
+// lowbit_simd.h's quantize_row in 512-bit steps, with a masked tail instead of a scalar
+// one: 1x1 convolutions quantize many short rows (K = 16 .. 144 channels), where the
+// scalar tail cost more than the GEMM. Same result: cvtps rounds to nearest even,
+// |x * inv| <= 127 needs no clamp, and masked-off lanes load 0 and add 0 to the sum.
+TGT void quantize_row_z(const float* x, int64_t K, int64_t Kp, int8_t* q, float* scale, int32_t* sum) {
+  const int64_t full = K & ~(int64_t)15;
+  const __mmask16 tail = (__mmask16)((1u << (K - full)) - 1);
+  __m512 vmax = _mm512_setzero_ps();
+  for (int64_t k = 0; k < full; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+  if (tail) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail, x + full)));
+  const float amax = _mm512_reduce_max_ps(vmax);
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  const __m512 vinv = _mm512_set1_ps(inv);
+  __m512i vsum = _mm512_setzero_si512();
+  for (int64_t k = 0; k < full; k += 16) {
+    const __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k), vinv));
+    vsum = _mm512_add_epi32(vsum, r);
+    _mm_storeu_si128((__m128i*)(q + k), _mm512_cvtsepi32_epi8(r));
+  }
+  if (tail) {
+    const __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(tail, x + full), vinv));
+    vsum = _mm512_add_epi32(vsum, r);
+    _mm512_mask_cvtsepi32_storeu_epi8(q + full, tail, r);
+  }
+  memset(q + K, 0, (size_t)(Kp - K));
+  *scale = amax / 127.0f;
+  *sum = _mm512_reduce_add_epi32(vsum);
 }
 
 // ---------------------------------------------------------------- ternary
@@ -170,7 +203,7 @@ TGT void xnor_z(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t b1)
     drive<XnorZ, 4, 4>(g, m0, m1, b0, b1);
 }
 
-const DlKernels kTable = {quantize_row, binarize_row, ternary_z, binary_i8_z, xnor_z};
+const DlKernels kTable = {quantize_row_z, binarize_row, ternary_z, binary_i8_z, xnor_z};
 
 }  // namespace
 

@@ -191,6 +191,8 @@ TGT ALWAYS_INLINE void store8(const DlGemm* g, int64_t m, int64_t n, __m256i dot
   } else {
     y = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), wp), sx), b);
   }
+  if (g->clamp)  // max(lo, y) returns y when y is NaN: NaN passes, as in dl_clamp
+    y = _mm256_min_ps(_mm256_set1_ps(g->act_hi), _mm256_max_ps(_mm256_set1_ps(g->act_lo), y));
   float* out = g->y + m * g->N + n;
   if (full)
     _mm256_storeu_ps(out, y);
