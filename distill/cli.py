@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
     pack.add_argument("--val-per-class", type=int, default=30,
                       help="validation samples per class, taken from the end of each class (default 30)")
+    pack.add_argument("--mean", type=float, nargs="+", help="fixed per-channel normalization mean for meta.json "
+                                                            "(default: the training split's own)")
+    pack.add_argument("--std", type=float, nargs="+", help="fixed per-channel normalization std (with --mean)")
     zoo = sub.add_parser("students", help="list the student zoo with parameters, MACs and bytes per precision",
                          description="List every registered student architecture with its parameters, "
                                      "mult-adds (counted with torch's FlopCounterMode) and storage bytes at "
@@ -146,7 +149,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
     if args.shard_size < 1 or args.val_per_class < 1:
         raise DataError("--shard-size and --val-per-class must be positive")
-    meta = pack_source(args.src, args.dst, shard_size=args.shard_size, val_per_class=args.val_per_class)
+    if (args.mean is None) != (args.std is None):
+        raise DataError("--mean and --std go together")
+    normalize = (args.mean, args.std) if args.mean is not None else None
+    meta = pack_source(args.src, args.dst, shard_size=args.shard_size, val_per_class=args.val_per_class,
+                       normalize=normalize)
     print(f"{args.dst}: {meta.count('train')} train / {meta.count('val')} val samples, "
           f"{meta.num_classes} classes, {meta.channels}x{meta.image_size}x{meta.image_size}")
     return 0

@@ -41,8 +41,9 @@ def prepare_data(spec: JobSpec) -> tuple[Path, DatasetMeta]:
     """The shard folder and its metadata (packing the source on first use)."""
     source = Path(spec.data.source)
     root = source if (source / "meta.json").is_file() else spec.data.shards
+    norm = spec.data.normalize
     meta = ensure_shards(spec.data.source, root, shard_size=spec.data.shard_size,
-                         val_per_class=spec.data.val_per_class)
+                         val_per_class=spec.data.val_per_class, normalize=norm and (norm.mean, norm.std))
     return root, meta
 
 

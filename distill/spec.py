@@ -31,6 +31,19 @@ class AugmentSpec(_Section):
     cutmix: float = Field(0.0, ge=0.0, description="cutmix Beta(a, a) parameter; 0 disables")
 
 
+class NormalizeSpec(_Section):
+    """Fixed input normalization, for teachers trained with published constants (CIFAR-10's)."""
+
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NormalizeSpec:
+        if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
+            raise ValueError(f"needs one mean and one positive std per channel, got {self.mean} / {self.std}")
+        return self
+
+
 class DataSpec(_Section):
     source: str = Field("sklearn-digits", description="'sklearn-digits', an image folder, or a shard folder")
     shards: Path = Field(Path("data_cache/digits"), description="folder of WebDataset shards (made on first use)")
@@ -39,6 +52,8 @@ class DataSpec(_Section):
     shuffle_buffer: int = Field(500, ge=0)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes per training worker")
     on_corrupt: Literal["skip", "fail"] = "skip"
+    normalize: NormalizeSpec | None = Field(None, description="per-channel mean/std written to meta.json at "
+                                                              "packing; default: the training split's own")
     augment: AugmentSpec = AugmentSpec()
 
 
@@ -264,11 +279,23 @@ def parse_spec(doc: dict) -> JobSpec:
         raise SpecError(_first_error(exc)) from None
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
-    """Read, override and validate a job spec; raises ``SpecError`` with one line."""
-    path = Path(path)
+def _merge(base: dict, top: dict) -> dict:
+    """``top`` over ``base``: mappings merge key by key, anything else (lists too) is replaced."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_spec_doc(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """The raw YAML mapping, with ``extends: other.yaml`` (relative to this file) merged beneath it.
+
+    Recipes that differ in one section (the loss, the student) share the rest through a base
+    file instead of repeating it."""
     if not path.is_file():
         raise SpecError(f"{path}: config file not found")
+    if path.resolve() in _seen:
+        raise SpecError(f"{path}: 'extends' loops back to itself")
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -277,4 +304,14 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
         raise SpecError(f"{path}:{where} is not valid YAML") from None
     if not isinstance(doc, dict):
         raise SpecError(f"{path}: a job spec must be a YAML mapping")
-    return parse_spec(apply_overrides(doc, overrides or []))
+    parent = doc.pop("extends", None)
+    if parent is None:
+        return doc
+    if not isinstance(parent, str):
+        raise SpecError(f"{path}: extends must be a file name, got {parent!r}")
+    return _merge(read_spec_doc(path.parent / parent, (*_seen, path.resolve())), doc)
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read, override and validate a job spec; raises ``SpecError`` with one line."""
+    return parse_spec(apply_overrides(read_spec_doc(Path(path)), overrides or []))

@@ -39,10 +39,10 @@ Per scheme (scales are detached tensors, computed from the latent weight now):
                   (kernels.ste.TTQWeightSTE: the paper's rule as printed collapses nets trained
                   from scratch with plain SGD); scale_lr=1.0, the learning-rate multiplier of the
                   scales' optimizer group (see quantizer_parameters below).
-                  Buffer latent_bound: max |W| of the weight the layer starts from (like H of
-                  binary-connect); with grads="normalized" the latent weight gets gradient only
-                  inside [-latent_bound, latent_bound] (hard-tanh STE), so a few drifting weights
-                  cannot raise delta = t * max|W| until the layer is all zeros.
+                  Buffer latent_bound: max |W| at the layer's first training forward (0 until
+                  then); with grads="normalized" the latent weight gets gradient only inside
+                  [-latent_bound, latent_bound] (hard-tanh STE), so a few drifting weights cannot
+                  raise delta = t * max|W| until the layer is all zeros.
   dorefa          codes in 0..2^k-1 (uint8), k = weight_bits;        Wq = 2 * codes / (2^k-1) - 1
                   input: clip(x, 0, 1) quantized to act_bits levels (none if act_bits is None)
   int8            torch.ao fake-quant submodules input_fake_quant, weight_fake_quant,
@@ -165,7 +165,9 @@ class _QuantMixin:
             wp, wn = ste.ttq_init_scales(self.weight.detach(), self.options["threshold_factor"])
             self.log_wp = nn.Parameter(wp.log())
             self.log_wn = nn.Parameter(wn.log())
-            self.register_buffer("latent_bound", self.weight.detach().abs().max().clone())
+            w = self.weight
+            self.register_buffer("latent_bound", torch.zeros((), dtype=w.dtype, device=w.device))
+            self._bound_checked = False
         if scheme == "int8":
             act_fq, weight_fq = ste.int8_fake_quant_factories(self.options["backend"])
             device = self.weight.device
@@ -220,16 +222,16 @@ class _QuantMixin:
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
         """Accept TTQ state dicts from before the log parametrization (keys wp / wn, no
-        latent_bound: it is then taken from the loaded weight)."""
+        latent_bound: the next training forward sets it from the loaded weight)."""
         if getattr(self, "scheme", None) == "ttq":
             for side in ("wp", "wn"):
                 old, new = prefix + side, prefix + "log_" + side
                 if old in state_dict and new not in state_dict:
                     value = state_dict.pop(old)
                     state_dict[new] = value.clamp_min(torch.finfo(value.dtype).tiny).log()
-            bound, weight = prefix + "latent_bound", state_dict.get(prefix + "weight")
-            if bound not in state_dict and weight is not None:
-                state_dict[bound] = weight.detach().abs().max().to(self.latent_bound.dtype)
+            if prefix + "latent_bound" not in state_dict:  # unset: fixed by the next training forward
+                state_dict[prefix + "latent_bound"] = torch.zeros_like(self.latent_bound)
+            self._bound_checked = False
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
 
     @property
@@ -345,7 +347,8 @@ class _QuantMixin:
         if s == "twn":
             return ste.twn_weight(w, o["threshold_factor"])
         if s == "ttq":
-            return ste.ttq_weight(w, self.wp, self.wn, o["threshold_factor"], o["grads"], self.latent_bound)
+            bound = self._ttq_latent_bound() if self.training and torch.is_grad_enabled() else None
+            return ste.ttq_weight(w, self.wp, self.wn, o["threshold_factor"], o["grads"], bound)
         if s == "dorefa":
             return ste.dorefa_weight(w, o["bits"])
         fq, w = self.weight_fake_quant, w.float()  # torch.ao fake-quant runs in fp32 only
@@ -354,6 +357,21 @@ class _QuantMixin:
                 w, fq.scale, fq.zero_point, fq.ch_axis, fq.quant_min, fq.quant_max
             )
         return fq(w)
+
+    def _ttq_latent_bound(self) -> Tensor:
+        """latent_bound, fixed to max |W| by the first training forward (0 means not yet).
+
+        Not at construction: DDP and DeepSpeed make the ranks' weights equal by broadcasting
+        parameters, not buffers, after every rank built (and randomly initialized) its own
+        model; a bound taken from each rank's own init would differ between ranks, and a
+        resumed run (every rank loading rank 0's buffers) would not continue the same run.
+        A checkpoint restores the bound once set."""
+        if not self._bound_checked:
+            with torch.no_grad():
+                if not bool(self.latent_bound > 0):
+                    self.latent_bound.copy_(self.weight.detach().abs().max())
+            self._bound_checked = True
+        return self.latent_bound
 
     @torch.no_grad()
     def _init_binary_scale(self) -> None:
@@ -536,5 +554,4 @@ def _copy_from(q: QConv2d | QLinear, src: nn.Conv2d | nn.Linear) -> Any:
             q._init_binary_scale()
         if q.scheme == "ttq":
             q.set_ttq_scales_(*ste.ttq_init_scales(q.weight, q.options["threshold_factor"]))
-            q.latent_bound.copy_(q.weight.detach().abs().max())
     return q.train(src.training)

@@ -37,14 +37,14 @@ __all__ = [
 
 
 # Schemes whose depthwise convs stay fp32 unless quantize(..., skip_depthwise=False).
-# Measured for TTQ, MobileNet v1 alpha 0.25 on digits, distilled (0.3 CE + 0.7 KD), SGD lr 0.1
-# cosine: with ternary depthwise convs the student trails the fp one by 4-5 points after
-# 10-20 epochs on 3 of 4 seeds, with accuracy dips of 10-50 points during training; with fp
-# depthwise convs the curve follows the fp student's (within ~1 point at 20 epochs). A depthwise
-# filter is 9 taps that BN rescales per channel; one ternary threshold and scale pair per layer
-# zeroes whole channels (the last ones run on 1x1 maps where only the centre tap matters:
-# 95% zeros). They hold ~5% of the weights at alpha 0.25, ~1% at alpha 1 (and ~3% of the MACs,
-# MobileNet paper Table 2), and the packed kernels accept fp32 depthwise layers.
+# Measured for TTQ (normalized grads, log-scales, latent bound), MobileNet v1 alpha 0.25 on digits,
+# distilled (0.3 CE + 0.7 KD, T 4) from the demo teachers, SGD lr 0.1 cosine, batch 64, val top-1
+# minus the fp student's: ternary depthwise convs -5.7 / -4.0 / -4.6 points at 10 epochs (3 seeds),
+# -3.3 at 15, -4.7 at 20, with dips of 10-50 points mid-training; fp depthwise convs +1.0 / -0.6 /
+# -1.0 at 15 epochs. A depthwise filter is 9 taps that BN rescales per channel, and one threshold
+# and scale pair per layer zeroes whole channels (the last ones run on 1x1 maps where only the
+# centre tap matters: 95% zeros). They hold ~5% of the weights at alpha 0.25, ~1% at alpha 1
+# (~3% of the MACs, MobileNet paper Table 2); the packed kernels take fp32 depthwise layers.
 DEPTHWISE_FP_SCHEMES = frozenset({"ttq"})
 
 

@@ -299,6 +299,8 @@ def test_ttq_scales_are_positive_by_construction_and_old_state_dicts_load():
     old.update(wp=torch.tensor([0.3]), wn=torch.tensor([0.7]))  # a checkpoint from before log-scales
     fresh = QConv2d(4, 6, 3, scheme="ttq")
     fresh.load_state_dict(old)
+    assert fresh.latent_bound.item() == 0  # unset: the first training forward fixes it
+    fresh.train()(torch.randn(1, 4, 5, 5))
     assert torch.equal(fresh.latent_bound, layer.weight.detach().abs().max())
     assert torch.allclose(fresh.wp, torch.tensor([0.3])) and torch.allclose(fresh.wn, torch.tensor([0.7]))
     st = fresh.export_state()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-EPOCHS = 10  # student budget, identical for both students
+EPOCHS = 15  # student budget, identical for both students
 BATCH = 64
 TEMPERATURE = 4.0
 
@@ -75,7 +75,7 @@ def _train_teacher(arch: str, digits, seed: int, epochs: int, **options) -> torc
 def teacher_logits(digits):
     """[n_teachers][N_train, 10] logits of two demo teachers (smaller widths: seconds to train)."""
     teachers = [
-        _train_teacher("digits_cnn", digits, seed=0, epochs=6, width=32),
+        _train_teacher("digits_cnn", digits, seed=0, epochs=6, width=16),
         _train_teacher("digits_mlp", digits, seed=1, epochs=8, hidden=256),
     ]
     with torch.inference_mode():
@@ -124,7 +124,8 @@ def _distill(digits, teacher_logits, quantization: dict | None) -> float:
 def test_ttq_student_distills_within_3_points_of_fp(digits, teacher_logits):
     fp = _distill(digits, teacher_logits, None)
     ttq = _distill(digits, teacher_logits, {"scheme": "ttq"})
-    assert fp > 0.75, fp  # the fp student learned (chance is 0.10)
+    print(f"val top-1: fp {fp:.3f}, ttq {ttq:.3f}")
+    assert fp > 0.85, fp  # the fp student learned (chance is 0.10)
     assert ttq >= fp - 0.03, (fp, ttq)
 
 

@@ -9,6 +9,7 @@ images. Packing is idempotent: an existing, complete shard folder is reused.
 from __future__ import annotations
 
 import io
+import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -67,8 +68,13 @@ def split_by_class(labels: np.ndarray, val_per_class: int) -> tuple[np.ndarray, 
 
 
 def pack_arrays(images: np.ndarray, labels: np.ndarray, classes: list[str], dst: Path, *,
-                shard_size: int, val_per_class: int, source: str, keys: list[str] | None = None) -> DatasetMeta:
-    """Pack uint8 images ``[N, H, W]`` or ``[N, H, W, C]`` with integer labels."""
+                shard_size: int, val_per_class: int, source: str, keys: list[str] | None = None,
+                normalize: tuple[list[float], list[float]] | None = None) -> DatasetMeta:
+    """Pack uint8 images ``[N, H, W]`` or ``[N, H, W, C]`` with integer labels.
+
+    ``normalize`` (mean, std) replaces the training split's own statistics in meta.json: teachers
+    trained elsewhere expect the constants they were trained with, and every reader of the
+    shards (teachers, students, evaluation) takes normalization from meta.json."""
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise DataError(f"{source}: images must be uint8 [N,H,W] or [N,H,W,C], got {images.dtype} {images.shape}")
     if len(images) != len(labels):
@@ -81,7 +87,9 @@ def pack_arrays(images: np.ndarray, labels: np.ndarray, classes: list[str], dst:
     dst.mkdir(parents=True, exist_ok=True)
     for old in dst.glob("*.tar"):
         old.unlink()
-    mean, std = _channel_stats((images[i] for i in train_idx), channels)
+    if normalize is not None and not (len(normalize[0]) == len(normalize[1]) == channels):
+        raise DataError(f"{source}: normalize has {len(normalize[0])} means for {channels}-channel images")
+    mean, std = normalize or _channel_stats((images[i] for i in train_idx), channels)
     splits = {}
     with Progress() as progress:
         for split, idx in (("train", train_idx), ("val", val_idx)):
@@ -124,32 +132,58 @@ def image_folder_arrays(src: Path) -> tuple[np.ndarray, np.ndarray, list[str], l
     return np.stack(images), np.array(labels, dtype=np.int64), classes, keys
 
 
-def pack_source(source: str, dst: Path, *, shard_size: int, val_per_class: int) -> DatasetMeta:
-    """Pack a named source: 'sklearn-digits', an image folder, or an .npz with images/labels."""
+def tar_image_folder_arrays(src: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """An image folder inside a .tar (``[prefix/]<class>/<file>``), read without unpacking it."""
+    entries: list[tuple[str, str, tarfile.TarInfo]] = []
+    with tarfile.open(src) as tar:
+        for info in tar:
+            parts = Path(info.name).parts
+            if info.isfile() and len(parts) >= 2 and Path(info.name).suffix.lower() in IMAGE_SUFFIXES:
+                entries.append((parts[-2], parts[-1], info))
+        if not entries:
+            raise DataError(f"{src}: no images in <class>/<file> folders inside the archive")
+        classes = sorted({cls for cls, _, _ in entries})
+        index = {c: i for i, c in enumerate(classes)}
+        entries.sort(key=lambda e: (e[0], e[1]))
+        keys, images, labels = [], [], []
+        for cls, name, info in entries:
+            with Image.open(io.BytesIO(tar.extractfile(info).read())) as im:  # type: ignore[union-attr]
+                images.append(np.asarray(im.convert("RGB")))
+            keys.append(f"{cls}_{Path(name).stem}")
+            labels.append(index[cls])
+    return np.stack(images), np.array(labels, dtype=np.int64), classes, keys
+
+
+def pack_source(source: str, dst: Path, *, shard_size: int, val_per_class: int,
+                normalize: tuple[list[float], list[float]] | None = None) -> DatasetMeta:
+    """Pack a named source: 'sklearn-digits', an image folder or a .tar of one, or an .npz with images/labels."""
+    common = {"shard_size": shard_size, "val_per_class": val_per_class, "source": source, "normalize": normalize}
     if source == "sklearn-digits":
         images, labels, classes = digits_arrays()
-        return pack_arrays(images, labels, classes, dst, shard_size=shard_size, val_per_class=val_per_class,
-                           source=source)
+        return pack_arrays(images, labels, classes, dst, **common)
     path = Path(source)
-    if path.is_dir():
-        images, labels, classes, keys = image_folder_arrays(path)
-        return pack_arrays(images, labels, classes, dst, shard_size=shard_size, val_per_class=val_per_class,
-                           source=source, keys=keys)
+    if path.is_dir() or (path.is_file() and path.suffix == ".tar"):
+        read = image_folder_arrays if path.is_dir() else tar_image_folder_arrays
+        images, labels, classes, keys = read(path)
+        return pack_arrays(images, labels, classes, dst, keys=keys, **common)
     if path.suffix == ".npz" and path.is_file():
         arrays = np.load(path)
         if "images" not in arrays or "labels" not in arrays:
             raise DataError(f"{path}: an .npz source needs 'images' and 'labels' arrays")
         labels = arrays["labels"].astype(np.int64)
         classes = [str(c) for c in range(int(labels.max()) + 1)]
-        return pack_arrays(arrays["images"], labels, classes, dst, shard_size=shard_size,
-                           val_per_class=val_per_class, source=source)
-    raise DataError(f"data.source {source!r}: not 'sklearn-digits', an image folder or an .npz file")
+        return pack_arrays(arrays["images"], labels, classes, dst, **common)
+    raise DataError(f"data.source {source!r}: not 'sklearn-digits', an image folder (or its .tar) or an .npz file")
 
 
-def ensure_shards(source: str, dst: Path, *, shard_size: int, val_per_class: int) -> DatasetMeta:
-    """Shards at ``dst``, packing ``source`` on first use."""
-    if (dst / "meta.json").is_file():
-        return load_meta(dst)
-    if Path(source).is_dir() and (Path(source) / "meta.json").is_file():
-        return load_meta(source)
-    return pack_source(source, dst, shard_size=shard_size, val_per_class=val_per_class)
+def ensure_shards(source: str, dst: Path, *, shard_size: int, val_per_class: int,
+                  normalize: tuple[list[float], list[float]] | None = None) -> DatasetMeta:
+    """Shards at ``dst``, packing ``source`` on first use; existing shards must match ``normalize``."""
+    for root in (dst, Path(source)):
+        if (root / "meta.json").is_file():
+            meta = load_meta(root)
+            if normalize is not None and not np.allclose([*meta.mean, *meta.std], [*normalize[0], *normalize[1]]):
+                raise DataError(f"{root}/meta.json: packed with mean {meta.mean} std {meta.std}, but the spec's "
+                                f"data.normalize is {normalize[0]} / {normalize[1]}; repack or fix the spec")
+            return meta
+    return pack_source(source, dst, shard_size=shard_size, val_per_class=val_per_class, normalize=normalize)
