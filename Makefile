@@ -27,6 +27,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15
 
+# Short form of every benchmark (~8 min here once the CIFAR-10 soft labels are cached; the
+# first run packs the shards and teaches them first, ~6 min more). Full forms: BENCHMARKS.md.
+bench: $(STAMP)
+	test -f data_cache/cifar10/soft-ensemble/meta.json || $(VENV)/bin/distill teach configs/cifar10/base.yaml
+	$(PY) -m benchmarks.kernels --quick
+	$(PY) -m benchmarks.cifar10_cost --quick
+	$(PY) -m benchmarks.teacher_modes --quick
+	$(PY) -m benchmarks.cifar10_accuracy --quick
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check distill teachers students kernels cluster tests benchmarks
 

@@ -25,7 +25,10 @@ def build_student(spec: JobSpec, num_classes: int, in_chans: int) -> nn.Module:
     model = students.create_model(spec.student.arch, num_classes=num_classes, in_chans=in_chans,
                                   variant=spec.student.variant, **spec.student.options)
     if spec.student.quantization is not None:
-        model = students.quantize(model, spec.student.quantization.scheme, **spec.student.quantization.options)
+        q = spec.student.quantization
+        model = students.quantize(model, q.scheme, **q.options)
+        if q.simulate_export:  # hooks on the layers, so training, validation and `distill eval` all see them
+            students.simulate_packed_activations(model)
     return model
 
 

@@ -81,6 +81,17 @@ def _previous_version(run_dir: Path) -> str | None:
         return None
 
 
+def teacher_config(spec: JobSpec, meta: DatasetMeta, i: int, hints: list[str]) -> TeacherConfig:
+    """What loads and runs member ``i``, in an actor or in a training worker (``mode: inprocess``)."""
+    m = spec.teachers.members[i]
+    threads = spec.cluster.cpus_per_worker if spec.teachers.mode == "inprocess" else m.resources.num_cpus
+    return TeacherConfig(name=m.name, source=str(Path(m.source).resolve()), format=m.format, arch=m.arch,
+                         arch_options=m.arch_options, hints=hints, output=spec.teachers.output,
+                         topk=spec.teachers.topk, num_classes=meta.num_classes,
+                         input_shape=(meta.channels, meta.image_size, meta.image_size),
+                         threads=max(1, int(threads)))
+
+
 def start_teachers(spec: JobSpec, meta: DatasetMeta, groups: list[Any] | None = None) -> list[list[Any]]:
     """Each teacher's replicas in a placement group of their own (all or none); ``groups`` collects them."""
     handles = []
@@ -90,11 +101,7 @@ def start_teachers(spec: JobSpec, meta: DatasetMeta, groups: list[Any] | None = 
                      spec.cluster.placement_timeout_s)
         if groups is not None:
             groups.append(pg)
-        config = TeacherConfig(name=m.name, source=str(Path(m.source).resolve()), format=m.format, arch=m.arch,
-                               arch_options=m.arch_options, hints=hints[m.name], output=spec.teachers.output,
-                               topk=spec.teachers.topk, num_classes=meta.num_classes,
-                               input_shape=(meta.channels, meta.image_size, meta.image_size),
-                               threads=max(1, int(m.resources.num_cpus)))
+        config = teacher_config(spec, meta, i, hints[m.name])
         handles.append(start_replicas(config, m.replicas, num_cpus=m.resources.num_cpus,
                                       num_gpus=m.resources.num_gpus, resources=m.resources.custom,
                                       **bundle_options(pg)))
@@ -166,6 +173,9 @@ def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False,
                   "resume": resume, "stop_after_steps": stop_after_steps,
                   "teacher_val": _object_ref(teacher_val),
                   "soft_labels": str(soft_labels.resolve()) if soft_labels else None,
+                  "teacher_configs": [teacher_config(spec, meta, i, hints)
+                                      for i, hints in enumerate(teacher_hint_paths(spec).values())]
+                  if spec.teachers.mode == "inprocess" else None,
                   "checkpoint_at_start": fingerprint(last_checkpoint(run_dir / "checkpoints"))}
         c = spec.cluster
         fit(train_worker, config, num_workers=c.num_workers, use_gpu=c.use_gpu,

@@ -89,7 +89,9 @@ class TeacherSpec(_Section):
 
 
 class TeachersSpec(_Section):
-    mode: Literal["online", "offline", "none"] = "online"
+    mode: Literal["online", "inprocess", "offline", "none"] = Field(
+        "online", description="online: Ray actors; inprocess: in each training worker, synchronously; "
+                              "offline: stored by `distill teach`; none: hard labels only")
     combine: Literal["mean_probs", "mean_logits"] = "mean_probs"
     window: int = Field(4, ge=1, description="batches kept in flight to the teacher pool")
     output: Literal["fp16", "fp32", "topk"] = "fp16"
@@ -118,6 +120,9 @@ class TeachersSpec(_Section):
 class QuantSpec(_Section):
     scheme: str
     options: dict[str, Any] = Field(default_factory=dict)
+    simulate_export: bool = Field(False, description="train with the packed kernels' int8 activation rounding "
+                                                     "(students.simulate_packed_activations), so the packed "
+                                                     "export predicts what the trained model does")
 
 
 class StudentSpec(_Section):

@@ -73,6 +73,10 @@ def train_worker(config: dict[str, Any]) -> None:
     if spec.teachers.mode == "online" and config.get("teacher_handles"):
         pool = TeacherPool([m.name for m in spec.teachers.members], config["teacher_handles"])
         train = Prefetcher(train, pool, spec.teachers.window, length=steps)
+    elif spec.teachers.mode == "inprocess":
+        from teachers.inprocess import InProcessTeachers
+
+        train = InProcessTeachers(train, config["teacher_configs"], length=steps)
     elif offline:
         from distill.data.soft_labels import OfflineTeacher, SoftLabels
 

@@ -56,6 +56,7 @@ BAD_SPECS = [
     ("kd without teachers", lambda d: d["teachers"].update(mode="none"), "needs teachers"),
     ("duplicate teacher", lambda d: d["teachers"]["members"][1].update(name="cnn"), "teacher names must be unique"),
     ("unknown kd teacher", lambda d: d["loss"]["terms"][1].update(teacher="vit"), "no teacher named 'vit'"),
+    ("bad normalize", lambda d: d["data"].update(normalize={"mean": [0.5], "std": [0.0]}), "data.normalize"),
 ]
 
 
@@ -131,3 +132,75 @@ def test_help_describes_every_command():
     proc = _cli("run", "--help", cwd=ROOT)
     for word in ("--set", "--address", "--resume", "config"):
         assert word in proc.stdout
+
+
+def test_extends_merges_base_beneath_and_replaces_lists(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(demo_doc()))
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({
+        "extends": "base.yaml", "name": "child", "trainer": {"epochs": 2},
+        "loss": {"terms": [{"type": "ce"}]}}))
+    spec = load_spec(tmp_path / "child.yaml", ["trainer.lr=0.2"])
+    assert spec.name == "child" and spec.trainer.epochs == 2 and spec.trainer.lr == 0.2
+    assert spec.trainer.batch_size == demo_doc()["trainer"]["batch_size"]  # merged from the base
+    assert [t.type for t in spec.loss.terms] == ["ce"]  # lists are replaced, not appended
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(SpecError, match="loops back"):
+        load_spec(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(SpecError, match="missing.yaml: config file not found"):
+        load_spec(tmp_path / "orphan.yaml")
+
+
+def test_cifar10_recipes_load():
+    recipes = sorted((ROOT / "configs" / "cifar10").glob("*.yaml"))
+    assert len(recipes) >= 12
+    for path in recipes:
+        spec = load_spec(path)
+        assert spec.data.val_per_class == 500 and spec.data.normalize is not None
+        assert spec.student.variant == "cifar"
+        if path.stem.endswith("_hard"):
+            assert spec.teachers.mode == "none" and [t.type for t in spec.loss.terms] == ["ce"]
+        if "_ttq" in path.stem:
+            assert spec.student.quantization.scheme == "ttq"
+
+
+def test_pack_tar_image_folder_with_fixed_normalization(tmp_path):
+    """An image folder inside a .tar packs like the folder itself, normalization as given."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    from distill.data import ensure_shards, load_meta
+    from distill.data.loader import decode_sample
+    from distill.data.meta import DataError
+
+    rng = np.random.default_rng(0)
+    with tarfile.open(tmp_path / "imgs.tar", "w") as tar:
+        for cls in ("cat", "ant"):
+            for i in range(4):
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(buf, format="PNG")
+                info = tarfile.TarInfo(f"train/{cls}/{i:04d}.png")
+                info.size = len(buf.getvalue())
+                tar.addfile(info, io.BytesIO(buf.getvalue()))
+    norm = ([0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
+    meta = ensure_shards(str(tmp_path / "imgs.tar"), tmp_path / "shards", shard_size=3, val_per_class=1,
+                         normalize=norm)
+    assert meta.classes == ["ant", "cat"] and (meta.mean, meta.std) == (norm[0], norm[1])
+    assert (meta.count("train"), meta.count("val")) == (6, 2)
+    assert load_meta(tmp_path / "shards").mean == norm[0]
+    import webdataset as wds
+
+    vals = [s["__key__"] for s in wds.WebDataset(meta.shard_paths(tmp_path / "shards", "val"), shardshuffle=False)]
+    assert vals == ["ant_0003", "cat_0003"]  # the last file (sorted) of each class
+    sample = next(iter(wds.WebDataset(meta.shard_paths(tmp_path / "shards", "val"), shardshuffle=False)))
+    x, y, _ = decode_sample(sample, meta)
+    with tarfile.open(tmp_path / "imgs.tar") as tar:
+        raw = np.asarray(Image.open(tar.extractfile("train/ant/0003.png")), dtype=np.float32) / 255.0
+    expected = (raw - np.array(norm[0])) / np.array(norm[1])
+    np.testing.assert_allclose(x.permute(1, 2, 0).numpy(), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(DataError, match="data.normalize"):
+        ensure_shards(str(tmp_path / "imgs.tar"), tmp_path / "shards", shard_size=3, val_per_class=1,
+                      normalize=([0.1, 0.1, 0.1], [1.0, 1.0, 1.0]))

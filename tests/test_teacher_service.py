@@ -83,6 +83,24 @@ def direct_logits(path: Path, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
+def test_inprocess_teachers_answer_like_an_actor(slow_teacher):
+    """mode: inprocess runs the actors' body in the training worker: same logits, hints, order."""
+    from teachers.inprocess import InProcessTeachers
+
+    batches = keyed_batches(3)
+    torch.set_num_threads(2)
+    teachers = InProcessTeachers(batches, [slow_config(slow_teacher, 0.0, output="fp32", hints=["body"])],
+                                 length=3)
+    assert torch.get_num_threads() == 2  # the worker's threads are left alone
+    seen = list(teachers)
+    assert len(seen) == len(teachers) == 3
+    for (batch, out), (x, _, keys) in zip(seen, batches, strict=True):
+        assert batch[2] == keys
+        torch.testing.assert_close(out.logits[0], direct_logits(slow_teacher, x), rtol=0, atol=0)
+        assert out.hints[0]["body"].shape == (16, 32)
+    assert teachers.wait_s > 0
+
+
 # ---------------------------------------------------------------- wire format and ensembles (no Ray)
 
 def test_encode_decode_logits():
