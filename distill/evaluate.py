@@ -52,6 +52,35 @@ def evaluate_models(spec: JobSpec, root: Path, meta: DatasetMeta, student: nn.Mo
                         extra={"val_samples": len(y_val), "dataset": meta.source})
 
 
+PACKED_SCHEMES = ("twn", "ttq", "binary-connect", "xnor")
+
+
+def export_entry(spec: JobSpec, root: Path, meta: DatasetMeta, student: nn.Module, path: Path) -> dict[str, Any]:
+    """Export a low-bit student onto the packed kernels as one file, load it back as a user would,
+    and score it on the validation split: top-1, top-1 agreement with the trained model, bytes on
+    disk, and batch-1 latency against the same architecture in fp32 (the speed-up s/s* of export)."""
+    import students
+    from distill.report import latency_ms
+
+    q = spec.student.quantization
+    if q is None or q.scheme not in PACKED_SCHEMES:
+        raise SpecError(f"--export: student.quantization.scheme is {q and q.scheme!r}; packed export needs "
+                        f"one of {list(PACKED_SCHEMES)}")
+    arch = {"name": spec.student.arch, "num_classes": meta.num_classes, "in_chans": meta.channels,
+            "variant": spec.student.variant, **spec.student.options}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    students.save_exported(students.export(student), path, arch=arch)
+    deployed = students.load_exported(path)
+    x_val, y_val = load_split(root, meta, "val")
+    ref, out = _logits(student, x_val).argmax(1), _logits(deployed, x_val).argmax(1)
+    shape = (meta.channels, meta.image_size, meta.image_size)
+    fp32 = students.create_model(**arch).eval()
+    packed_ms, fp32_ms = latency_ms(deployed, shape), latency_ms(fp32, shape)
+    return {"file": str(path), "file_bytes": path.stat().st_size, "top1": float((out == y_val).float().mean()),
+            "agreement_top1": float((out == ref).float().mean()), "latency_ms": packed_ms,
+            "fp32_latency_ms": fp32_ms, "speedup_vs_fp32": fp32_ms / packed_ms}
+
+
 def locate_checkpoint(path: Path, config: Path | None = None) -> tuple[Path, Path]:
     """(student weights, job spec) from a run folder or a ``student.pt`` (spec beside it by default)."""
     path = Path(path)
@@ -64,8 +93,10 @@ def locate_checkpoint(path: Path, config: Path | None = None) -> tuple[Path, Pat
     return weights, config
 
 
-def evaluate_checkpoint(path: Path, config: Path | None = None, overrides: list[str] | None = None) -> dict:
-    """``distill eval``: the report for a saved student, teachers loaded and run locally."""
+def evaluate_checkpoint(path: Path, config: Path | None = None, overrides: list[str] | None = None,
+                        export_to: Path | None = None) -> dict:
+    """``distill eval``: the report for a saved student, teachers loaded and run locally; with
+    ``export_to``, also the packed export's (``export_entry``) under ``packed``."""
     from distill.checks import check_job
     from distill.runner import prepare_data
 
@@ -81,6 +112,8 @@ def evaluate_checkpoint(path: Path, config: Path | None = None, overrides: list[
         raise SpecError(f"{weights}: does not load into {spec.student.arch} from {config}: {first}") from None
     report = evaluate_models(spec, root, meta, student, teacher_models)
     report["checkpoint"] = str(weights)
+    if export_to is not None:
+        report["packed"] = export_entry(spec, root, meta, student, Path(export_to))
     return report
 
 
@@ -98,6 +131,9 @@ def add_eval_command(sub: Any) -> None:
                    help="override a spec field, e.g. --set data.source=other/shards (repeatable)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("--out", type=Path, default=None, help="also write the report JSON here")
+    p.add_argument("--export", type=Path, default=None, metavar="FILE",
+                   help="low-bit students (twn, ttq, binary-connect, xnor): write the packed deployable model "
+                        "here and report its accuracy, agreement with the trained model, bytes and latency")
 
 
 def cmd_eval(args: Any) -> int:
@@ -105,11 +141,16 @@ def cmd_eval(args: Any) -> int:
 
     from distill.report import print_report, write_report
 
-    report = evaluate_checkpoint(args.checkpoint, args.config, args.overrides)
+    report = evaluate_checkpoint(args.checkpoint, args.config, args.overrides, export_to=args.export)
     if args.out:
         write_report(report, args.out)
     if args.json:
         print(json.dumps(report))
-    else:
-        print_report(report)
+        return 0
+    print_report(report)
+    if "packed" in report:
+        p = report["packed"]
+        print(f"packed export {p['file']}: {p['file_bytes']:,} bytes, top-1 {p['top1']:.4f}, agreement with the "
+              f"trained model {p['agreement_top1']:.4%}, batch-1 latency {p['latency_ms']:.3f} ms "
+              f"({p['speedup_vs_fp32']:.2f}x the fp32 {report['student']['name']})")
     return 0

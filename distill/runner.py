@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,32 @@ def start_teachers(spec: JobSpec, meta: DatasetMeta, groups: list[Any] | None = 
     return handles
 
 
+@contextmanager
+def served_teachers(spec: JobSpec, meta: DatasetMeta, address: str | None, *, serve: bool, console: Console,
+                    before_start: Callable[[], None] | None = None) -> Iterator[list[list[Any]]]:
+    """Ray connected (embedded when ``address`` is None, else joined) and, with ``serve``, the spec's
+    teacher replicas running; yields their handles. Replicas, placement groups and an embedded Ray
+    are torn down on the way out, error and Ctrl-C included: a failed job leaves nothing running."""
+    started_ray = ray_env.connect(address, namespace=spec.cluster.namespace,
+                                  **(embedded_extras(spec) if address is None else {}))
+    handles: list[list[Any]] = []
+    groups: list[Any] = []
+    try:
+        if before_start is not None:
+            before_start()
+        if serve:
+            console.print(f"starting {sum(m.replicas for m in spec.teachers.members)} teacher replica(s)")
+            handles.extend(start_teachers(spec, meta, groups))
+        yield handles
+    finally:
+        for group in handles:
+            stop_replicas(group)
+        for pg in groups:
+            release(pg)
+        if started_ray:
+            ray_env.shutdown()
+
+
 def evaluate(spec: JobSpec, root: Path, meta: DatasetMeta, student: torch.nn.Module,
              teacher_models: dict[str, torch.nn.Module], handles: list[list[Any]]) -> dict:
     """Score the student locally and the teachers through the same actors that taught it."""
@@ -155,17 +183,10 @@ def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False,
     version = (resume and _previous_version(run_dir)) or time.strftime("%Y%m%d-%H%M%S")
     write_run_folder(spec, run_dir, version)
 
-    online = spec.teachers.mode == "online" and spec.teachers.members
+    online = spec.teachers.mode == "online" and bool(spec.teachers.members)
     address = address or spec.cluster.address
-    started_ray = ray_env.connect(address, namespace=spec.cluster.namespace,
-                                  **(embedded_extras(spec) if address is None else {}))
-    handles: list[list[Any]] = []
-    groups: list[Any] = []
-    try:
-        check_cluster(spec, root, joined=address is not None)
-        if online:
-            console.print(f"starting {sum(m.replicas for m in spec.teachers.members)} teacher replica(s)")
-            handles = start_teachers(spec, meta, groups)
+    with served_teachers(spec, meta, address, serve=online, console=console,
+                         before_start=lambda: check_cluster(spec, root, joined=address is not None)) as handles:
         teacher_val = score_validation(spec, root, meta, handles, teacher_models)
         config = {"spec": spec_doc, "data_root": str(root.resolve()),
                   "teacher_handles": handles, "run_dir": str(run_dir.resolve()),
@@ -185,13 +206,6 @@ def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False,
             placement_strategy=c.placement_strategy, placement_timeout_s=c.placement_timeout_s)
         student.load_state_dict(torch.load(run_dir / "student.pt", map_location="cpu", weights_only=True))
         report = evaluate(spec, root, meta, student, teacher_models, handles)
-    finally:
-        for group in handles:
-            stop_replicas(group)
-        for pg in groups:
-            release(pg)
-        if started_ray:
-            ray_env.shutdown()
     report["wall_s"] = round(time.perf_counter() - started, 1)
     report["tensorboard"] = str(spec.logging.tensorboard / spec.name / version)
     write_report(report, run_dir / "report.json")

@@ -14,8 +14,6 @@ from typing import Any
 
 from rich.console import Console
 
-from cluster import ray_env
-from cluster.placement import release
 from distill.data import DatasetMeta
 from distill.data.meta import DataError
 from distill.data.soft_labels import check_soft_labels, file_digest, soft_label_dir
@@ -50,11 +48,9 @@ def teach(spec: JobSpec, *, address: str | None = None, batch_images: int = 256,
     """Write the job's soft labels; returns the folder's ``meta.json`` plus ``folder`` and ``bytes``."""
     from distill.checks import check_teachers
     from distill.data.views import view_batches
-    from distill.runner import prepare_data, start_teachers
-    from distill.scheduling import embedded_extras
+    from distill.runner import prepare_data, served_teachers
     from teachers.client import TeacherPool
     from teachers.offline import write_soft_labels
-    from teachers.service import stop_replicas
 
     console = console or Console()
     if not spec.teachers.members:
@@ -72,30 +68,16 @@ def teach(spec: JobSpec, *, address: str | None = None, batch_images: int = 256,
     info = {"job": spec.name, "views": views, "padding": aug.crop_padding, "hflip": aug.hflip,
             "seed": spec.seed, "num_classes": meta.num_classes, "data": str(Path(root).resolve()),
             "sources": teacher_digests(spec), "data_meta": file_digest(Path(root) / "meta.json")}
-    address = address or spec.cluster.address
-    started_ray = ray_env.connect(address, namespace=spec.cluster.namespace,
-                                  **(embedded_extras(spec) if address is None else {}))
-    handles: list[list[Any]] = []
-    groups: list[Any] = []
-    try:
-        console.print(f"starting {sum(m.replicas for m in spec.teachers.members)} teacher replica(s)")
-        handles = start_teachers(spec, meta, groups)
+    with served_teachers(spec, meta, address or spec.cluster.address, serve=True, console=console) as handles:
         pool = TeacherPool([m.name for m in spec.teachers.members], handles)
         batches = view_batches(root, meta, views=views, padding=aug.crop_padding, hflip=aug.hflip,
                                seed=spec.seed, batch_images=batch_images)
         soft = write_soft_labels(batches, pool, folder, info=info, output=spec.teachers.output,
                                  topk=spec.teachers.topk, window=spec.teachers.window,
                                  total=meta.count("train"))
-    finally:
-        for group in handles:
-            stop_replicas(group)
-        for pg in groups:
-            release(pg)
-        if started_ray:
-            ray_env.shutdown()
     size = sum(p.stat().st_size for p in folder.glob("*.tar"))
     if soft["count"] != meta.count("train"):
         raise DataError(f"{folder}: wrote {soft['count']} samples, the data has {meta.count('train')}")
-    console.print(f"soft labels: {soft['count']} samples x {views} view(s) x {len(handles)} teacher(s), "
+    console.print(f"soft labels: {soft['count']} samples x {views} view(s) x {len(spec.teachers.members)} teacher(s), "
                   f"{size / max(1, soft['count']):.0f} bytes/sample on disk -> {folder}")
     return {**soft, "folder": str(folder), "bytes": size}

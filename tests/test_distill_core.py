@@ -254,8 +254,9 @@ def test_resume_matches_uninterrupted_run(job):
 @pytest.mark.slow
 def test_eval_cli_reports_a_saved_student(job):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "distill"), "eval", str(job.run_dir), "--json"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    packed = job.tmp / "packed" / "student.pt"
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "distill"), "eval", str(job.run_dir), "--json",
+                           "--export", str(packed)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["student"]["top1"] == pytest.approx(job.report["student"]["top1"], abs=1e-6)
@@ -264,6 +265,12 @@ def test_eval_cli_reports_a_saved_student(job):
         assert {"compression_rate", "bytes_ratio", "speedup"} <= entry.keys()
     for key in ("params", "bytes", "macs", "latency_ms"):
         assert report["student"][key] > 0
+    # The TTQ student's packed export: one file, loaded back, predicting what the trained model does.
+    exported = report["packed"]
+    assert exported["file_bytes"] == packed.stat().st_size < report["student"]["params"]  # < 1 byte per weight
+    assert exported["agreement_top1"] >= 0.97, exported  # digits val: 300 images, no activation simulation
+    assert exported["top1"] == pytest.approx(report["student"]["top1"], abs=0.03)
+    assert exported["latency_ms"] > 0 and exported["speedup_vs_fp32"] > 0
 
     missing = subprocess.run([str(ROOT / ".venv" / "bin" / "distill"), "eval", str(job.tmp / "nowhere")],
                              env=env, capture_output=True, text=True, timeout=120)
