@@ -7,7 +7,7 @@ with 2 workers, DeepSpeed ZeRO-2; KD recipes read the ensemble's soft labels tha
 and latency. Results are appended to ``benchmarks/results/cifar10_accuracy.jsonl``,
 one JSON line per run (also printed), so an interrupted sweep resumes where it
 stopped; ``--summary`` prints mean and sample std per recipe, and the paired (same
-seed) KD - hard differences. Plots come from ``benchmarks.cifar10_plots``.
+seed) KD - hard differences. Tables and plots come from ``benchmarks.cifar10_report``.
 
     .venv/bin/distill teach configs/cifar10/base.yaml          # once: soft labels + hints
     .venv/bin/python -m benchmarks.cifar10_accuracy              # the full table (~15 runs)

@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 TEACHERS = ROOT.parent / "shared" / "teachers" / "cifar10"
 RESULTS = ROOT / "benchmarks" / "results" / "cifar10_cost.jsonl"
-STUDENTS = {"mobilenet_v1": {"alpha": 0.5}, "mobilenet_v2": {"width_mult": 0.5}, "shufflenet_v2": {"width": 1.0},
+STUDENTS = {"mobilenet_v1": {"alpha": 0.5}, "mobilenet_v2": {"width_mult": 0.5}, "shufflenet_v2": {"width": 0.5},
             "squeezenet1_1": {}}
 SHAPE = (3, 32, 32)
 

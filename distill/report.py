@@ -19,8 +19,6 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from distill.checkpoint import atomic_write_text
-
 
 def count_params(model: nn.Module) -> int:
     params = list(model.parameters())
@@ -121,6 +119,8 @@ def build_report(job: str, teachers: list[dict[str, Any]], ensemble_logits: torc
 
 
 def write_report(report: dict, path: Path) -> None:
+    from distill.checkpoint import atomic_write_text  # imports Lightning: not at `distill --help` time
+
     atomic_write_text(json.dumps(report, indent=2), path)
 
 

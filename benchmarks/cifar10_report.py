@@ -1,4 +1,6 @@
-"""The CIFAR-10 plots for BENCHMARKS.md, drawn from the stored results (no training here).
+"""The CIFAR-10 tables and plots for BENCHMARKS.md, made from the stored results (no training here).
+
+Prints the markdown tables (accuracy by recipe, model cost, throughput by teacher mode) and writes:
 
 - ``benchmarks/results/cifar10_accuracy_vs_macs.png``: validation top-1 against mult-adds,
   one marker per student and precision, one colour per method (hard / KD / KD + hints),
@@ -6,7 +8,7 @@
   (from ``cifar10_cost.jsonl`` and the runs' reports) for reference.
 - ``benchmarks/results/cifar10_teacher_modes.png``: student samples/s by teacher mode.
 
-    .venv/bin/python -m benchmarks.cifar10_plots
+    .venv/bin/python -m benchmarks.cifar10_report
 """
 
 from __future__ import annotations
@@ -89,7 +91,61 @@ def modes_plot(path: Path) -> None:
     plt.close(fig)
 
 
+def _pm(values: list[float]) -> str:
+    mean = statistics.mean(values)
+    return f"{mean:.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{mean:.4f}"
+
+
+def accuracy_table() -> str:
+    rows = load_results(ACCURACY)
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["recipe"], []).append(r)
+    lines = ["| student | precision | hard labels | KD | KD + hints | seeds | params | MACs |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    students = dict.fromkeys(_method(r)[0] for r in by)
+    for student in students:
+        cells = []
+        for method in ("hard", "kd", "kd_hints"):
+            runs = by.get(f"{student}_{method}", [])
+            cells.append(_pm([r["val_top1"] for r in runs]) if runs else "-")
+        any_run = next(r for m in ("hard", "kd", "kd_hints") for r in by.get(f"{student}_{m}", []))
+        seeds = max(len(by.get(f"{student}_{m}", [])) for m in ("hard", "kd", "kd_hints"))
+        name, precision = (student.removesuffix("_ttq"), "TTQ 2-bit") if student.endswith("_ttq") else (student, "fp32")
+        lines.append(f"| {name} | {precision} | {' | '.join(cells)} | {seeds} | {any_run['params'] / 1e3:.0f}k | "
+                     f"{any_run['macs'] / 1e6:.1f}M |")
+    return "\n".join(lines)
+
+
+def cost_table() -> str:
+    rows = [json.loads(line) for line in COST.read_text().splitlines() if line.strip()]
+    lines = ["| model | params | MACs | fp32 | int8 | 2-bit | 1-bit | TTQ packed file | latency ms fp32 / folded / "
+             "packed | a/a* | s/s* fp32 / folded / packed |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    kib = lambda b: f"{b / 1024:.0f} KiB"  # noqa: E731
+    for r in rows:
+        if r["kind"] != "student":
+            lines.append(f"| {r['model']} | {r['params'] / 1e3:.0f}k | {r['macs'] / 1e6:.1f}M | {kib(r['bytes_fp32'])} "
+                         f"| | | | | {r['latency_ms']:.2f} | | |")
+            continue
+        lines.append(
+            f"| {r['model']} | {r['params'] / 1e3:.0f}k | {r['macs'] / 1e6:.1f}M | {kib(r['bytes_32bit'])} | "
+            f"{kib(r['bytes_8bit'])} | {kib(r['bytes_2bit'])} | {kib(r['bytes_1bit'])} | {kib(r['ttq_file_bytes'])} | "
+            f"{r['latency_ms']:.2f} / {r['latency_ms_folded']:.2f} / {r['latency_ms_ttq_packed']:.2f} | {r['a/a*']:.2f} | "
+            f"{r['s/s*']:.2f} / {r['s/s*_folded']:.2f} / {r['s/s*_ttq_packed']:.2f} |")
+    return "\n".join(lines)
+
+
+def modes_table() -> str:
+    rows = [json.loads(line) for line in MODES.read_text().splitlines() if line.strip()]
+    lines = ["| teacher mode | samples/s | vs no teacher |", "|---|---:|---:|"]
+    lines += [f"| {r['mode']} | {r['samples_per_s']:.0f} | {r['ratio_vs_none']:.3f} |" for r in rows]
+    return "\n".join(lines)
+
+
 def main() -> None:
+    for path, table in ((ACCURACY, accuracy_table), (COST, cost_table), (MODES, modes_table)):
+        if path.is_file():
+            print(table() + "\n")
     if ACCURACY.is_file():
         accuracy_plot(OUT / "cifar10_accuracy_vs_macs.png")
         print(OUT / "cifar10_accuracy_vs_macs.png")
