@@ -21,10 +21,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from benchmarks.jobs import distill_run
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "cifar10_accuracy.jsonl"
@@ -43,19 +43,13 @@ def load_results(path: Path = RESULTS) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_recipe(recipe: str, seed: int, out: Path, extra: list[str]) -> dict:
+def run_recipe(recipe: str, seed: int, out: Path, extra: dict) -> dict:
     """One ``distill run`` in a child process; the row for the results file."""
     run_dir = out / f"{recipe}-s{seed}"
-    cmd = [sys.executable, "-m", "distill.cli", "run", str(ROOT / "configs" / "cifar10" / f"{recipe}.yaml"),
-           "--set", f"seed={seed}", "--set", f"name=cifar10-{recipe}-s{seed}", "--set", f"output.dir={run_dir}",
-           "--set", f"logging.tensorboard={out / 'tensorboard'}", *extra]
     start = time.perf_counter()
-    log = out / f"{recipe}-s{seed}.log"
-    out.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as fh:
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
-    if rc != 0:
-        raise SystemExit(f"{recipe} seed {seed}: distill run exited {rc}; see {log}")
+    distill_run(ROOT / "configs" / "cifar10" / f"{recipe}.yaml",
+                {"seed": seed, "name": f"cifar10-{recipe}-s{seed}", "output.dir": run_dir,
+                 "logging.tensorboard": out / "tensorboard", **extra}, out / f"{recipe}-s{seed}.log")
     report = json.loads((run_dir / "report.json").read_text())
     s = report["student"]
     return {"recipe": recipe, "seed": seed, "val_top1": round(s["top1"], 4), "val_top5": round(s["top5"], 4),
@@ -94,13 +88,13 @@ def main() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-    results, extra = RESULTS, []
+    results, extra = RESULTS, {}
     plan = [(r, s) for r, s in PLAN if not args.recipes or r in args.recipes]
     if args.quick:  # a smoke test of the whole path; its numbers are not the table's
         results = args.out / "quick.jsonl"
         results.unlink(missing_ok=True)
         plan = [("mobilenet_v1_hard", (0,)), ("mobilenet_v1_kd", (0,))]
-        extra = ["--set", "trainer.epochs=1", "--set", "trainer.steps_per_epoch=20"]
+        extra = {"trainer.epochs": 1, "trainer.steps_per_epoch": 20}
     if not args.summary:
         done = {(r["recipe"], r["seed"]) for r in load_results(results)}
         results.parent.mkdir(parents=True, exist_ok=True)

@@ -31,9 +31,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+from benchmarks.jobs import distill_run
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "cifar10" / "mobilenet_v1_kd.yaml"
@@ -48,18 +48,10 @@ def run_mode(mode: str, steps: int, out: Path, round_: int) -> float:
     tb = out / f"tb-{mode}-{round_}"
     sets = {"name": f"modes-{mode}", "teachers.mode": mode, "trainer.epochs": 1,
             "trainer.steps_per_epoch": steps, "logging.log_every_n_steps": 5, "logging.tensorboard": str(tb),
-            "output.dir": str(out / f"{mode}-{round_}")}
+            "output.dir": out / f"{mode}-{round_}"}
     if mode == "none":
         sets["loss.terms"] = '[{type: ce, weight: 1.0}]'
-    cmd = [sys.executable, "-m", "distill.cli", "run", str(RECIPE)]
-    for key, value in sets.items():
-        cmd += ["--set", f"{key}={value}"]
-    log = out / f"{mode}-{round_}.log"
-    out.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as fh:
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
-    if rc != 0:
-        raise SystemExit(f"teachers.mode={mode}: distill run exited {rc}; see {log}")
+    distill_run(RECIPE, sets, out / f"{mode}-{round_}.log")
     events = sorted(tb.rglob("events.out.tfevents.*"))
     acc = EventAccumulator(str(events[-1].parent), size_guidance={"scalars": 0})
     acc.Reload()

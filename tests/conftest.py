@@ -34,3 +34,17 @@ def digits_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("digits")
     pack_source("sklearn-digits", root, shard_size=100, val_per_class=30)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``).
+
+    Their models and shapes are tiny; on a shared 2-core machine two threads spin against other
+    jobs' and make forwards many times slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

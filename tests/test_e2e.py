@@ -64,3 +64,23 @@ def test_tiny_job_end_to_end(tmp_path, digits_root, ray_session):
     per_epoch = scalar_values(events, "loss/total_epoch")
     assert len(per_epoch) == 4
     assert per_epoch[-1] < 0.8 * per_epoch[0], per_epoch
+
+
+@pytest.mark.slow
+def test_inprocess_teachers_job(tmp_path, digits_root, ray_session):
+    """teachers.mode: inprocess: no actors; each training worker runs the teachers in its step."""
+    from distill.runner import prepare_data, run_job
+    from distill.spec import parse_spec
+    from distill.teacher_training import train_teachers
+
+    doc = tiny_job(tmp_path, digits_root, epochs=3, steps_per_epoch=10)
+    doc["teachers"]["mode"] = "inprocess"
+    spec = parse_spec(doc)
+    root, meta = prepare_data(spec)
+    train_teachers(spec, root, meta)
+    report = run_job(spec)
+    assert report["ensemble_top1"] > 0.5 and report["student"]["top1"] > 0.2
+    events = load_events(tmp_path / "tb" / "tiny")
+    kd = scalar_values(events, "loss/kd_epoch")
+    assert len(kd) == 3 and kd[-1] < kd[0], kd  # the KD term had teacher answers to learn from
+    assert "teachers/latency_p50_ms" not in set(events.Tags()["scalars"])  # no pool: nothing served

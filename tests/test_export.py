@@ -30,12 +30,7 @@ SCHEMES = ("twn", "ttq", "binary-connect", "xnor")
 STEPS, BATCH, LR = 100, 32, 1e-2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

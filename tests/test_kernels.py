@@ -29,13 +29,7 @@ SHAPES = [
 ISAS = ["scalar", "avx2", "avxvnni", "avx512"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small shapes: one thread (two OpenMP threads on 2 busy shared cores mostly spin)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cpp_or_skip() -> None:

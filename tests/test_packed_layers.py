@@ -9,13 +9,7 @@ from torch import nn
 from kernels import packed_layers as PL
 from kernels import reference
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ternary_weight(shape, asymmetric=False, seed=0):

@@ -11,15 +11,7 @@ from kernels import ste
 from students.qlayers import QConv2d, QLinear
 from students.quantize import SCHEMES, clip_latent_, convert_int8, quantize, quantized_layers
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread. With two OpenMP threads on 2 shared, busy cores, a forward
-    pass was measured ~50x slower (threads spin-waiting for each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_net(in_chans: int = 3, num_classes: int = 10) -> nn.Sequential:

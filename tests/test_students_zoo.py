@@ -32,14 +32,7 @@ MODELS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These models are tiny at test sizes; on a shared 2-core machine two intra-op
-    # threads fighting other processes made forwards ~10x slower than one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def meta_model(name: str, **options: object) -> nn.Module:

@@ -90,13 +90,7 @@ TINY_ARCH = textwrap.dedent('''
 HINTS = ["stem", "blocks.0.bn", "blocks.0", "blocks.1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two threads on a shared 2-core box spin against other jobs: one is many times faster here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomize_bn(model: nn.Module, seed: int) -> None:
