@@ -204,3 +204,18 @@ def test_pack_tar_image_folder_with_fixed_normalization(tmp_path):
     with pytest.raises(DataError, match="data.normalize"):
         ensure_shards(str(tmp_path / "imgs.tar"), tmp_path / "shards", shard_size=3, val_per_class=1,
                       normalize=([0.1, 0.1, 0.1], [1.0, 1.0, 1.0]))
+
+
+def test_cluster_templates_name_real_recipes_and_valid_overrides():
+    """The RayJob entrypoint's spec and --set overrides validate (a typo there fails on a cluster)."""
+    import shlex
+
+    job = yaml.safe_load((ROOT / "configs" / "cluster" / "kuberay-rayjob.yaml").read_text())
+    argv = shlex.split(job["spec"]["entrypoint"])
+    config = next(a for a in argv if a.endswith(".yaml"))
+    overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    spec = load_spec(ROOT / config, overrides)
+    assert spec.teachers.mode == "online" and spec.cluster.use_gpu
+    assert all(str(m.source).startswith("/shared/") for m in spec.teachers.members)
+    launcher = (ROOT / "configs" / "cluster" / "ray-cluster.yaml").read_text()
+    assert config in launcher
