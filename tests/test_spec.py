@@ -190,9 +190,13 @@ def test_pack_tar_image_folder_with_fixed_normalization(tmp_path):
                          normalize=norm)
     assert meta.classes == ["ant", "cat"] and (meta.mean, meta.std) == (norm[0], norm[1])
     assert (meta.count("train"), meta.count("val")) == (6, 2)
-    assert load_meta(tmp_path / "shards").mean == norm[0]
     import webdataset as wds
 
+    assert load_meta(tmp_path / "shards").mean == norm[0]
+    assert meta.train_order == "shuffled:0"  # folders are read class by class; shards must mix them
+    train = [s["__key__"] for s in wds.WebDataset(meta.shard_paths(tmp_path / "shards", "train"), shardshuffle=False)]
+    assert sorted(train) == [f"{c}_{i:04d}" for c in ("ant", "cat") for i in range(3)] and train != sorted(train)
+    assert {k[:3] for k in train[:3]} == {"ant", "cat"}  # the first shard holds both classes
     vals = [s["__key__"] for s in wds.WebDataset(meta.shard_paths(tmp_path / "shards", "val"), shardshuffle=False)]
     assert vals == ["ant_0003", "cat_0003"]  # the last file (sorted) of each class
     sample = next(iter(wds.WebDataset(meta.shard_paths(tmp_path / "shards", "val"), shardshuffle=False)))

@@ -27,6 +27,7 @@ class DatasetMeta:
     std: list[float]
     splits: dict[str, dict] = field(default_factory=dict)  # split -> {"shards": [...], "count": n}
     source: str = ""
+    train_order: str = "source"  # "source" (as read) or "shuffled:<seed>" (see pack.pack_arrays)
 
     @property
     def num_classes(self) -> int:

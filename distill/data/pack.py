@@ -69,8 +69,14 @@ def split_by_class(labels: np.ndarray, val_per_class: int) -> tuple[np.ndarray, 
 
 def pack_arrays(images: np.ndarray, labels: np.ndarray, classes: list[str], dst: Path, *,
                 shard_size: int, val_per_class: int, source: str, keys: list[str] | None = None,
-                normalize: tuple[list[float], list[float]] | None = None) -> DatasetMeta:
+                normalize: tuple[list[float], list[float]] | None = None,
+                shuffle_seed: int | None = 0) -> DatasetMeta:
     """Pack uint8 images ``[N, H, W]`` or ``[N, H, W, C]`` with integer labels.
+
+    ``shuffle_seed``: the training split is written in a fixed random order, so every shard holds
+    every class. Image folders are read class by class; sharded in that order, each shard (and each
+    shuffle buffer a few shards deep) would hold one class, and a student trained on such batches
+    learns little (measured: 34-43% instead of 60%+ on CIFAR-10 at 2 epochs). None keeps the order.
 
     ``normalize`` (mean, std) replaces the training split's own statistics in meta.json: teachers
     trained elsewhere expect the constants they were trained with, and every reader of the
@@ -84,6 +90,8 @@ def pack_arrays(images: np.ndarray, labels: np.ndarray, classes: list[str], dst:
     keys = keys or [f"{i:07d}" for i in range(len(images))]
     channels = 1 if images.ndim == 3 else images.shape[3]
     train_idx, val_idx = split_by_class(labels, val_per_class)
+    if shuffle_seed is not None:
+        train_idx = np.random.default_rng(shuffle_seed).permutation(train_idx)
     dst.mkdir(parents=True, exist_ok=True)
     for old in dst.glob("*.tar"):
         old.unlink()
@@ -96,7 +104,8 @@ def pack_arrays(images: np.ndarray, labels: np.ndarray, classes: list[str], dst:
             samples = [(keys[i], images[i], int(labels[i])) for i in idx]
             splits[split] = _write_split(dst, split, samples, shard_size, progress)
     meta = DatasetMeta(classes=classes, channels=channels, image_size=int(images.shape[1]), mean=mean,
-                       std=std, splits=splits, source=source)
+                       std=std, splits=splits, source=source,
+                       train_order="source" if shuffle_seed is None else f"shuffled:{shuffle_seed}")
     meta.save(dst)
     return meta
 
@@ -158,9 +167,9 @@ def pack_source(source: str, dst: Path, *, shard_size: int, val_per_class: int,
                 normalize: tuple[list[float], list[float]] | None = None) -> DatasetMeta:
     """Pack a named source: 'sklearn-digits', an image folder or a .tar of one, or an .npz with images/labels."""
     common = {"shard_size": shard_size, "val_per_class": val_per_class, "source": source, "normalize": normalize}
-    if source == "sklearn-digits":
+    if source == "sklearn-digits":  # its own order interleaves the classes (and the digits results used it)
         images, labels, classes = digits_arrays()
-        return pack_arrays(images, labels, classes, dst, **common)
+        return pack_arrays(images, labels, classes, dst, shuffle_seed=None, **common)
     path = Path(source)
     if path.is_dir() or (path.is_file() and path.suffix == ".tar"):
         read = image_folder_arrays if path.is_dir() else tar_image_folder_arrays
