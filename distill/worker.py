@@ -76,7 +76,7 @@ def train_worker(config: dict[str, Any]) -> None:
     elif spec.teachers.mode == "inprocess":
         from teachers.inprocess import InProcessTeachers
 
-        train = InProcessTeachers(train, config["teacher_configs"], length=steps)
+        train = pool = InProcessTeachers(train, config["teacher_configs"], length=steps)  # type: ignore[assignment]
     elif offline:
         from distill.data.soft_labels import OfflineTeacher, SoftLabels
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,8 @@ class InProcessTeachers:
         self.loader = loader
         self.length = length
         self.wait_s = 0.0  # time the student spent waiting for teachers (all of their compute)
+        self._drained = (0.0, 0)  # (wait_s, batches) at the last drain_stats
+        self.batches = 0
 
     def __len__(self) -> int:
         if self.length is None:
@@ -46,4 +49,19 @@ class InProcessTeachers:
             out = TeacherOutput([decode_logits(a) for a in answers],
                                 [{k: torch.from_numpy(v) for k, v in a["hints"].items()} for a in answers])
             self.wait_s += time.perf_counter() - start
+            self.batches += 1
             yield batch, out
+
+    def drain_stats(self) -> _WaitStats:
+        """Student wait per step since the last call, as ``TeacherStatsCallback`` logs a pool's."""
+        wait, batches = self.wait_s - self._drained[0], self.batches - self._drained[1]
+        self._drained = (self.wait_s, self.batches)
+        return _WaitStats(1000 * wait / max(1, batches))
+
+
+@dataclass
+class _WaitStats:
+    wait_ms_per_step: float
+
+    def metrics(self) -> dict[str, float]:
+        return {"teachers/student_wait_ms_per_step": self.wait_ms_per_step}

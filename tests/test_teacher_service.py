@@ -99,6 +99,9 @@ def test_inprocess_teachers_answer_like_an_actor(slow_teacher):
         torch.testing.assert_close(out.logits[0], direct_logits(slow_teacher, x), rtol=0, atol=0)
         assert out.hints[0]["body"].shape == (16, 32)
     assert teachers.wait_s > 0
+    assert teachers.drain_stats().metrics()["teachers/student_wait_ms_per_step"] == pytest.approx(
+        1000 * teachers.wait_s / 3)
+    assert teachers.drain_stats().metrics()["teachers/student_wait_ms_per_step"] == 0  # nothing since
 
 
 # ---------------------------------------------------------------- wire format and ensembles (no Ray)
