@@ -8,11 +8,13 @@ Prints the markdown tables (accuracy by recipe, model cost, throughput by teache
   (from ``cifar10_cost.jsonl`` and the runs' reports) for reference.
 - ``benchmarks/results/cifar10_teacher_modes.png``: student samples/s by teacher mode.
 
-    .venv/bin/python -m benchmarks.cifar10_report
+    .venv/bin/python -m benchmarks.cifar10_report                         # print the tables
+    .venv/bin/python -m benchmarks.cifar10_report --write BENCHMARKS.md   # and fill its markers
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 from pathlib import Path
@@ -142,10 +144,26 @@ def modes_table() -> str:
     return "\n".join(lines)
 
 
+def fill(doc: Path, name: str, table: str) -> None:
+    """Replace what lies between ``<!-- cifar10:NAME -->`` and ``<!-- /cifar10:NAME -->`` in ``doc``."""
+    text = doc.read_text()
+    start, end = f"<!-- cifar10:{name} -->", f"<!-- /cifar10:{name} -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"{doc}: no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    doc.write_text(f"{head}{start}\n{table}\n{end}{rest.split(end, 1)[1]}")
+
+
 def main() -> None:
-    for path, table in ((ACCURACY, accuracy_table), (COST, cost_table), (MODES, modes_table)):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", type=Path, help="also put the tables into this file's cifar10 markers")
+    args = parser.parse_args()
+    for name, path, table in (("accuracy", ACCURACY, accuracy_table), ("cost", COST, cost_table),
+                              ("modes", MODES, modes_table)):
         if path.is_file():
             print(table() + "\n")
+            if args.write:
+                fill(args.write, name, table())
     if ACCURACY.is_file():
         accuracy_plot(OUT / "cifar10_accuracy_vs_macs.png")
         print(OUT / "cifar10_accuracy_vs_macs.png")
