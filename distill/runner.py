@@ -85,13 +85,12 @@ def _previous_version(run_dir: Path) -> str | None:
 
 def teacher_config(spec: JobSpec, meta: DatasetMeta, i: int, hints: list[str]) -> TeacherConfig:
     """What loads and runs member ``i``, in an actor or in a training worker (``mode: inprocess``)."""
-    m = spec.teachers.members[i]
-    threads = spec.cluster.cpus_per_worker if spec.teachers.mode == "inprocess" else m.resources.num_cpus
+    m = spec.teachers.members[i]  # in process, InProcessTeachers keeps the trainer's thread count instead
     return TeacherConfig(name=m.name, source=str(Path(m.source).resolve()), format=m.format, arch=m.arch,
                          arch_options=m.arch_options, hints=hints, output=spec.teachers.output,
                          topk=spec.teachers.topk, num_classes=meta.num_classes,
                          input_shape=(meta.channels, meta.image_size, meta.image_size),
-                         threads=max(1, int(threads)))
+                         threads=max(1, int(m.resources.num_cpus)))
 
 
 def start_teachers(spec: JobSpec, meta: DatasetMeta, groups: list[Any] | None = None) -> list[list[Any]]:
