@@ -27,7 +27,7 @@ the fp32 state dict vs the ``students.save_exported`` file; ``compression`` = th
 Agreement: a cifar-variant MobileNetV2 (alpha 0.25, 1 channel, 8x8) trained on
 scikit-learn digits under each scheme; top-1 agreement of the exported model with the
 trained one (eval mode) on all 1797 images, and the accuracy of each. ``act_qat``: trained
-with ``students.simulate_packed_activations`` (the kernels' int8 activation rounding in
+with ``students.simulate_export`` (the kernels' int8 activation rounding in
 the forward), or without (fp activations in training, int8 in the export).
 """
 
@@ -129,7 +129,7 @@ def agreement(schemes: list[str], steps: int, batch: int, qat: list[bool]) -> No
         torch.manual_seed(0)
         model = students.quantize(students.create_model(**arch), scheme)
         if sim:
-            students.simulate_packed_activations(model)
+            students.simulate_export(model)
         t0 = time.perf_counter()
         train(model, xt, yt, steps, batch)
         train_s = time.perf_counter() - t0
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--schemes", nargs="+", choices=SCHEMES, default=list(SCHEMES))
     ap.add_argument("--steps", type=int, default=400, help="training steps per scheme (--agreement)")
     ap.add_argument("--qat", choices=["off", "on", "both"], default="both",
-                    help="train with students.simulate_packed_activations (--agreement)")  # fmt: skip
+                    help="train with students.simulate_export (--agreement)")  # fmt: skip
     args = ap.parse_args(argv)
     if _cpu.backend() != "cpp":
         print("warning: compiled kernels unavailable; timing the pure-torch reference", file=sys.stderr)

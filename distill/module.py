@@ -27,8 +27,8 @@ def build_student(spec: JobSpec, num_classes: int, in_chans: int) -> nn.Module:
     if spec.student.quantization is not None:
         q = spec.student.quantization
         model = students.quantize(model, q.scheme, **q.options)
-        if q.simulate_export:  # hooks on the layers, so training, validation and `distill eval` all see them
-            students.simulate_packed_activations(model)
+        if q.simulate_export:  # hooks on the model: training, validation and `distill eval` all see them
+            students.simulate_export(model)
     return model
 
 

@@ -121,7 +121,8 @@ class QuantSpec(_Section):
     scheme: str
     options: dict[str, Any] = Field(default_factory=dict)
     simulate_export: bool = Field(False, description="train with the packed kernels' int8 activation rounding "
-                                                     "(students.simulate_packed_activations), so the packed "
+                                                     "and evaluate in the export's arithmetic (BN folded, exact "
+                                                     "integer sums; students.simulate_export), so the packed "
                                                      "export predicts what the trained model does")
 
 

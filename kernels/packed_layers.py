@@ -60,9 +60,19 @@ def _vec(v: Tensor | None, n: int, what: str) -> Tensor | None:
 
 
 class _Packed(nn.Module):
-    """Shared buffers and helpers. Subclasses set ``kind`` and implement ``dequantize``."""
+    """Shared buffers and helpers. Subclasses set ``kind`` and implement ``dequantize``.
+
+    ``use_reference = True`` (an instance attribute, not saved) runs the layer on the
+    plain-torch spec (kernels.reference) instead of the compiled ops: the same numbers, bit
+    for bit, which is how a model trained with ``students.simulate_export`` evaluates itself.
+    """
 
     kind = ""
+    use_reference = False
+
+    @property
+    def _impl(self) -> Any:
+        return reference if self.use_reference else ops
 
     def _init_buffers(self, packed_shape, n: int, bias: bool, two_scales: bool) -> None:
         self.register_buffer("weight_packed", torch.zeros(packed_shape, dtype=torch.uint8))
@@ -149,7 +159,7 @@ class PackedTernaryLinear(_TernaryMixin, _Packed):
         return layer._set_ternary(codes, sp, sn, bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.ternary_linear(x, self.weight_packed, self.in_features, self.scale_pos, self.scale_neg,
+        return self._impl.ternary_linear(x, self.weight_packed, self.in_features, self.scale_pos, self.scale_neg,
                                   self.bias, self.act_min, self.act_max)  # fmt: skip
 
     def dequantize(self) -> Tensor:
@@ -203,9 +213,9 @@ class PackedBinaryLinear(_BinaryActivations, _BinaryMixin, _Packed):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.binary_activations:
-            return ops.xnor_linear(x, self.weight_packed, self.in_features, self.scale_pos, self.bias,
+            return self._impl.xnor_linear(x, self.weight_packed, self.in_features, self.scale_pos, self.bias,
                                    self.act_scale, self.act_min, self.act_max)  # fmt: skip
-        return ops.binary_linear(x, self.weight_packed, self.in_features, self.scale_pos, self.bias,
+        return self._impl.binary_linear(x, self.weight_packed, self.in_features, self.scale_pos, self.bias,
                                  self.act_min, self.act_max)  # fmt: skip
 
     def dequantize(self) -> Tensor:
@@ -277,7 +287,7 @@ class PackedTernaryConv2d(_ConvGeometry, _TernaryMixin, _Packed):
         return layer._set_ternary(codes, sp, sn, conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.ternary_conv2d(x, self.weight_packed, self.kernel_size, self.scale_pos, self.scale_neg,
+        return self._impl.ternary_conv2d(x, self.weight_packed, self.kernel_size, self.scale_pos, self.scale_neg,
                                   self.bias, self.stride, self.padding, self.dilation, self.act_min,
                                   self.act_max)  # fmt: skip
 
@@ -321,7 +331,7 @@ class PackedBinaryConv2d(_ConvGeometry, _BinaryActivations, _BinaryMixin, _Packe
         return layer._set_binary(signs, scale, conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.binary_conv2d(
+        return self._impl.binary_conv2d(
             x, self.weight_packed, self.kernel_size, self.scale_pos, self.bias, self.stride, self.padding,
             self.dilation, xnor=self.binary_activations, act_scale=self.act_scale, act_min=self.act_min,
             act_max=self.act_max,

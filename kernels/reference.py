@@ -4,8 +4,8 @@ The C++ and Triton kernels must match these: exactly for the integer results,
 and to fp32 rounding for the float ones (the float epilogue below is written in
 the same order as the kernels', so in practice they agree bit for bit).
 
-Integer products are computed in float64, which is exact for these sizes
-(|sum| < 2**53) and runs on BLAS, on any device.
+Integer products run on BLAS as float matmuls (``_int_mm``), which are exact for these
+sizes, on any device.
 """
 
 from __future__ import annotations
@@ -17,8 +17,17 @@ from kernels.packing import pack_signs, unpack_binary, unpack_signs, unpack_tern
 
 
 def _int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Exact a @ b.T for small integer matrices, as int32."""
-    return (a.double() @ b.double().T).to(torch.int32)
+    """Exact a @ b.T for small integer matrices, as int32.
+
+    In float32 when every partial sum stays below 2**24 (K * max|a| * max|b|: then each
+    product and each sum is an integer float32 holds exactly, in any summation order) and
+    matmuls run in full fp32 (no TF32 / bf16 shortcuts); in float64 (exact below 2**53) otherwise.
+    """
+    a_max = 128 if a.dtype == torch.int8 else int(a.abs().max()) if a.numel() else 0  # activations: big
+    bound = a.shape[1] * a_max * (int(b.to(torch.int32).abs().max()) if b.numel() else 0)
+    full = torch.get_float32_matmul_precision() == "highest"
+    dtype = torch.float32 if bound < 2**24 and full else torch.float64
+    return (a.to(dtype) @ b.to(dtype).T).to(torch.int32)
 
 
 def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,10 +43,25 @@ def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, amax / 127.0
 
 
+def row_abs_mean(x: torch.Tensor) -> torch.Tensor:
+    """mean |x| per row of a float [M, K] tensor, as float32, with an exact sum.
+
+    Each |x| is first rounded to a multiple of 2**(e - 29), e the exponent of the row's absmax
+    (by adding and subtracting 1.5 * 2**(e + 23) in float64); a float64 then holds any sum of
+    K < 2**24 such values exactly, so the result does not depend on the summation order and
+    every kernel (SIMD lanes, threads, GPU blocks) gets the same float as this spec.
+    """
+    a = x.float().abs().double()
+    _, e = torch.frexp(a.amax(dim=1, keepdim=True))
+    c = torch.ldexp(torch.full_like(a[:, :1], 1.5), e + 23)
+    return (((a + c) - c).sum(dim=1) / x.shape[1]).float()
+
+
 def binarize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """XNOR-Net activations: sign bits (x > 0: +1, else -1; packing.pack_signs), beta = mean |x| per row."""
+    """XNOR-Net activations: sign bits (x > 0: +1, else -1; packing.pack_signs), beta = mean |x| per row
+    (``row_abs_mean``)."""
     x = x.float()
-    return pack_signs(x), x.abs().mean(dim=1)
+    return pack_signs(x), row_abs_mean(x)
 
 
 def clamp_output(y: torch.Tensor, act_min: float | None, act_max: float | None) -> torch.Tensor:

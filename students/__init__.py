@@ -19,10 +19,12 @@ __all__ = [
     "model_bytes",
     "model_info",
     "register_model",
+    "remove_simulation",
     "save_exported",
-    "simulate_packed_activations",
+    "simulate_export",
     "zoo_table",
 ]
 
-from .export import export, load_exported, save_exported, simulate_packed_activations  # noqa: E402
+from .export import export, load_exported, save_exported  # noqa: E402
 from .quantize import SCHEMES, clip_latent_, convert_int8, quantize, quantized_layers  # noqa: E402, F401
+from .simulate import remove_simulation, simulate_export  # noqa: E402

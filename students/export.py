@@ -12,8 +12,8 @@ What ``export(model, "packed")`` does to a model trained with ``quantize(model, 
   binary-connect, binary with binary activations for xnor (``binarize_input``). Layers
   trained on fp activations (twn, ttq, binary-connect) now see int8 activations,
   quantized per row (one row per output pixel of a conv): the one approximation here.
-  ``simulate_packed_activations`` puts that rounding into training, so that the
-  trained model computes what the export deploys.
+  ``students.simulate_export`` puts that rounding (and the BN folding, and the exact integer
+  sums) into the trained model's own forward, so that it computes what the export deploys.
 - a BatchNorm right after a conv/linear in an nn.Sequential (the zoo's conv-bn-act
   blocks) is folded into that layer (packed: its per-channel scales and bias; fp:
   its weight and bias, torch.nn.utils.fusion) and replaced by nn.Identity. A BN we
@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from kernels import reference, ste
+from kernels import ste
 from kernels.packed_layers import (
     PACKED_LAYERS,
     PackedBinaryConv2d,
@@ -68,8 +68,8 @@ __all__ = [
     "BinaryInputConv2d",
     "export",
     "load_exported",
+    "deployed_children",
     "save_exported",
-    "simulate_packed_activations",
 ]
 
 EXPORT_SCHEMES = ("twn", "ttq", "binary-connect", "xnor")
@@ -131,33 +131,52 @@ def _to_packed(model: nn.Module) -> nn.Module:
                 f"packed export supports {', '.join(EXPORT_SCHEMES)}"
             )
     model = copy.deepcopy(model).float().eval()
+    from .simulate import remove_simulation  # the copy runs as deployed, not as simulated
+
+    remove_simulation(model)
     uses = Counter(id(c) for m in model.modules() for c in m._modules.values() if c is not None)
     done: dict[int, nn.Module] = {}  # id(shared layer) -> its one conversion
     for parent in list(model.modules()):
-        names = list(parent._modules)
-        for i, name in enumerate(names):
-            layer = parent._modules[name]
-            if not _is_layer(layer):
-                continue
-            if uses[id(layer)] > 1:  # registered twice: convert once, fold nothing into it
-                if id(layer) not in done:
-                    done[id(layer)] = _convert(layer, None)
-                setattr(parent, name, done[id(layer)])
-                continue
-            # Only inside a Sequential is the next module the one that consumes the output.
-            after = names[i + 1 : i + 3] if isinstance(parent, nn.Sequential) else []
-            bn = parent._modules[after[0]] if after and _folds(layer, parent._modules[after[0]]) else None
-            new = _convert(layer, bn)
+        for name, new in deployed_children(parent, lambda layer: uses[id(layer)] > 1, done).items():
             setattr(parent, name, new)
-            if bn is not None:
-                setattr(parent, after.pop(0), nn.Identity())
-            act = parent._modules[after[0]] if after else None
-            if isinstance(new, PACKED) and type(act) in FUSED_ACTIVATIONS:
-                setattr(parent, after[0], nn.Identity())
-                fuse_activation(new, act)
     # Packed convs return channels-last tensors; fp convs with channels-last weights keep
     # the whole net in that layout (no NCHW <-> NHWC copies, and oneDNN is faster in it).
     return model.to(memory_format=torch.channels_last).eval()
+
+
+def deployed_children(parent: nn.Module, shared: Callable[[nn.Module], bool],
+                      done: dict[int, nn.Module] | None = None) -> dict[str, nn.Module]:
+    """What export puts in place of ``parent``'s direct children: {child name: new module}.
+
+    Every conv/linear child is converted (``_convert``); inside an nn.Sequential a BatchNorm
+    right after it is folded in (and becomes nn.Identity), and a ReLU / ReLU6 after a packed
+    layer is fused into it (and becomes nn.Identity). A ``shared(layer)`` layer (registered
+    twice) is converted once (``done``: id -> conversion) and gets nothing folded. ``parent``
+    and its children are not modified; ``students.simulate`` builds its eval view from this too.
+    """
+    done = {} if done is None else done
+    out: dict[str, nn.Module] = {}
+    names = list(parent._modules)
+    for i, name in enumerate(names):
+        layer = parent._modules[name]
+        if not _is_layer(layer):
+            continue
+        if shared(layer):
+            if id(layer) not in done:
+                done[id(layer)] = _convert(layer, None)
+            out[name] = done[id(layer)]
+            continue
+        # Only inside a Sequential is the next module the one that consumes the output.
+        after = names[i + 1 : i + 3] if isinstance(parent, nn.Sequential) else []
+        bn = parent._modules[after[0]] if after and _folds(layer, parent._modules[after[0]]) else None
+        new = out[name] = _convert(layer, bn)
+        if bn is not None:
+            out[after.pop(0)] = nn.Identity()
+        act = parent._modules[after[0]] if after else None
+        if isinstance(new, PACKED) and type(act) in FUSED_ACTIVATIONS:
+            out[after[0]] = nn.Identity()
+            fuse_activation(new, act)
+    return out
 
 
 def _is_layer(m: nn.Module | None) -> bool:
@@ -208,48 +227,6 @@ def _conv_config(conv: nn.Conv2d) -> dict[str, Any]:
             "kernel_size": conv.kernel_size, "stride": conv.stride, "padding": conv.padding,
             "dilation": conv.dilation, "groups": conv.groups, "bias": conv.bias is not None,
             "padding_mode": conv.padding_mode}  # fmt: skip
-
-
-# ---------------------------------------------------------------- training for the kernels
-
-
-def simulate_packed_activations(model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
-    """Make ``model``'s low-precision layers see the int8 activations the packed kernels will use.
-
-    Registers a forward pre-hook on every QLinear and 1x1 groups=1 QConv2d that export
-    gives int8 activations (twn, ttq, binary-connect, xnor without binarize_input): the
-    input is quantized per row as ``kernels.reference.quantize_rows_int8`` does (a row:
-    one sample of a linear, one pixel's channels of a 1x1 conv), with a straight-through
-    gradient. Trained (or fine-tuned) this way, the eval model computes
-    what ``export`` deploys, up to float rounding: without it, int8 rounding of every
-    layer's input (~0.5% of the signal each) flips near-tie predictions. k x k convs are
-    quantized per patch by the kernels, which no input hook can express; they are left
-    alone. Returns the handles (``h.remove()`` undoes it); the hooks also run in eval.
-    """
-    handles = []
-    for m in model.modules():
-        if not isinstance(m, QConv2d | QLinear) or not _int8_input(m):
-            continue
-        if isinstance(m, QConv2d) and (m.groups != 1 or m.kernel_size != (1, 1) or m.padding != (0, 0)):
-            continue
-        handles.append(m.register_forward_pre_hook(_int8_rows_hook))
-    return handles
-
-
-def _int8_input(m: QConv2d | QLinear) -> bool:
-    """True when export runs this layer on int8 activations."""
-    binarized = m.scheme == "xnor" and m.options["binarize_input"]
-    return m.scheme in ("twn", "ttq", "binary-connect") or (m.scheme == "xnor" and not binarized)
-
-
-def _int8_rows_hook(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    x = args[0]
-    rows = x.movedim(1, -1) if isinstance(module, nn.Conv2d) else x
-    with torch.no_grad():
-        q, scale = reference.quantize_rows_int8(rows.reshape(-1, rows.shape[-1]))
-        deq = (q.float() * scale[:, None]).reshape(rows.shape).to(x.dtype)
-        deq = deq.movedim(-1, 1) if isinstance(module, nn.Conv2d) else deq
-    return (x + (deq - x).detach(), *args[1:])
 
 
 # ---------------------------------------------------------------- one file

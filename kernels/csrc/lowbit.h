@@ -21,6 +21,7 @@
 // row has bit 8*j + s set iff x[32*kb + 4*s + j] > 0 (sgn(x) = +1 if x > 0 else
 // -1, the convention of kernels/ste.py: zeros, and zero padding, count as -1).
 #pragma once
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -105,6 +106,17 @@ static inline int8_t dl_quantize_one(float x, float inv) {
   r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
   return (int8_t)r;
 }
+
+// XNOR's beta = mean |x| of a row, summed exactly so that every kernel and the reference
+// (reference.row_abs_mean) get the same float: each |x| is rounded to a multiple of
+// 2^(e-29), e the exponent of the row's absmax (adding and subtracting c = 1.5 * 2^(e+23)),
+// and a double holds any sum of K < 2^24 such values exactly, in any order.
+static inline double dl_abs_sum_magic(float amax) {
+  int e;
+  frexpf(amax, &e);
+  return ldexp(1.5, e + 23);
+}
+static inline double dl_abs_rounded(float a, double c) { return ((double)a + c) - c; }
 
 // Sign word of up to 32 activations in the tile bit order (bit 8j+s <- x[4s+j]).
 static inline uint32_t dl_sign_word(const float* x, int64_t n) {

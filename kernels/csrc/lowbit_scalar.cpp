@@ -25,8 +25,11 @@ void quantize_row(const float* x, int64_t K, int64_t Kp, int8_t* q, float* scale
 }
 
 void binarize_row(const float* x, int64_t K, int64_t Kp, uint8_t* bits, float* beta) {
+  float amax = 0.0f;
+  for (int64_t k = 0; k < K; ++k) amax = fabsf(x[k]) > amax ? fabsf(x[k]) : amax;
+  const double c = dl_abs_sum_magic(amax);
   double total = 0.0;
-  for (int64_t k = 0; k < K; ++k) total += fabsf(x[k]);
+  for (int64_t k = 0; k < K; ++k) total += dl_abs_rounded(fabsf(x[k]), c);
   for (int64_t kb = 0; kb < Kp / DL_BK; ++kb) {
     const int64_t n = K - kb * DL_BK;
     const uint32_t word = dl_sign_word(x + kb * DL_BK, n < 0 ? 0 : (n > DL_BK ? DL_BK : n));

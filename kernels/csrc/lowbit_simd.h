@@ -59,7 +59,7 @@ TGT ALWAYS_INLINE __m256i popcount_bytes(__m256i v) {
 
 // ---------------------------------------------------------------- activations
 
-TGT void quantize_row(const float* x, int64_t K, int64_t Kp, int8_t* q, float* scale, int32_t* sum) {
+TGT float row_absmax(const float* x, int64_t K) {
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   __m256 vmax = _mm256_setzero_ps();
   int64_t k = 0;
@@ -72,11 +72,16 @@ TGT void quantize_row(const float* x, int64_t K, int64_t Kp, int8_t* q, float* s
     const float a = __builtin_fabsf(x[k]);
     amax = a > amax ? a : amax;
   }
+  return amax;
+}
+
+TGT void quantize_row(const float* x, int64_t K, int64_t Kp, int8_t* q, float* scale, int32_t* sum) {
+  const float amax = row_absmax(x, K);
   const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
   const __m256 vinv = _mm256_set1_ps(inv);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   __m256i vsum = _mm256_setzero_si256();
-  k = 0;
+  int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
     // cvtps rounds with the MXCSR mode: to nearest, ties to even, as torch.round.
     const __m256i r0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), vinv));
@@ -106,27 +111,33 @@ TGT ALWAYS_INLINE uint32_t tile_order(uint32_t mask) {
          (_pext_u32(mask, 0x44444444u) << 16) | (_pext_u32(mask, 0x88888888u) << 24);
 }
 
-// Sign bits (bit 1 for x > 0) in the tile order, and beta = mean |x|.
+// Sign bits (bit 1 for x > 0) in the tile order, and beta = mean |x| (exact sum: dl_abs_rounded).
 TGT void binarize_row(const float* x, int64_t K, int64_t Kp, uint8_t* bits, float* beta) {
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   const __m256 zero = _mm256_setzero_ps();
-  __m256 vabs = _mm256_setzero_ps();
+  const double c = dl_abs_sum_magic(row_absmax(x, K));
+  const __m256d vc = _mm256_set1_pd(c);
+  __m256d vabs = _mm256_setzero_pd();
   const int64_t full = K / DL_BK;
   for (int64_t kb = 0; kb < full; ++kb) {
     uint32_t mask = 0;
     for (int i = 0; i < 4; ++i) {
       const __m256 v = _mm256_loadu_ps(x + kb * DL_BK + 8 * i);
-      vabs = _mm256_add_ps(vabs, _mm256_and_ps(absmask, v));
+      const __m256 a = _mm256_and_ps(absmask, v);
+      const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(a));
+      const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1));
+      vabs = _mm256_add_pd(vabs, _mm256_sub_pd(_mm256_add_pd(lo, vc), vc));
+      vabs = _mm256_add_pd(vabs, _mm256_sub_pd(_mm256_add_pd(hi, vc), vc));
       mask |= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ)) << (8 * i);
     }
     const uint32_t word = tile_order(mask);
     memcpy(bits + 4 * kb, &word, 4);
   }
-  float lanes[8];
-  _mm256_storeu_ps(lanes, vabs);
+  double lanes[4];
+  _mm256_storeu_pd(lanes, vabs);
   double total = 0.0;
-  for (int i = 0; i < 8; ++i) total += lanes[i];
-  for (int64_t k = full * DL_BK; k < K; ++k) total += __builtin_fabsf(x[k]);
+  for (int i = 0; i < 4; ++i) total += lanes[i];
+  for (int64_t k = full * DL_BK; k < K; ++k) total += dl_abs_rounded(__builtin_fabsf(x[k]), c);
   for (int64_t kb = full; kb < Kp / DL_BK; ++kb) {
     const int64_t n = K - kb * DL_BK;
     const uint32_t word = dl_sign_word(x + kb * DL_BK, n < 0 ? 0 : n);

@@ -1,0 +1,150 @@
+"""Train and evaluate a low-bit student in the arithmetic of its packed export.
+
+A packed export (``students.export``) computes three things differently from the trained
+model's float forward: it rounds the input of every int8-activation layer to int8 per row,
+it folds each BatchNorm into the layer before it (per-channel scale and bias), and it sums
+integer products exactly. The last two change values by float rounding only (~1e-7), but an
+int8 rounding is a step: a value within float rounding of a step lands on the other code,
+that one-code change (~0.4% of the row's range) reaches the logits, and near-tie predictions
+flip. Measured on the CIFAR-10 TTQ student (MobileNet v1 0.5, 5,000 images): the float32
+model disagrees with its own float64 self on 0.24% of top-1 predictions for this reason
+alone, so no export can match a float-evaluated model to 99.9%.
+
+``simulate_export(model)`` makes the trained model compute what the export deploys:
+
+- training: a forward pre-hook rounds the input of each layer that export runs on int8
+  activations (QLinear, 1x1 QConv2d of twn / ttq / binary-connect / xnor without binary
+  inputs) to int8 per row, with a straight-through gradient, so weights and BN statistics
+  adapt to it. (k x k convs are rounded per patch by the kernels, which no input hook can
+  express; their eval below is exact all the same.)
+- evaluation: every module with a conv/linear child runs its own forward with those
+  children swapped for what export puts there (``students.export.deployed_children``): BN
+  folded, ReLU / ReLU6 fused, quantized layers as packed layers on the plain-torch reference
+  ops (``kernels.reference``, the kernels' spec, equal to them bit for bit: integer sums,
+  the same float epilogue), fp convs with channels-last weights as in the export. The swap
+  is built from the live weights at each eval forward (cheap next to the convs: nothing can
+  go stale) and undone when the forward ends, also on error.
+
+So the validation accuracy logged in training, ``distill eval`` and the exported file
+compute the same numbers. This is the integer-arithmetic emulation of quantization-aware
+training (Jacob et al. 2018: BN folded, the inference rounding in the graph). Only fp32
+models are emulated: a bf16 / fp16 model evaluates with the training-time hooks alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections import Counter
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from kernels import reference
+from kernels.packed_layers import PACKED_LAYERS
+
+from .export import EXPORT_SCHEMES, _is_layer, deployed_children
+from .qlayers import QConv2d, QLinear
+
+__all__ = ["remove_simulation", "simulate_export"]
+
+PACKED = tuple(PACKED_LAYERS.values())
+
+
+def simulate_export(model: nn.Module) -> list[RemovableHandle]:
+    """Install the training and evaluation hooks described above on ``model`` (in place).
+
+    Returns the hooks' handles (``h.remove()`` for each undoes it; so does
+    ``remove_simulation(model)``, which also works on a deep copy). Calling it again
+    replaces the previous installation.
+    """
+    remove_simulation(model)
+    handles = []
+    uses = Counter(id(c) for m in model.modules() for c in m._modules.values() if c is not None)
+    for m in model.modules():
+        if isinstance(m, QConv2d | QLinear) and _int8_input(m):
+            if not isinstance(m, QConv2d) or (m.groups == 1 and m.kernel_size == (1, 1) and m.padding == (0, 0)):
+                handles.append(m.register_forward_pre_hook(_int8_rows_hook))
+        if _is_layer(m) and uses[id(m)] > 1:
+            m._export_shared = True  # export converts a shared layer once and folds nothing into it
+        if any(_is_layer(c) for c in m._modules.values()):
+            handles.append(m.register_forward_pre_hook(_swap_in_deployed))
+            handles.append(m.register_forward_hook(_restore_trained, always_call=True))
+    return handles
+
+
+def remove_simulation(model: nn.Module) -> None:
+    """Remove every hook ``simulate_export`` installed on ``model`` (or on the model it was copied from)."""
+    ours = (_int8_rows_hook, _swap_in_deployed, _restore_trained)
+    for m in model.modules():
+        for hooks in (m._forward_pre_hooks, m._forward_hooks):
+            for key in [k for k, h in hooks.items() if h in ours]:
+                del hooks[key]
+                m._forward_hooks_always_called.pop(key, None)
+        _restore_trained(m, (), None)
+
+
+def _int8_input(m: QConv2d | QLinear) -> bool:
+    """True when export runs this layer on int8 activations."""
+    binarized = m.scheme == "xnor" and m.options["binarize_input"]
+    return m.scheme in ("twn", "ttq", "binary-connect") or (m.scheme == "xnor" and not binarized)
+
+
+def _int8_rows_hook(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The input rounded to int8 per row (a conv's row: one pixel's channels), straight-through."""
+    x = args[0]
+    rows = x.movedim(1, -1) if isinstance(module, nn.Conv2d) else x
+    with torch.no_grad():
+        q, scale = reference.quantize_rows_int8(rows.reshape(-1, rows.shape[-1]))
+        deq = (q.float() * scale[:, None]).reshape(rows.shape).to(x.dtype)
+        deq = deq.movedim(-1, 1) if isinstance(module, nn.Conv2d) else deq
+    return (x + (deq - x).detach(), *args[1:])
+
+
+def _swap_in_deployed(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """Eval only: put the export's version of each conv/linear child in place for this forward."""
+    x = args[0] if args else None
+    if module.training or not isinstance(x, Tensor) or x.dtype != torch.float32:
+        return
+    if any(isinstance(c, QConv2d | QLinear) and c.scheme not in EXPORT_SCHEMES for c in module.children()):
+        return  # dorefa / int8 layers have no packed form: they evaluate as trained
+    with torch.no_grad(), _gathered(module):
+        new = deployed_children(module, lambda layer: getattr(layer, "_export_shared", False))
+    stash = {}
+    for name, child in new.items():
+        stash[name] = module._modules[name]
+        module._modules[name] = _as_deployed(child, stash[name])
+    module.__dict__["_trained_children"] = stash
+
+
+def _restore_trained(module: nn.Module, args: Any, output: Any) -> None:
+    """Put the trained children back (runs after every forward, also when it raised)."""
+    stash = module.__dict__.pop("_trained_children", None)
+    if stash:
+        module._modules.update(stash)
+
+
+def _as_deployed(new: nn.Module, trained: nn.Module) -> nn.Module:
+    """The module as the exported file runs it: packed layers on the reference ops, convs in
+    channels-last (the export converts the whole model; oneDNN sums in another order in NCHW)."""
+    if isinstance(new, PACKED):
+        new.use_reference = True
+    elif isinstance(new, nn.Conv2d):
+        if new is trained:  # export kept the live layer: use a copy, the trained one stays NCHW
+            new = copy.deepcopy(new)
+        new = new.to(memory_format=torch.channels_last)
+    return new
+
+
+def _gathered(module: nn.Module) -> contextlib.AbstractContextManager:
+    """DeepSpeed ZeRO-3 keeps each layer's parameters partitioned until that layer's own forward;
+    the swap reads the children's weights before it, so it gathers them (all ranks evaluate the
+    same batches, so they meet in this collective)."""
+    params = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
