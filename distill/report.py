@@ -91,12 +91,15 @@ def stored_bytes(model: nn.Module) -> int:
 
 def model_entry(name: str, model: nn.Module, logits: torch.Tensor, targets: torch.Tensor,
                 input_shape: tuple[int, ...]) -> dict[str, Any]:
+    from students.simulate import unsimulated
+
     model.eval()
     k = min(5, logits.shape[1])
     top5 = (logits.topk(k, dim=1).indices == targets[:, None]).any(dim=1).float().mean().item()
+    costed = unsimulated(model)  # a simulate_export student's cost as trained, not its eval emulation's
     return {"name": name, "top1": top1(logits, targets), "top5": top5, "params": count_params(model),
-            "bytes": stored_bytes(model), "macs": count_macs(model, input_shape),
-            "latency_ms": latency_ms(model, input_shape)}
+            "bytes": stored_bytes(model), "macs": count_macs(costed, input_shape),
+            "latency_ms": latency_ms(costed, input_shape)}
 
 
 def build_report(job: str, teachers: list[dict[str, Any]], ensemble_logits: torch.Tensor | None,

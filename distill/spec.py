@@ -237,6 +237,21 @@ class JobSpec(_Section):
         return self
 
 
+    @model_validator(mode="after")
+    def _simulate_export_needs_whole_fp32_weights(self) -> JobSpec:
+        """The exact eval of simulate_export (students.simulate) rebuilds the export's layers from
+        each process's own fp32 weights: ZeRO-3 keeps them partitioned, bf16 rounds them."""
+        q, t = self.student.quantization, self.trainer
+        if q is not None and q.simulate_export:
+            if t.deepspeed_stage == 3:
+                raise ValueError("student.quantization.simulate_export needs whole weights in every process; "
+                                 "trainer.deepspeed_stage 3 partitions them (use 1 or 2)")
+            if t.precision != "32":
+                raise ValueError(f"student.quantization.simulate_export evaluates in the export's fp32 "
+                                 f"arithmetic; trainer.precision is {t.precision!r} (use '32')")
+        return self
+
+
 def _set_path(doc: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node: Any = doc

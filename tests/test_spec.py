@@ -57,6 +57,12 @@ BAD_SPECS = [
     ("duplicate teacher", lambda d: d["teachers"]["members"][1].update(name="cnn"), "teacher names must be unique"),
     ("unknown kd teacher", lambda d: d["loss"]["terms"][1].update(teacher="vit"), "no teacher named 'vit'"),
     ("bad normalize", lambda d: d["data"].update(normalize={"mean": [0.5], "std": [0.0]}), "data.normalize"),
+    ("simulate_export under ZeRO-3",
+     lambda d: (d["student"].update(quantization={"scheme": "ttq", "simulate_export": True}),
+                d["trainer"].update(deepspeed_stage=3)), "trainer.deepspeed_stage 3 partitions them"),
+    ("simulate_export in bf16",
+     lambda d: (d["student"].update(quantization={"scheme": "ttq", "simulate_export": True}),
+                d["trainer"].update(precision="bf16")), "trainer.precision is 'bf16'"),
 ]
 
 
