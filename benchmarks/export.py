@@ -27,8 +27,9 @@ the fp32 state dict vs the ``students.save_exported`` file; ``compression`` = th
 Agreement: a cifar-variant MobileNetV2 (alpha 0.25, 1 channel, 8x8) trained on
 scikit-learn digits under each scheme; top-1 agreement of the exported model with the
 trained one (eval mode) on all 1797 images, and the accuracy of each. ``act_qat``: trained
-with ``students.simulate_export`` (the kernels' int8 activation rounding in
-the forward), or without (fp activations in training, int8 in the export).
+and evaluated with ``students.simulate_export`` (the kernels' int8 activation rounding in
+training; the export's arithmetic in eval), or without (fp activations in training and eval,
+int8 in the export).
 """
 
 from __future__ import annotations
@@ -124,8 +125,7 @@ def agreement(schemes: list[str], steps: int, batch: int, qat: list[bool]) -> No
         xt, yt = load_split(Path(tmp), meta, "train")
         xv, yv = load_split(Path(tmp), meta, "val")
     x, y = torch.cat([xt, xv]), torch.cat([yt, yv])
-    # xnor binarizes its activations: exact in the kernels, nothing to simulate.
-    for scheme, sim in [(s, q) for s in schemes for q in qat if not (q and s == "xnor")]:
+    for scheme, sim in [(s, q) for s in schemes for q in qat]:
         torch.manual_seed(0)
         model = students.quantize(students.create_model(**arch), scheme)
         if sim:

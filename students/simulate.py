@@ -53,9 +53,11 @@ __all__ = ["remove_simulation", "simulate_export", "unsimulated"]
 PACKED = tuple(PACKED_LAYERS.values())
 
 
-def simulate_export(model: nn.Module) -> list[RemovableHandle]:
+def simulate_export(model: nn.Module, exact_eval: bool = True) -> list[RemovableHandle]:
     """Install the training and evaluation hooks described above on ``model`` (in place).
 
+    ``exact_eval=False`` installs the int8 rounding hooks alone (training and eval), the
+    eval staying in float arithmetic: what ``benchmarks.export_agreement`` compares against.
     Returns the hooks' handles (``h.remove()`` for each undoes it; so does
     ``remove_simulation(model)``, which also works on a deep copy). Calling it again
     replaces the previous installation.
@@ -69,7 +71,7 @@ def simulate_export(model: nn.Module) -> list[RemovableHandle]:
                 handles.append(m.register_forward_pre_hook(_int8_rows_hook))
         if _is_layer(m) and uses[id(m)] > 1:
             m._export_shared = True  # export converts a shared layer once and folds nothing into it
-        if any(_is_layer(c) for c in m._modules.values()):
+        if exact_eval and any(_is_layer(c) for c in m._modules.values()):
             handles.append(m.register_forward_pre_hook(_swap_in_deployed))
             handles.append(m.register_forward_hook(_restore_trained, always_call=True))
     return handles
