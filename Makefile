@@ -32,6 +32,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	test -f data_cache/cifar10/soft-ensemble/meta.json || $(VENV)/bin/distill teach configs/cifar10/base.yaml
 	$(PY) -m benchmarks.kernels --quick
+	$(PY) -m benchmarks.export --quick
 	$(PY) -m benchmarks.cifar10_cost --quick
 	$(PY) -m benchmarks.teacher_modes --quick
 	$(PY) -m benchmarks.cifar10_accuracy --quick

@@ -1,6 +1,7 @@
 """The CIFAR-10 tables and plots for BENCHMARKS.md, made from the stored results (no training here).
 
-Prints the markdown tables (accuracy by recipe, model cost, throughput by teacher mode) and writes:
+Prints the markdown tables (accuracy by recipe, model cost, throughput by teacher mode, packed
+export agreement) and writes:
 
 - ``benchmarks/results/cifar10_accuracy_vs_macs.png``: validation top-1 against mult-adds,
   one marker per student and precision, one colour per method (hard / KD / KD + hints),
@@ -27,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from benchmarks.cifar10_accuracy import RESULTS as ACCURACY  # noqa: E402
 from benchmarks.cifar10_accuracy import load_results  # noqa: E402
 from benchmarks.cifar10_cost import RESULTS as COST  # noqa: E402
+from benchmarks.export_agreement import RESULTS as AGREEMENT  # noqa: E402
 from benchmarks.teacher_modes import RESULTS as MODES  # noqa: E402
 
 OUT = ACCURACY.parent
@@ -144,6 +146,14 @@ def modes_table() -> str:
     return "\n".join(lines)
 
 
+def agreement_table() -> str:
+    rows = [json.loads(line) for line in AGREEMENT.read_text().splitlines() if line.strip()]
+    lines = ["| run | comparison | agreement | images that differ | top-1 (first / second) |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {Path(r['run']).name} | {r['compare'].replace('_vs_', ' vs ')} | {r['agreement']:.2%} | "
+              f"{r['differ']} | {r['top1_a']:.4f} / {r['top1_b']:.4f} |" for r in rows]
+    return "\n".join(lines)
+
+
 def fill(doc: Path, name: str, table: str) -> None:
     """Replace what lies between ``<!-- cifar10:NAME -->`` and ``<!-- /cifar10:NAME -->`` in ``doc``."""
     text = doc.read_text()
@@ -159,7 +169,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="also put the tables into this file's cifar10 markers")
     args = parser.parse_args()
     for name, path, table in (("accuracy", ACCURACY, accuracy_table), ("cost", COST, cost_table),
-                              ("modes", MODES, modes_table)):
+                              ("modes", MODES, modes_table), ("agreement", AGREEMENT, agreement_table)):
         if path.is_file():
             print(table() + "\n")
             if args.write:

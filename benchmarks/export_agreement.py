@@ -1,6 +1,6 @@
 """Top-1 agreement of a trained low-bit student with its packed export, and the float noise floor.
 
-    python -m benchmarks.export_agreement runs/bench-cifar10/mobilenet_v1_ttq_kd-s0
+    python -m benchmarks.export_agreement runs/bench-cifar10/mobilenet_v1_ttq_kd-s0 [--record]
 
 For a run folder (``config.yaml`` + ``student.pt``, trained with ``simulate_export``) it scores
 the validation split four ways and prints one JSON line per comparison:
@@ -13,6 +13,9 @@ the validation split four ways and prints one JSON line per comparison:
 - ``float32_vs_float64``: that float model against itself in float64: the noise floor, how
   often float rounding alone flips a prediction through the int8 steps. No export of a
   float-evaluated model can agree with it more often than its own float64 self does.
+
+``--record`` also appends the lines to ``benchmarks/results/export_agreement.jsonl``, which
+``benchmarks.cifar10_report`` turns into the BENCHMARKS.md table.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import torch
 import students
 from distill.evaluate import _logits, locate_checkpoint
 
+RESULTS = Path(__file__).parent / "results" / "export_agreement.jsonl"
+
 
 def main() -> None:
     from distill.checks import check_job
@@ -36,6 +41,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, help="run folder or student.pt of a twn/ttq/binary-connect/xnor student")
+    ap.add_argument("--record", action="store_true", help=f"also append the lines to {RESULTS}")
     args = ap.parse_args()
     weights, config = locate_checkpoint(args.run)
     spec = load_spec(config, [])
@@ -54,11 +60,14 @@ def main() -> None:
     }
     for a, b in (("exact", "packed"), ("float", "packed"), ("float32", "float64")):
         pa, pb = top["float32" if a == "float" else a], top[b]
-        print(json.dumps({"bench": "export_agreement", "run": str(args.run), "compare": f"{a}_vs_{b}",
-                          "images": len(y), "agreement": round(float((pa == pb).float().mean()), 5),
-                          "differ": int((pa != pb).sum()), f"top1_{a}": round(float((pa == y).float().mean()), 4),
-                          f"top1_{b}": round(float((pb == y).float().mean()), 4)}), flush=True)  # fmt: skip
-
+        line = json.dumps({"bench": "export_agreement", "run": str(args.run), "compare": f"{a}_vs_{b}",
+                           "images": len(y), "agreement": round(float((pa == pb).float().mean()), 5),
+                           "differ": int((pa != pb).sum()), "top1_a": round(float((pa == y).float().mean()), 4),
+                           "top1_b": round(float((pb == y).float().mean()), 4)})  # fmt: skip
+        print(line, flush=True)
+        if args.record:
+            with RESULTS.open("a") as f:
+                f.write(line + "\n")
 
 if __name__ == "__main__":
     main()
