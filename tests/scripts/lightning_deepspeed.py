@@ -50,6 +50,11 @@ def main() -> None:
         with open(out, "w") as f:
             json.dump({"first": sum(model.losses[:4]) / 4, "last": sum(model.losses[-4:]) / 4,
                        "world": trainer.world_size, "engine": type(trainer.strategy.model).__name__}, f)
+    # Tear the gloo group down before the interpreter does: left to exit, its threads were once
+    # destroyed while joinable ("terminate called without an active exception", SIGABRT).
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
