@@ -42,12 +42,18 @@ class Fire(nn.Module):
 
 
 class SqueezeHead(nn.Module):
-    """Dropout, 1x1 conv to classes with ReLU, global average pool (the paper's conv10 + pool)."""
+    """Dropout, 1x1 conv to classes with ReLU, global average pool (the paper's conv10 + pool).
 
-    def __init__(self, in_chs: int, num_classes: int, drop_rate: float) -> None:
+    ``relu=False`` drops the ReLU on the class scores: a score the ReLU holds at zero gets no
+    gradient, and a student pulled towards flat (high-temperature) targets can end with all of
+    them there.
+    """
+
+    def __init__(self, in_chs: int, num_classes: int, drop_rate: float, relu: bool = True) -> None:
         super().__init__()
         self.drop = nn.Dropout(drop_rate)
-        self.conv = ConvBnAct(in_chs, num_classes, 1, norm=False) if num_classes > 0 else nn.Identity()
+        act = nn.ReLU if relu else None
+        self.conv = ConvBnAct(in_chs, num_classes, 1, norm=False, act=act) if num_classes > 0 else nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,6 +69,7 @@ class SqueezeNet(StudentNet):
         version: str = "1_0",
         bypass: str = "none",
         drop_rate: float = 0.5,
+        head_relu: bool = True,
     ) -> None:
         super().__init__()
         cifar = variant == "cifar"
@@ -87,7 +94,7 @@ class SqueezeNet(StudentNet):
         self.stages = nn.Sequential(*stages)
         self.final = nn.Identity()
         self.num_features = chs
-        self.head = SqueezeHead(chs, num_classes, drop_rate)
+        self.head = SqueezeHead(chs, num_classes, drop_rate, head_relu)
         self.default_input_size = input_size_for(variant, in_chans)
         self._init_weights()
 
@@ -103,24 +110,32 @@ class SqueezeNet(StudentNet):
 
 
 def _build(
-    name: str, version: str, num_classes: int, in_chans: int, variant: str, bypass: str, drop_rate: float
+    name: str, version: str, num_classes: int, in_chans: int, variant: str, bypass: str, drop_rate: float,
+    head_relu: bool,
 ) -> SqueezeNet:
     check_choice(name, "bypass", bypass, BYPASS)
     check_range(name, "drop_rate", drop_rate, 0.0, 1.0, include_low=True)
-    return SqueezeNet(num_classes, in_chans, variant, version=version, bypass=bypass, drop_rate=drop_rate)
+    if not isinstance(head_relu, bool):
+        raise ValueError(f"{name}: option 'head_relu' must be true or false, got {head_relu!r}")
+    return SqueezeNet(num_classes, in_chans, variant, version=version, bypass=bypass, drop_rate=drop_rate,
+                      head_relu=head_relu)
 
 
 @register_model("squeezenet1_0", paper="arXiv:1602.07360")
 def squeezenet1_0(
-    num_classes: int, in_chans: int, variant: str, *, bypass: str = "none", drop_rate: float = 0.5
+    num_classes: int, in_chans: int, variant: str, *, bypass: str = "none", drop_rate: float = 0.5,
+    head_relu: bool = True,
 ) -> SqueezeNet:
-    """SqueezeNet 1.0 (7x7/96 first conv); `bypass` is "none" or "simple"."""
-    return _build("squeezenet1_0", "1_0", num_classes, in_chans, variant, bypass, drop_rate)
+    """SqueezeNet 1.0 (7x7/96 first conv); `bypass` is "none" or "simple"; `head_relu=False`
+    drops the ReLU on the class scores (SqueezeHead)."""
+    return _build("squeezenet1_0", "1_0", num_classes, in_chans, variant, bypass, drop_rate, head_relu)
 
 
 @register_model("squeezenet1_1", paper="arXiv:1602.07360 (v1.1 release, github.com/forresti/SqueezeNet)")
 def squeezenet1_1(
-    num_classes: int, in_chans: int, variant: str, *, bypass: str = "none", drop_rate: float = 0.5
+    num_classes: int, in_chans: int, variant: str, *, bypass: str = "none", drop_rate: float = 0.5,
+    head_relu: bool = True,
 ) -> SqueezeNet:
-    """SqueezeNet 1.1 (3x3/64 first conv, earlier pooling); `bypass` is "none" or "simple"."""
-    return _build("squeezenet1_1", "1_1", num_classes, in_chans, variant, bypass, drop_rate)
+    """SqueezeNet 1.1 (3x3/64 first conv, earlier pooling); `bypass` is "none" or "simple"; `head_relu=False`
+    drops the ReLU on the class scores (SqueezeHead)."""
+    return _build("squeezenet1_1", "1_1", num_classes, in_chans, variant, bypass, drop_rate, head_relu)

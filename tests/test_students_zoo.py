@@ -189,6 +189,10 @@ def test_options_change_the_model() -> None:
     fires = meta_model("squeezenet1_0", bypass="simple").modules()
     bypassed = [m.bypass for m in fires if hasattr(m, "bypass")]
     assert bypassed == [False, True, False, True, False, True, False, True]  # fire3/5/7/9
+    plain = create_model("squeezenet1_1", variant="cifar", num_classes=4, head_relu=False).eval()
+    assert count_params(plain) == count_params(create_model("squeezenet1_1", variant="cifar", num_classes=4))
+    torch.manual_seed(0)
+    assert (plain(torch.randn(8, 3, 16, 16)) < 0).any()  # class scores not clipped at zero
     for groups in (1, 2, 4, 8):
         for scale in (0.25, 0.5, 1.0):
             model = create_model("shufflenet_v1", groups=groups, scale=scale, variant="cifar", num_classes=3)
@@ -205,6 +209,7 @@ BAD = [
     (lambda: create_model("shufflenet_v1", groups=5), "groups"),
     (lambda: create_model("shufflenet_v2", width=0.75), "width"),
     (lambda: create_model("squeezenet1_1", bypass="complex"), "bypass"),
+    (lambda: create_model("squeezenet1_1", head_relu="no"), "head_relu"),
     (lambda: create_model("squeezenet1_0", num_classes=-1), "num_classes"),
     (lambda: create_model("squeezenet1_0", in_chans=0), "in_chans"),
     (lambda: model_info("vgg16"), "vgg16"),
