@@ -93,10 +93,10 @@ def locate_checkpoint(path: Path, config: Path | None = None) -> tuple[Path, Pat
     return weights, config
 
 
-def evaluate_checkpoint(path: Path, config: Path | None = None, overrides: list[str] | None = None,
-                        export_to: Path | None = None) -> dict:
-    """``distill eval``: the report for a saved student, teachers loaded and run locally; with
-    ``export_to``, also the packed export's (``export_entry``) under ``packed``."""
+def load_student(path: Path, config: Path | None = None, overrides: list[str] | None = None
+                 ) -> tuple[JobSpec, Path, DatasetMeta, nn.Module, dict[str, nn.Module], Path]:
+    """A saved student as its job built it, with its data and teachers:
+    (spec, shards root, meta, student with the saved weights, teacher models, weights file)."""
     from distill.checks import check_job
     from distill.runner import prepare_data
 
@@ -110,6 +110,14 @@ def evaluate_checkpoint(path: Path, config: Path | None = None, overrides: list[
     except (RuntimeError, OSError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpecError(f"{weights}: does not load into {spec.student.arch} from {config}: {first}") from None
+    return spec, root, meta, student, teacher_models, weights
+
+
+def evaluate_checkpoint(path: Path, config: Path | None = None, overrides: list[str] | None = None,
+                        export_to: Path | None = None) -> dict:
+    """``distill eval``: the report for a saved student, teachers loaded and run locally; with
+    ``export_to``, also the packed export's (``export_entry``) under ``packed``."""
+    spec, root, meta, student, teacher_models, weights = load_student(path, config, overrides)
     report = evaluate_models(spec, root, meta, student, teacher_models)
     report["checkpoint"] = str(weights)
     if export_to is not None:

@@ -236,7 +236,6 @@ class JobSpec(_Section):
                 raise ValueError(f"loss.terms.{i}.teacher: no teacher named {teacher!r}")
         return self
 
-
     @model_validator(mode="after")
     def _simulate_export_needs_whole_fp32_weights(self) -> JobSpec:
         """The exact eval of simulate_export (students.simulate) rebuilds the export's layers from

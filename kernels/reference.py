@@ -17,16 +17,14 @@ from kernels.packing import pack_signs, unpack_binary, unpack_signs, unpack_tern
 
 
 def _int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Exact a @ b.T for small integer matrices, as int32.
+    """Exact a @ b.T for int8 activations a [M, K] and int8 weight codes b [N, K] in {-1, 0, +1}, as int32.
 
-    In float32 when every partial sum stays below 2**24 (K * max|a| * max|b|: then each
-    product and each sum is an integer float32 holds exactly, in any summation order) and
-    matmuls run in full fp32 (no TF32 / bf16 shortcuts); in float64 (exact below 2**53) otherwise.
+    Every partial sum is an integer below 128 * K: float32 holds it exactly, in any summation
+    order, while 128 * K < 2**24 (K < 131,072) and matmuls run in full fp32 (no TF32 / bf16
+    shortcuts); float64 (exact below 2**53) otherwise.
     """
-    a_max = 128 if a.dtype == torch.int8 else int(a.abs().max()) if a.numel() else 0  # activations: big
-    bound = a.shape[1] * a_max * (int(b.to(torch.int32).abs().max()) if b.numel() else 0)
     full = torch.get_float32_matmul_precision() == "highest"
-    dtype = torch.float32 if bound < 2**24 and full else torch.float64
+    dtype = torch.float32 if 128 * a.shape[1] < 2**24 and full else torch.float64
     return (a.to(dtype) @ b.to(dtype).T).to(torch.int32)
 
 

@@ -22,9 +22,10 @@ alone, so no export can match a float-evaluated model to 99.9%.
   folded, ReLU / ReLU6 fused, quantized layers as packed layers on the plain-torch reference
   ops (``kernels.reference``, the kernels' spec, equal to them bit for bit: integer sums,
   the same float epilogue), fp convs with channels-last weights as in the export. The swap
-  is built from the live weights at each eval forward (nothing can go stale; ~50 ms for a
-  CIFAR MobileNet v1, small next to a validation batch, see ``unsimulated``) and undone
-  when the forward ends, also on error.
+  is undone when the forward ends, also on error. Its modules are built from the live
+  weights and kept for the next eval forward while the weights and BN statistics still
+  equal those they were built from (and inference mode is as it was: tensors made under
+  it cannot enter autograd), so validation batches do not each pack the whole net again.
 
 So the validation accuracy logged in training, ``distill eval`` and the exported file
 compute the same numbers. This is the integer-arithmetic emulation of quantization-aware
@@ -86,13 +87,14 @@ def remove_simulation(model: nn.Module) -> None:
                 del hooks[key]
                 m._forward_hooks_always_called.pop(key, None)
         _restore_trained(m, (), None)
+        m.__dict__.pop("_deployed_cache", None)
 
 
 def unsimulated(model: nn.Module) -> nn.Module:
     """``model`` itself, or a copy without the simulation when it has one: what cost figures
-    (MACs, latency) should measure. The eval view rebuilds the export's layers at every forward
-    (~50 ms for a CIFAR MobileNet v1, nothing next to a validation batch, but all of a batch-1
-    forward) and runs them on the reference ops; the packed file is what runs fast."""
+    (MACs, latency) should measure. The eval view runs the export's layers on the reference
+    ops (TTQ as two float matmuls), which neither costs what the architecture costs nor runs
+    as fast as the packed file."""
     ours = (_int8_rows_hook, _swap_in_deployed)
     if not any(h in ours for m in model.modules() for h in m._forward_pre_hooks.values()):
         return model
@@ -125,13 +127,30 @@ def _swap_in_deployed(module: nn.Module, args: tuple[Any, ...]) -> None:
         return
     if any(isinstance(c, QConv2d | QLinear) and c.scheme not in EXPORT_SCHEMES for c in module.children()):
         return  # dorefa / int8 layers have no packed form: they evaluate as trained
-    with torch.no_grad():
-        new = deployed_children(module, lambda layer: getattr(layer, "_export_shared", False))
-    stash = {}
-    for name, child in new.items():
-        stash[name] = module._modules[name]
-        module._modules[name] = _as_deployed(child, stash[name])
-    module.__dict__["_trained_children"] = stash
+    weights, inference = _children_weights(module), torch.is_inference_mode_enabled()
+    cached = module.__dict__.get("_deployed_cache")  # (built in inference mode?, weights then, modules)
+    if cached is None or cached[0] != inference or not _same(cached[1], weights):
+        with torch.no_grad():
+            new = deployed_children(module, lambda layer: getattr(layer, "_export_shared", False))
+            new = {name: _as_deployed(child, module._modules[name]) for name, child in new.items()}
+            cached = module.__dict__["_deployed_cache"] = (inference, [w.clone() for w in weights], new)
+    module.__dict__["_trained_children"] = {name: module._modules[name] for name in cached[2]}
+    module._modules.update(cached[2])
+
+
+def _children_weights(module: nn.Module) -> list[Tensor]:
+    """The tensors the export's view of ``module``'s children is built from: those of its
+    conv/linear/BN children."""
+    return [t for c in module.children() if _is_layer(c) or isinstance(c, nn.modules.batchnorm._BatchNorm)
+            for t in (*c.parameters(), *c.buffers())]  # fmt: skip
+
+
+def _same(built_from: list[Tensor], now: list[Tensor]) -> bool:
+    """Whether the weights are still those the view was built from, compared by value: version
+    counters miss writes through another tensor (DeepSpeed's ZeRO-1/2 write the updated weights
+    into a flat buffer the parameters' storage lies in), and one pass over a student's weights
+    costs far less than packing them again."""
+    return len(built_from) == len(now) and all(torch.equal(a, b) for a, b in zip(built_from, now, strict=True))
 
 
 def _restore_trained(module: nn.Module, args: Any, output: Any) -> None:

@@ -156,6 +156,33 @@ def test_simulated_eval_puts_the_trained_layers_back(trained, digits):
     assert not any("_trained_children" in m.__dict__ for m in model.modules())
 
 
+def test_simulated_eval_reuses_its_view_until_a_weight_changes(trained, digits):
+    model = copy.deepcopy(trained["ttq"])  # the copy keeps the simulation hooks
+    x = digits[2][:64]
+    with torch.no_grad():
+        first = model(x)
+        views = {id(m): m.__dict__["_deployed_cache"] for m in model.modules() if "_deployed_cache" in m.__dict__}
+        assert views and torch.equal(model(x), first)
+        assert all(m.__dict__["_deployed_cache"] is views[id(m)] for m in model.modules() if id(m) in views)
+        # DeepSpeed ZeRO-1/2 keep the parameters as views of a flat buffer and write updated
+        # weights into that buffer: the parameters' own version counters do not move.
+        params = list(model.parameters())
+        flat = torch.cat([p.detach().reshape(-1) for p in params])
+        offset = 0
+        for p in params:
+            p.data = flat[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+        assert torch.equal(model(x), first)
+        flat.add_(0.05 * torch.randn_like(flat))
+        changed = model(x)
+        assert not torch.equal(changed, first)
+        assert torch.equal(changed, students.export(model)(x))
+        for m in model.modules():  # BN statistics, in place
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.add_(0.1)
+        assert torch.equal(model(x), students.export(model)(x))
+
+
 @pytest.mark.parametrize("name", ["mobilenet_v1", "shufflenet_v2", "squeezenet1_1"])
 def test_simulated_eval_is_the_export_for_every_architecture(name):
     """Custom blocks (ShuffleNet's branches, SqueezeNet's Fire: no BN, convs outside any
