@@ -51,8 +51,13 @@ def add_job_commands(sub: argparse._SubParsersAction, add_spec_args) -> None:
                        ("logs", "print a job's logs")):
         p = sub.add_parser(name, help=what,
                            description=f"{what[0].upper()}{what[1:]} (a Ray Job id from `distill launch`).")
-        p.add_argument("job_id", metavar="JOB", help="job id printed by `distill launch`")
+        p.add_argument("job_id", metavar="JOB", nargs="?" if name == "status" else None,
+                       help="job id printed by `distill launch`")
         p.add_argument("--address", default=None, help=ADDRESS_HELP)
+        if name == "status":
+            p.add_argument("--service", metavar="NAME", default=None,
+                           help="show the teacher service NAME instead (replicas, queues, per-job rate and "
+                                "wait); --address is then the Ray address, default auto")
         if name == "logs":
             p.add_argument("--follow", action="store_true", help="keep printing until the job ends")
 
@@ -91,6 +96,14 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from cluster import jobs
+    from distill.spec import SpecError
+
+    if args.service:
+        from distill.serve import service_status
+
+        return service_status(args.service, args.address)
+    if not args.job_id:
+        raise SpecError("distill status: give a JOB id, or --service NAME")
 
     info = jobs.info(args.address, args.job_id)
     print(f"{args.job_id}: {info.status.value}")

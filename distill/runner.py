@@ -119,13 +119,18 @@ def served_teachers(spec: JobSpec, meta: DatasetMeta, address: str | None, *, se
                                   **(embedded_extras(spec) if address is None else {}))
     handles: list[list[Any]] = []
     groups: list[Any] = []
+    link = None  # a shared service (teachers.service): attached, not started, so nothing to stop
     try:
         if before_start is not None:
             before_start()
-        if serve:
+        if serve and spec.teachers.service:
+            from distill.serve import attach_service
+
+            link = attach_service(spec)
+        elif serve:
             console.print(f"starting {sum(m.replicas for m in spec.teachers.members)} teacher replica(s)")
             handles.extend(start_teachers(spec, meta, groups))
-        yield handles
+        yield link or handles
     finally:
         for group in handles:
             stop_replicas(group)
@@ -183,7 +188,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False,
     write_run_folder(spec, run_dir, version)
 
     online = spec.teachers.mode == "online" and bool(spec.teachers.members)
-    address = address or spec.cluster.address
+    address = address or spec.cluster.address or ("auto" if online and spec.teachers.service else None)
     with served_teachers(spec, meta, address, serve=online, console=console,
                          before_start=lambda: check_cluster(spec, root, joined=address is not None)) as handles:
         teacher_val = score_validation(spec, root, meta, handles, teacher_models)

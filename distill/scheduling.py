@@ -37,7 +37,7 @@ def online(spec: JobSpec) -> bool:
 
 def demands(spec: JobSpec) -> list[Demand]:
     teachers = [teacher_demand(i, m, spec.cluster.teacher_placement_strategy)
-                for i, m in enumerate(spec.teachers.members)] if online(spec) else []
+                for i, m in enumerate(spec.teachers.members)] if online(spec) and not spec.teachers.service else []
     return [*teachers, worker_demand(spec)]
 
 

@@ -88,6 +88,30 @@ class TeacherSpec(_Section):
     train: TeacherTrainSpec | None = None
 
 
+class ServingSpec(_Section):
+    """How `distill serve` runs the teachers as a shared, elastic service (see teachers.scaling)."""
+
+    min_replicas: int = Field(1, ge=1, description="fewest replicas per teacher")
+    max_replicas: int | None = Field(None, ge=1, description="most replicas per teacher; default: each "
+                                                             "member's replicas (no growth)")
+    wait_threshold_ms: float = Field(20.0, ge=0, description="add a replica when a job's student waits "
+                                                             "longer than this per step...")
+    up_after_s: float = Field(3.0, ge=0, description="...for this long")
+    idle_after_s: float = Field(30.0, ge=0, description="remove one after its teacher is idle this long")
+    idle_busy: float = Field(0.05, ge=0, le=1, description="below this busy fraction a teacher is idle")
+    interval_s: float = Field(1.0, gt=0, description="how often the service looks at its load")
+    max_batch: int = Field(256, ge=0, description="samples per forward when requests (of any job) arrive "
+                                                  "together; 0: one request per forward")
+    max_wait_ms: float = Field(2.0, ge=0, description="how long a replica waits for more requests to batch")
+    placement_wait_s: float = Field(30.0, gt=0, description="how long a new replica may wait to be placed")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ServingSpec:
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas {self.max_replicas} < min_replicas {self.min_replicas}")
+        return self
+
+
 class TeachersSpec(_Section):
     mode: Literal["online", "inprocess", "offline", "none"] = Field(
         "online", description="online: Ray actors; inprocess: in each training worker, synchronously; "
@@ -100,6 +124,9 @@ class TeachersSpec(_Section):
                                                        "by mode: offline; default <data.shards>/soft-<name>")
     views: int = Field(1, ge=1, description="augmented views per sample that `distill teach` stores")
     members: list[TeacherSpec] = Field(default_factory=list)
+    service: str | None = Field(None, description="attach to this running teacher service (`distill serve`) "
+                                                  "instead of starting replicas; joins --address, default auto")
+    serving: ServingSpec = ServingSpec()
 
     @model_validator(mode="before")
     @classmethod

@@ -68,7 +68,8 @@ def teach(spec: JobSpec, *, address: str | None = None, batch_images: int = 256,
     info = {"job": spec.name, "views": views, "padding": aug.crop_padding, "hflip": aug.hflip,
             "seed": spec.seed, "num_classes": meta.num_classes, "data": str(Path(root).resolve()),
             "sources": teacher_digests(spec), "data_meta": file_digest(Path(root) / "meta.json")}
-    with served_teachers(spec, meta, address or spec.cluster.address, serve=True, console=console) as handles:
+    address = address or spec.cluster.address or ("auto" if spec.teachers.service else None)
+    with served_teachers(spec, meta, address, serve=True, console=console) as handles:
         pool = TeacherPool([m.name for m in spec.teachers.members], handles)
         batches = view_batches(root, meta, views=views, padding=aug.crop_padding, hflip=aug.hflip,
                                seed=spec.seed, batch_images=batch_images)

@@ -12,6 +12,13 @@ instead of stalling once per lost request. Each request keeps exactly one live
 reference to its answer, and the answer is taken once: nothing is lost and
 nothing is counted twice. Failures, restarts, retries, latencies, samples
 served per replica and window occupancy are counted for TensorBoard.
+
+Given a ``ServiceLink`` instead of handles, the pool uses a shared service
+(``teachers.controller``): it tags each call with the job's name (the
+replicas share fairly between jobs), picks up the service's replica list once
+a second as it grows and shrinks, and reports its student's wait per step,
+which is what the service scales on. Nothing else changes: the same balancing,
+re-sends and exactly-once answers.
 """
 
 from __future__ import annotations
@@ -28,10 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .controller import ServiceLink
 from .replicas import UP, Call, Replicas, TeacherUnavailableError
 from .service import decode_logits
 
 INLINE_BYTES = 100 * 1024  # Ray's max_direct_call_object_size: smaller arguments skip the object store
+REFRESH_S = 1.0  # how often a pool on a service looks for replicas added or removed, and reports its wait
 
 __all__ = ["Prefetcher", "PoolStats", "TeacherOutput", "TeacherPool", "TeacherUnavailableError"]
 
@@ -66,6 +75,7 @@ class PoolStats:
     replica_served: dict[str, int] = field(default_factory=dict)
     replica_busy_s: dict[str, float] = field(default_factory=dict)
     in_flight: list[int] = field(default_factory=list)
+    replicas: dict[str, int] = field(default_factory=dict)
     window: int = 0
     started: float = field(default_factory=time.perf_counter)
     elapsed_s: float = 0.0
@@ -79,6 +89,8 @@ class PoolStats:
             out["teachers/latency_p50_ms"] = float(np.percentile(lat, 50))
             out["teachers/latency_p95_ms"] = float(np.percentile(lat, 95))
             out["teachers/student_wait_ms_per_step"] = 1000 * self.wait_s / len(lat)
+        for name, n in self.replicas.items():
+            out[f"teachers/replicas/{name}"] = float(n)
         if self.in_flight and self.window:
             out["teachers/window_occupancy"] = float(np.mean(self.in_flight)) / self.window
         if self.elapsed_s > 0:
@@ -96,8 +108,11 @@ class TeacherPool:
     re-sends to a replica that is not up yet back off from ``backoff_s``.
     """
 
-    def __init__(self, names: list[str], handles: list[list[Any]], max_retries: int = 10,
+    def __init__(self, names: list[str], handles: list[list[Any]] | ServiceLink, max_retries: int = 10,
                  backoff_s: float = 0.05) -> None:
+        self.link = handles if isinstance(handles, ServiceLink) else None
+        if self.link is not None:
+            handles = self._service_handles(names)
         if len(names) != len(handles) or any(not h for h in handles):
             raise ValueError("every teacher needs at least one replica handle")
         self.names = names
@@ -111,6 +126,41 @@ class TeacherPool:
         self._lock = threading.RLock()
         # Answers arrive as read-only object-store views (zero-copy); the student only reads them.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        self._unreported = [0.0, 0, 0, 0]  # wait_s, steps, requests, samples since the last report
+        self._next_refresh = time.monotonic() + REFRESH_S
+        self._refresh: Any = None
+
+    def _service_handles(self, names: list[str]) -> list[list[Any]]:
+        import ray
+
+        info = ray.get(self.link.controller.handles.remote(-1))
+        missing = [n for n in names if n not in info["names"]]
+        if missing:
+            raise TeacherUnavailableError(f"service {self.link.name!r} serves {info['names']}, not {missing}")
+        self._version = info["version"]
+        return [info["handles"][info["names"].index(n)] for n in names]
+
+    def _sync_service(self) -> None:
+        """Once a second: adopt the service's replica list if it changed, and report this job's counts."""
+        import ray
+
+        if self.link is None:
+            return
+        if self._refresh is not None and ray.wait([self._refresh], timeout=0)[0]:
+            info, self._refresh = ray.get(self._refresh), None
+            if info is not None:
+                self._version = info["version"]
+                for team in self.teams:
+                    team.update(info["handles"][info["names"].index(team.name)])
+        now = time.monotonic()
+        if now < self._next_refresh:
+            return
+        self._next_refresh = now + REFRESH_S
+        if self._refresh is None:
+            self._refresh = self.link.controller.handles.remote(self._version)
+        if self._unreported[1] or self._unreported[2]:
+            self.link.controller.report.remote(self.link.job, *self._unreported)
+            self._unreported = [0.0, 0, 0, 0]
 
     @property
     def handles(self) -> list[list[Any]]:
@@ -120,7 +170,8 @@ class TeacherPool:
         team = self.teams[t]
         r = team.pick()
         call.replica = r
-        call.ref = team.handles[r].infer.remote(call.batch_ref)
+        handle = team.handles[r]
+        call.ref = handle.infer.remote(call.batch_ref, self.link.job) if self.link else handle.infer.remote(call.batch_ref)
         team.calls[r].add(call)
 
     def submit(self, x: torch.Tensor) -> Request:
@@ -132,6 +183,9 @@ class TeacherPool:
         batch_ref = batch if batch.nbytes < INLINE_BYTES else ray.put(batch)
         calls = [Call(batch_ref, len(x)) for _ in self.teams]
         with self._lock:
+            self._sync_service()
+            self._unreported[2] += 1
+            self._unreported[3] += len(x)
             for t, call in enumerate(calls):
                 self._send(t, call)
         return Request(calls, time.perf_counter())
@@ -178,6 +232,8 @@ class TeacherPool:
         with self._lock:
             st = self.stats
             st.wait_s += (done - start) if student_waits else 0.0
+            self._unreported[0] += (done - start) if student_waits else 0.0
+            self._unreported[1] += 1
             st.latencies_s.append(done - req.submitted)
             for team, call, out in zip(self.teams, req.calls, outs, strict=True):
                 logits.append(decode_logits(out))
@@ -192,6 +248,7 @@ class TeacherPool:
         """Student wait and window occupancy, as a ``Prefetcher`` sees them."""
         with self._lock:
             self.stats.wait_s += wait_s
+            self._unreported[0] += wait_s
             if in_flight is not None:
                 self.stats.in_flight.append(in_flight)
 
@@ -208,6 +265,7 @@ class TeacherPool:
                 stats.failures += counts.failures
                 stats.restarts += counts.restarts
                 stats.dead_replicas += team.not_up()
+                stats.replicas[team.name] = team.listed()
         stats.elapsed_s = self.stats.started - stats.started
         return stats
 

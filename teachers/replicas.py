@@ -15,6 +15,11 @@ least-outstanding; a replica twice as slow gets about half as much. (Counting
 calls alone sends a slow replica a full share: a pipelined client submits in
 bursts, and the fast replica always looks busy right after a burst.) Ties go
 to the replica with fewer unfetched calls, then round-robin.
+
+A shared service's replica set changes while a job runs (``update``): new
+replicas join *up*; one the service no longer lists is *retired*: it gets no
+new work, its unfinished calls are still fetched (or re-sent if it goes), and
+it counts neither as a failure nor as down.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-UP, DOWN, DEAD = "up", "down", "dead"
+UP, DOWN, DEAD, RETIRED = "up", "down", "dead", "retired"
 DEAD_AFTER = 3  # consecutive ActorDiedError probes before a replica counts as gone for good
 EWMA = 0.3  # weight of the newest compute time in a replica's speed estimate
 
@@ -67,7 +72,28 @@ class Replicas:
         return len(self.handles)
 
     def not_up(self) -> int:
-        return sum(s != UP for s in self.state)
+        return sum(s not in (UP, RETIRED) for s in self.state)
+
+    def listed(self) -> int:
+        """Replicas in service (not retired), serving or not."""
+        return sum(s != RETIRED for s in self.state)
+
+    def update(self, handles: list[Any]) -> None:
+        """Make ``handles`` the replicas in service: new ones join, unlisted ones retire."""
+        listed = set(handles)
+        for r, h in enumerate(self.handles):
+            if h not in listed and self.state[r] != DEAD:
+                self.state[r], self.probe[r] = RETIRED, None
+        known = set(self.handles)
+        for h in handles:
+            if h not in known:
+                self.handles.append(h)
+                self.calls.append(set())
+                self.state.append(UP)
+                self.probe.append(None)
+                self.died_probes.append(0)
+                self.pid.append(None)  # learnt from its first answer
+                self.compute_s.append(None)
 
     def pick(self) -> int:
         """The replica for the next call; raises ``TeacherUnavailableError`` when all are dead."""
@@ -120,6 +146,8 @@ class Replicas:
 
     def failed(self, r: int) -> bool:
         """A call on ``r`` raised ``RayActorError``; True when this is news (it was up until now)."""
+        if self.state[r] == RETIRED:
+            self.probe[r] = None
         if self.state[r] != UP:
             return False
         self.state[r] = DOWN
@@ -131,7 +159,7 @@ class Replicas:
         if self.pid[r] is not None and pid != self.pid[r]:
             self.counts.restarts += 1
         self.pid[r] = pid
-        if self.state[r] != DEAD:
+        if self.state[r] not in (DEAD, RETIRED):
             self.state[r] = UP
         self.probe[r] = None
         self.died_probes[r] = 0
