@@ -35,12 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .controller import ServiceLink
+from .controller import REPORT_S, ServiceLink
 from .replicas import UP, Call, Replicas, TeacherUnavailableError
 from .service import decode_logits
 
 INLINE_BYTES = 100 * 1024  # Ray's max_direct_call_object_size: smaller arguments skip the object store
-REFRESH_S = 1.0  # how often a pool on a service looks for replicas added or removed, and reports its wait
 
 __all__ = ["Prefetcher", "PoolStats", "TeacherOutput", "TeacherPool", "TeacherUnavailableError"]
 
@@ -127,7 +126,7 @@ class TeacherPool:
         # Answers arrive as read-only object-store views (zero-copy); the student only reads them.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         self._unreported = [0.0, 0, 0, 0]  # wait_s, steps, requests, samples since the last report
-        self._next_refresh = time.monotonic() + REFRESH_S
+        self._next_refresh = time.monotonic() + REPORT_S
         self._refresh: Any = None
 
     def _service_handles(self, names: list[str]) -> list[list[Any]]:
@@ -155,7 +154,7 @@ class TeacherPool:
         now = time.monotonic()
         if now < self._next_refresh:
             return
-        self._next_refresh = now + REFRESH_S
+        self._next_refresh = now + REPORT_S
         if self._refresh is None:
             self._refresh = self.link.controller.handles.remote(self._version)
         if self._unreported[1] or self._unreported[2]:

@@ -37,6 +37,7 @@ from .service import TeacherConfig
 PREFIX = "distill-service-"
 PLACING, LOADING, SERVING, DRAINING = "placing", "loading", "serving", "draining"
 RATE_WINDOW_S = 5.0  # per-job rates in status are over this many seconds
+REPORT_S = 1.0  # clients report (and refresh their replica list) this often
 
 
 @dataclass
@@ -326,12 +327,12 @@ class ServiceController:
         return loads
 
     def _waits(self, now: float) -> dict[str, float]:
-        """Each job's wait per step over the last interval (jobs that made steps in it)."""
+        """Each job's wait per step over its last two reports at least (jobs that made steps then)."""
         waits = {}
         for job, entries in self.reports.items():
             while entries and now - entries[0][0] > RATE_WINDOW_S:
                 entries.popleft()
-            recent = [e for e in entries if now - e[0] <= self.scaling.interval_s * 1.5]
+            recent = [e for e in entries if now - e[0] <= max(2 * REPORT_S, 1.5 * self.scaling.interval_s)]
             steps = sum(e[2] for e in recent)
             if steps:
                 waits[job] = 1000 * sum(e[1] for e in recent) / steps
