@@ -20,6 +20,9 @@ is measured inside this run with its candidates interleaved round by round
 - ``offline_vs_plain``: student throughput reading stored soft labels (KD
   loss, views applied from the cache) over plain hard-label training with the
   same loader. Goal >= 0.97.
+- ``shared_vs_own_pools``, ``batching_across_jobs``, ``scale_up_time``: the shared teacher service
+  (``benchmarks.teacher_service``): two jobs on one pool against a pool each, cross-job batching on
+  and off, and the time from a wait rise to a new replica serving.
 - ``bytes_per_sample_*``: the stored soft labels' size per sample (payload and
   tar file) for fp32 and fp16 logits and top-k, over fp32, for the digits job
   (10 classes, 2 teachers, 2 views) and an ImageNet-sized one (1000 classes,
@@ -327,7 +330,7 @@ def bench_bytes() -> list:
     return rows
 
 
-BENCHES = ("bytes", "latency", "scaling", "offline")
+BENCHES = ("bytes", "latency", "scaling", "offline", "service")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
                 for row in bench_scaling("compute", compute, (3, 32, 32), steps, max(3, rounds // 2)):
                     emit(row)
                 stop_replicas(compute)
+            if "service" in args.only:
+                from benchmarks.teacher_service import bench_scale_up, bench_sharing
+
+                for row in bench_sharing(paths, max(3, rounds // 2), steps * 2) + bench_scale_up(paths):
+                    emit(row)
             if "offline" in args.only:
                 for row in bench_offline(paths, sleepy, Path(tmp), 8 if args.quick else 16, rounds + 2):
                     emit(row)

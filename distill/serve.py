@@ -118,10 +118,11 @@ def serve(spec: JobSpec, name: str, address: str | None, *, num_cpus: float | No
         except ray.exceptions.RayActorError as exc:
             raise ClusterError(f"teacher service {name!r} did not start: {_cause(exc)}") from None
         gcs = ray.get_runtime_context().gcs_address
-        console.print(f"serving {name!r} at address {gcs} (namespace {spec.cluster.namespace}); "
-                      f"tensorboard --logdir {tb_dir}")
-        console.print(f"attach: distill run JOB.yaml --set teachers.service={name} --address {gcs}   "
-                      f"status: distill status --service {name} --address {gcs}")
+        console.print(f"serving {name!r} (namespace {spec.cluster.namespace}); tensorboard --logdir {tb_dir}")
+        print(f"address: {gcs}", flush=True)  # plain: scripts read this line
+        where = "auto" if embedded else gcs  # `auto` also picks up the token of an embedded head's auth
+        console.print(f"attach: distill run JOB.yaml --set teachers.service={name} --address {where}")
+        console.print(f"status: distill status --service {name} --address {where}")
         if not embedded:
             console.print(f"stop:   distill serve --stop {name} --address {gcs}")
             return 0

@@ -37,6 +37,7 @@ from .service import TeacherConfig
 PREFIX = "distill-service-"
 PLACING, LOADING, SERVING, DRAINING = "placing", "loading", "serving", "draining"
 RATE_WINDOW_S = 5.0  # per-job rates in status are over this many seconds
+FORGET_S = 120.0  # a job that has not reported for this long leaves the status
 REPORT_S = 1.0  # clients report (and refresh their replica list) this often
 
 
@@ -330,8 +331,10 @@ class ServiceController:
         """Each job's wait per step over its last two reports at least (jobs that made steps then)."""
         waits = {}
         for job, entries in self.reports.items():
-            while entries and now - entries[0][0] > RATE_WINDOW_S:
-                entries.popleft()
+            while len(entries) > 1 and now - entries[0][0] > RATE_WINDOW_S:
+                entries.popleft()  # the newest stays: status says when the job was last seen
+            if now - entries[-1][0] > FORGET_S:
+                entries.clear()
             recent = [e for e in entries if now - e[0] <= max(2 * REPORT_S, 1.5 * self.scaling.interval_s)]
             steps = sum(e[2] for e in recent)
             if steps:

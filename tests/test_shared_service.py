@@ -236,3 +236,120 @@ def test_service_grows_under_wait_and_shrinks_when_idle(ray_session, slow_teache
     assert max(replicas) == 2 and replicas[-1] == 1 and replicas[0] == 1
     assert max(scalar_values(events, "service/wait_ms_per_step/eager")) > 5
     assert sorted(set(scalar_values(events, "service/scale_decision"))) == [-1, 0, 1]
+
+
+# ---------------------------------------------------------------- real processes
+
+def _job_doc(tmp_path, digits_root, teacher) -> dict:
+    return {
+        "name": "shared", "data": {"source": str(digits_root), "augment": {"crop_padding": 1}},
+        "teachers": {"window": 2, "members": [{
+            "name": "slow", "source": str(teacher), "format": "state_dict", "arch": "slow_arch:Slow",
+            "arch_options": {"delay": 0.02}, "hints": ["body"], "resources": {"num_cpus": 0.1}}],
+            "serving": {"min_replicas": 1, "max_replicas": 2, "interval_s": 0.5, "max_batch": 128, "max_wait_ms": 5}},
+        "student": {"arch": "mobilenet_v1", "variant": "cifar", "options": {"alpha": 0.25}},
+        "loss": {"terms": [{"type": "ce", "weight": 0.3}, {"type": "kd", "weight": 0.7, "temperature": 4.0}]},
+        "trainer": {"epochs": 1, "steps_per_epoch": 10, "batch_size": 32, "deepspeed_stage": 2, "lr": 0.05},
+        "cluster": {"num_workers": 1, "cpus_per_worker": 1},
+        "logging": {"tensorboard": str(tmp_path / "tb"), "log_every_n_steps": 2},
+        "output": {"dir": str(tmp_path / "run")}}
+
+
+def _distill(*args: str, **kw):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "distill.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+
+
+def _read_address(proc, timeout_s: float = 240.0) -> tuple[str, list[str]]:
+    lines, deadline = [], time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("address: "):
+            return line.split()[1], lines
+    raise AssertionError("distill serve printed no address:\n" + "".join(lines))
+
+
+@pytest.mark.slow
+def test_shared_service_e2e(tmp_path, digits_root, slow_teacher):
+    """`distill serve` in the foreground (embedded Ray), two `distill run` processes attached to it at the
+    same time, `distill status --service`, then `distill serve --stop`: both jobs train and report, the
+    service saw both, and it ends cleanly."""
+    import yaml
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(_job_doc(tmp_path, digits_root, slow_teacher)))
+    serve = _distill("serve", str(spec), "--name", "shared", "--num-cpus", "6")
+    try:
+        address, lines = _read_address(serve)
+        assert address.startswith("127.0.0.1:")  # loopback only
+        # No --address: a job on a service joins `auto`, Ray's way to a local head (its token included),
+        # which the foreground service wrote as this machine's current cluster.
+        jobs = [_distill("run", str(spec), "--set", f"name=job{i}", "--set",
+                         "teachers.service=shared", "--set", f"output.dir={tmp_path / f'run{i}'}") for i in (1, 2)]
+        outs = [job.communicate(timeout=600)[0] for job in jobs]
+        for job, out in zip(jobs, outs, strict=True):
+            assert job.returncode == 0, out[-3000:]
+        status = _distill("status", "--service", "shared")
+        shown = status.communicate(timeout=120)[0]
+        assert status.returncode == 0 and "slow" in shown and "job1" in shown and "job2" in shown, shown
+        stop = _distill("serve", "--stop", "shared")
+        assert stop.communicate(timeout=120)[0].strip().endswith("stopped") and stop.returncode == 0
+        rest = serve.communicate(timeout=120)[0]
+        assert serve.returncode == 0 and "teacher service stopped" in rest, "".join(lines) + rest
+    finally:
+        if serve.poll() is None:  # a failure above: end the service and its embedded Ray, by process group
+            os.killpg(serve.pid, signal.SIGTERM)
+            try:
+                serve.wait(timeout=90)
+            except Exception:  # noqa: BLE001
+                os.killpg(serve.pid, signal.SIGKILL)
+    for i in (1, 2):
+        report = (tmp_path / f"run{i}" / "report.json")
+        assert report.is_file()
+        tags = set(load_events(tmp_path / "tb" / f"job{i}").Tags()["scalars"])
+        assert "teachers/latency_p50_ms" in tags and "teachers/replicas/slow" in tags, tags
+    service_tags = set(load_events(tmp_path / "tb" / "service-shared").Tags()["scalars"])
+    assert {"service/wait_ms_per_step/job1", "service/wait_ms_per_step/job2"} <= service_tags, service_tags
+
+
+def _requested_bundles(ray) -> list[dict]:
+    """The resource request the autoscaler would read, as Ray stored it (v1: internal KV; v2: GCS state)."""
+    import json
+
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+    if is_autoscaler_v2():
+        from ray.autoscaler.v2.sdk import get_cluster_resource_state
+
+        state = get_cluster_resource_state(ray._private.worker.global_worker.gcs_client)
+        return [dict(b.resources_bundle) for c in state.cluster_resource_constraints
+                for r in c.resource_requests for b in [r.request] * r.count]
+    from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+    return json.loads(raw) if raw else []
+
+
+def test_replica_that_does_not_fit_asks_the_autoscaler(ray_session, slow_teacher):
+    """A replica no node can take (its label selector matches none): without an autoscaler the service
+    says so and gives up; with one it asks for the bundle (request_resources) instead of failing."""
+    from ray.autoscaler.sdk import request_resources
+
+    resources = [ReplicaResources(num_cpus=0.25, labels={"distill-test-zone": "nowhere"})]
+    scaling = ScalingConfig(placement_wait_s=1.0, interval_s=0.25)
+    with pytest.raises(ray_session.exceptions.RayActorError, match="no autoscaler"):
+        start_service("nofit", [slow_config(slow_teacher, 0.0)], resources, [1], scaling, namespace="distill-tests")
+    try:
+        with pytest.raises(ray_session.exceptions.RayActorError, match="asked the autoscaler"):
+            start_service("nofit2", [slow_config(slow_teacher, 0.0)], resources, [1], scaling,
+                          namespace="distill-tests", autoscaler=True)
+        assert {"CPU": 0.25} in _requested_bundles(ray_session)
+    finally:
+        request_resources(bundles=[])  # the request persists in the GCS: withdraw it
