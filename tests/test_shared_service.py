@@ -353,3 +353,33 @@ def test_replica_that_does_not_fit_asks_the_autoscaler(ray_session, slow_teacher
         assert {"CPU": 0.25} in _requested_bundles(ray_session)
     finally:
         request_resources(bundles=[])  # the request persists in the GCS: withdraw it
+
+
+def test_bad_service_input_is_one_line(ray_session, tmp_path, digits_root, slow_teacher):
+    """No CONFIG and no --stop, min above max, a job naming a service that is not there, and a service
+    that lacks the job's hints: each is one line naming what is wrong."""
+    import subprocess
+    import sys
+
+    from cluster.placement import ClusterError
+    from distill.serve import attach_service
+    from distill.spec import SpecError, parse_spec
+
+    proc = subprocess.run([sys.executable, "-m", "distill", "serve"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: distill serve: give a CONFIG to serve, or --stop NAME"
+    doc = _job_doc(tmp_path, digits_root, slow_teacher)
+    doc["teachers"]["serving"].update(min_replicas=3, max_replicas=2)
+    with pytest.raises(SpecError, match="teachers.serving: .*max_replicas 2 < min_replicas 3"):
+        parse_spec(doc)
+    doc = _job_doc(tmp_path, digits_root, slow_teacher)
+    doc["teachers"]["service"] = "absent"
+    doc["cluster"]["namespace"] = "distill-tests"
+    with pytest.raises(ClusterError, match="teachers.service: no teacher service 'absent' in namespace 'distill-tests'"):
+        attach_service(parse_spec(doc))
+    controller = _service("nohints", slow_teacher, 0.0, ScalingConfig())
+    try:
+        doc["teachers"]["service"] = "nohints"
+        with pytest.raises(SpecError, match=r"does not return slow hints \['body'\]"):
+            attach_service(parse_spec(doc))
+    finally:
+        stop_service(controller)
