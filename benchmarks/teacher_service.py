@@ -41,7 +41,8 @@ def _service(name: str, config: Any, replicas: int, **scaling: Any) -> Any:
     from teachers.scaling import ScalingConfig
 
     knobs = {"min_replicas": replicas, "max_replicas": replicas, **scaling}
-    return start_service(name, [config], [ReplicaResources(num_cpus=0.01)], [replicas], ScalingConfig(**knobs))
+    return start_service(name, [config], [ReplicaResources(num_cpus=0.01)], [replicas], ScalingConfig(**knobs),
+                         namespace="distill-bench")
 
 
 def _busy(handles: list) -> tuple[float, int]:
@@ -79,35 +80,42 @@ def _two_jobs(pools: list, steps: int, step_s: float, shape: tuple[int, ...]) ->
     return time.perf_counter() - start
 
 
-def bench_sharing(paths: dict[str, Path], rounds: int, steps: int) -> list[dict]:
+TEACHERS = {  # kind -> (arch, input shape, options)
+    "compute": ("Compute", (3, 32, 32), {}),  # a CPU conv net: its cost per sample is flat in the batch size
+    "sleep": ("Sleepy", (1, 8, 8), {"delay": 0.02}),  # a pass costs the same for 8 or 64 samples, as on a GPU
+}
+
+
+def bench_sharing(paths: dict[str, Path], rounds: int, steps: int, kind: str) -> list[dict]:
     from teachers.client import TeacherPool
     from teachers.controller import ServiceLink, stop_service
     from teachers.service import start_replicas, stop_replicas
 
-    shape, replicas, step_s = (3, 32, 32), 2, 0.005
-    config = _config(paths["compute"], "Compute", shape)
+    arch, shape, options = TEACHERS[kind]
+    replicas, step_s = 2, 0.005
+    config = _config(paths[arch.lower()], arch, shape, **options)
     own = [start_replicas(config, 1, num_cpus=0.01, max_restarts=0) for _ in range(replicas)]
-    services = {"shared": _service("bench-shared", config, replicas, max_batch=256, max_wait_ms=2),
-                "shared_nobatch": _service("bench-nobatch", config, replicas, max_batch=0)}
+    services = {"shared": _service(f"bench-shared-{kind}", config, replicas, max_batch=256, max_wait_ms=2),
+                "shared_nobatch": _service(f"bench-nobatch-{kind}", config, replicas, max_batch=0)}
     try:
-        pools = {"own": [TeacherPool(["compute"], [h]) for h in own]}
-        for kind, controller in services.items():
-            pools[kind] = [TeacherPool(["compute"], ServiceLink(kind, controller, f"job{i}")) for i in range(2)]
+        pools = {"own": [TeacherPool([config.name], [h]) for h in own]}
+        for name, controller in services.items():
+            pools[name] = [TeacherPool([config.name], ServiceLink(name, controller, f"job{i}")) for i in range(2)]
         handles = {"own": [h for hs in own for h in hs],
                    **{k: pools[k][0].teams[0].handles for k in services}}
-        compute = {k: [] for k in pools}
+        compute: dict[str, list[float]] = {k: [] for k in pools}
 
-        def run(kind: str):
+        def run(name: str):
             def go() -> float:
-                busy0, served0 = _busy(handles[kind])
-                took = _two_jobs(pools[kind], steps, step_s, shape)
-                busy1, served1 = _busy(handles[kind])
-                compute[kind].append((busy1 - busy0) / max(1, served1 - served0))
+                busy0, served0 = _busy(handles[name])
+                took = _two_jobs(pools[name], steps, step_s, shape)
+                busy1, served1 = _busy(handles[name])
+                compute[name].append((busy1 - busy0) / max(1, served1 - served0))
                 return took
             return go
 
-        for kind in pools:
-            run(kind)()  # warm up: first calls, thread pools
+        for name in pools:
+            run(name)()  # warm up: first calls, thread pools
         for v in compute.values():
             v.clear()
         from benchmarks.teachers import _ratios, _rounds
@@ -116,13 +124,13 @@ def bench_sharing(paths: dict[str, Path], rounds: int, steps: int) -> list[dict]
         samples = 2 * steps * JOB_BATCH
         rate = {k: round(samples / statistics.median(v), 1) for k, v in times.items()}
         per = {k: round(1e3 * statistics.median(v), 4) for k, v in compute.items()}  # ms per sample
-        common = {"jobs": 2, "job_batch": JOB_BATCH, "window": WINDOW, "replicas": replicas,
+        common = {"teacher": kind, "jobs": 2, "job_batch": JOB_BATCH, "window": WINDOW, "replicas": replicas,
                   "student_step_ms": 1000 * step_s, "steps": steps, "rounds": rounds,
                   "samples_per_s": rate, "teacher_compute_ms_per_sample": per}
         return [
-            {"name": "shared_vs_own_pools", **_ratios(times, "own", "shared"),
+            {"name": f"shared_vs_own_pools_{kind}", **_ratios(times, "own", "shared"),
              "compute_per_sample_ratio": round(per["shared"] / per["own"], 3), **common},
-            {"name": "batching_across_jobs", **_ratios(times, "shared_nobatch", "shared"),
+            {"name": f"batching_across_jobs_{kind}", **_ratios(times, "shared_nobatch", "shared"),
              "compute_per_sample_ratio": round(per["shared"] / per["shared_nobatch"], 3), **common}]
     finally:
         for hs in own:

@@ -371,7 +371,10 @@ def main(argv: list[str] | None = None) -> int:
             if "service" in args.only:
                 from benchmarks.teacher_service import bench_scale_up, bench_sharing
 
-                for row in bench_sharing(paths, max(3, rounds // 2), steps * 2) + bench_scale_up(paths):
+                for kind in ("sleep", "compute"):
+                    for row in bench_sharing(paths, max(3, rounds // 2), steps * 2, kind):
+                        emit(row)
+                for row in bench_scale_up(paths):
                     emit(row)
             if "offline" in args.only:
                 for row in bench_offline(paths, sleepy, Path(tmp), 8 if args.quick else 16, rounds + 2):

@@ -157,6 +157,9 @@ class SharedTeacher:
         return await future
 
     def _serve(self) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, self.worker.config.threads))  # this thread runs the forwards
         while not self._stop.is_set():
             batch = self.queue.take(self.max_batch, self.max_wait_s, self._stop)
             if not batch:
