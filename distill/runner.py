@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +19,18 @@ import torch
 import yaml
 from rich.console import Console
 
-from cluster import ray_env
-from cluster.placement import bundle_options, release, reserve
 from cluster.train import fingerprint, fit
 from distill.checkpoint import atomic_write_text, last_checkpoint
 from distill.checks import check_job
-from distill.data import CorruptCounter, DatasetMeta, ensure_shards, val_loader
-from distill.evaluate import evaluate_models
+from distill.data import CorruptCounter, DatasetMeta, val_loader
 from distill.feature_shapes import resolve_feature_terms, teacher_hint_paths
 from distill.report import print_report, write_report
-from distill.scheduling import check_cluster, embedded_extras, teacher_demand
+from distill.scheduling import check_cluster
 from distill.spec import JobSpec
-from distill.teach import check_offline
+from distill.stages import check_offline, evaluate_models, prepare_data, served_teachers, teacher_config
 from distill.val_analysis import TeacherValLogits, score_teachers
 from distill.worker import train_worker
 from teachers.client import TeacherPool
-from teachers.service import TeacherConfig, start_replicas, stop_replicas
-
-
-def prepare_data(spec: JobSpec) -> tuple[Path, DatasetMeta]:
-    """The shard folder and its metadata (packing the source on first use)."""
-    source = Path(spec.data.source)
-    root = source if (source / "meta.json").is_file() else spec.data.shards
-    norm = spec.data.normalize
-    meta = ensure_shards(spec.data.source, root, shard_size=spec.data.shard_size,
-                         val_per_class=spec.data.val_per_class, normalize=norm and (norm.mean, norm.std))
-    return root, meta
 
 
 def _versions() -> dict[str, str]:
@@ -81,58 +65,6 @@ def _previous_version(run_dir: Path) -> str | None:
         return json.loads((run_dir / "run.json").read_text()).get("run_version")
     except (OSError, ValueError):
         return None
-
-
-def teacher_config(spec: JobSpec, meta: DatasetMeta, i: int, hints: list[str]) -> TeacherConfig:
-    """What loads and runs member ``i``, in an actor or in a training worker (``mode: inprocess``)."""
-    m = spec.teachers.members[i]  # in process, InProcessTeachers keeps the trainer's thread count instead
-    return TeacherConfig(name=m.name, source=str(Path(m.source).resolve()), format=m.format, arch=m.arch,
-                         arch_options=m.arch_options, hints=hints, output=spec.teachers.output,
-                         topk=spec.teachers.topk, num_classes=meta.num_classes,
-                         input_shape=(meta.channels, meta.image_size, meta.image_size),
-                         threads=max(1, int(m.resources.num_cpus)))
-
-
-def start_teachers(spec: JobSpec, meta: DatasetMeta, groups: list[Any] | None = None) -> list[list[Any]]:
-    """Each teacher's replicas in a placement group of their own (all or none); ``groups`` collects them."""
-    handles = []
-    hints = teacher_hint_paths(spec)  # each teacher's own hints plus the layers the loss terms read
-    for i, m in enumerate(spec.teachers.members):
-        pg = reserve(teacher_demand(i, m, spec.cluster.teacher_placement_strategy),
-                     spec.cluster.placement_timeout_s)
-        if groups is not None:
-            groups.append(pg)
-        config = teacher_config(spec, meta, i, hints[m.name])
-        handles.append(start_replicas(config, m.replicas, num_cpus=m.resources.num_cpus,
-                                      num_gpus=m.resources.num_gpus, resources=m.resources.custom,
-                                      **bundle_options(pg)))
-    return handles
-
-
-@contextmanager
-def served_teachers(spec: JobSpec, meta: DatasetMeta, address: str | None, *, serve: bool, console: Console,
-                    before_start: Callable[[], None] | None = None) -> Iterator[list[list[Any]]]:
-    """Ray connected (embedded when ``address`` is None, else joined) and, with ``serve``, the spec's
-    teacher replicas running; yields their handles. Replicas, placement groups and an embedded Ray
-    are torn down on the way out, error and Ctrl-C included: a failed job leaves nothing running."""
-    started_ray = ray_env.connect(address, namespace=spec.cluster.namespace,
-                                  **(embedded_extras(spec) if address is None else {}))
-    handles: list[list[Any]] = []
-    groups: list[Any] = []
-    try:
-        if before_start is not None:
-            before_start()
-        if serve:
-            console.print(f"starting {sum(m.replicas for m in spec.teachers.members)} teacher replica(s)")
-            handles.extend(start_teachers(spec, meta, groups))
-        yield handles
-    finally:
-        for group in handles:
-            stop_replicas(group)
-        for pg in groups:
-            release(pg)
-        if started_ray:
-            ray_env.shutdown()
 
 
 def evaluate(spec: JobSpec, root: Path, meta: DatasetMeta, student: torch.nn.Module,
