@@ -237,10 +237,6 @@ class QLinear(_QuantMixin, nn.Linear):
 QLayer = QConv2d | QLinear
 
 
-def is_quantized(m: nn.Module | None) -> bool:
-    return isinstance(m, QConv2d | QLinear)
-
-
 def _copy_from(q: QConv2d | QLinear, src: nn.Conv2d | nn.Linear) -> Any:
     with torch.no_grad():
         q.weight.copy_(src.weight)

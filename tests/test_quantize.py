@@ -654,3 +654,80 @@ def test_state_dicts_saved_before_the_scheme_classes_still_load(scheme):
         assert torch.equal(state[key], value) if isinstance(value, torch.Tensor) else state[key] == value, key
     if "packed_output" in old:
         assert torch.equal(students.export(model)(blob["input"]), old["packed_output"])
+
+
+# ----------------------------------------------------------------------------- the scheme registry
+
+
+def test_schemes_by_name_and_their_targets():
+    import students
+    from students.schemes import make_scheme, scheme_class
+
+    assert students.list_schemes() == list(SCHEMES)
+    assert students.schemes_with("packed") == ["binary-connect", "xnor", "twn", "ttq"]
+    assert students.schemes_with("int8_module") == ["int8"]
+    ttq = make_scheme("ttq", scale_lr=0.5)
+    assert ttq == scheme_class("ttq")(scale_lr=0.5) and ttq.options == {
+        "threshold_factor": 0.05, "grads": "normalized", "scale_lr": 0.5}
+    assert make_scheme("dorefa", bits=3).options["act_bits"] == 3  # act_bits=None means "as bits"
+    with pytest.raises(ValueError, match="unknown quantization scheme 'ternary'; choose one of binary-connect"):
+        make_scheme("ternary")
+    with pytest.raises(ValueError, match="unknown option 'bits' for scheme 'ttq'"):
+        make_scheme("ttq", bits=2)
+    with pytest.raises(ValueError, match="options .* given with a built scheme"):
+        QLinear(4, 4, scheme=ttq, bits=2)
+    # One scheme object serves every layer of a model: it holds no tensors.
+    model = quantize(small_net(), "twn", keep_first=False)
+    assert len({id(m.scheme) for _, m in quantized_layers(model)}) == 1
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_code_counts_for_tensorboard(scheme):
+    from distill.quant_stats import code_fractions
+
+    torch.manual_seed(0)
+    layer = QConv2d(4, 6, 3, scheme=scheme)
+    counts = layer.scheme.code_counts(layer)
+    if layer.weight_bits > 2:  # k-bit and int8 codes are not shown as fractions
+        assert counts == {}
+        return
+    assert sum(counts.values()) == layer.weight.numel()
+    assert set(counts) == ({"minus1", "zero", "plus1"} if layer.weight_bits == 2 else {"minus1", "plus1"})
+    codes = layer.export_state()["codes"]
+    assert counts["minus1"] == int((codes == -1).sum()) > 0
+    assert sum(code_fractions(counts).values()) == pytest.approx(1.0)
+
+
+def test_a_new_scheme_is_one_class(monkeypatch):
+    """A scheme defined here, registered, and used by quantize / QLinear / export_state with no
+    change anywhere else: the layers hold no scheme names."""
+    import dataclasses
+
+    from students.schemes import base, registry
+
+    @dataclasses.dataclass(frozen=True)
+    class Sign(base.Scheme):
+        scale: float = 1.0
+        name = "sign-test"
+        weight_bits = 1
+        codes = (-1, 1)
+
+        def __post_init__(self) -> None:
+            if not base.is_number_in(self.scale, 0, float("inf")):
+                raise ValueError(f"option 'scale' must be a positive number, got {self.scale!r}")
+
+        def quantized_weight(self, layer, deterministic=False):
+            return self.scale * ste.binary_connect_weight(layer.weight)  # sgn, straight-through
+
+        def codes_and_scales(self, layer, w):
+            return {"codes": ste.sgn(w).to(torch.int8)}
+
+    monkeypatch.setitem(registry._SCHEMES, "sign-test", Sign)
+    with pytest.raises(ValueError, match="'scale' must be a positive number"):
+        quantize(small_net(), "sign-test", scale=-1)
+    model = quantize(small_net(), "sign-test", scale=0.5)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    layer = quantized_layers(model)[-1][1]  # the 1x1 conv
+    assert layer.weight.grad is not None and distinct(layer.quantized_weight()) == {-0.5, 0.5}
+    assert layer.export_state()["scheme"] == "sign-test" and layer.scheme.code_counts(layer)
+    assert not layer.scheme.supports("packed")
