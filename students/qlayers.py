@@ -51,8 +51,9 @@ def as_scheme(scheme: str | Scheme, options: dict[str, Any]) -> Scheme:
 class _QuantMixin:
     """What QConv2d and QLinear share: every call goes to the scheme.
 
-    The host class supplies `_op(x, w, bias, padded)` (its op, with the padding already applied
-    when `padded`), `_pad(x)` and `_input_scale(x)` (the XNOR-Net activation scale K).
+    The host class supplies what schemes call on it: `op(x, w, bias, padded)` (its op, with the
+    padding already applied when `padded`), `pad_input(x)` and `input_scale(x)` (the XNOR-Net
+    activation scale K).
     """
 
     weight: nn.Parameter
@@ -155,18 +156,18 @@ class QConv2d(_QuantMixin, nn.Conv2d):
         )
         self._setup_quant(scheme, options)
 
-    def _op(self, x: Tensor, w: Tensor, bias: Tensor | None, padded: bool = False) -> Tensor:
+    def op(self, x: Tensor, w: Tensor, bias: Tensor | None, padded: bool = False) -> Tensor:
         if padded:
             return F.conv2d(x, w, bias, self.stride, 0, self.dilation, self.groups)
         return self._conv_forward(x, w, bias)
 
-    def _pad(self, x: Tensor) -> Tensor:
+    def pad_input(self, x: Tensor) -> Tensor:
         pads = self._reversed_padding_repeated_twice
         if not any(pads):
             return x
         return F.pad(x, pads, mode="constant" if self.padding_mode == "zeros" else self.padding_mode)
 
-    def _input_scale(self, x: Tensor) -> Tensor:
+    def input_scale(self, x: Tensor) -> Tensor:
         """K of shape (N, out_channels or 1, Ho, Wo): one value per group and output position."""
         k = ste.xnor_input_scale(x, self.kernel_size, self.stride, self.dilation, self.groups)
         return k.repeat_interleave(self.out_channels // self.groups, dim=1) if self.groups > 1 else k
@@ -209,13 +210,13 @@ class QLinear(_QuantMixin, nn.Linear):
         nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._setup_quant(scheme, options)
 
-    def _op(self, x: Tensor, w: Tensor, bias: Tensor | None, padded: bool = False) -> Tensor:
+    def op(self, x: Tensor, w: Tensor, bias: Tensor | None, padded: bool = False) -> Tensor:
         return F.linear(x, w, bias)
 
-    def _pad(self, x: Tensor) -> Tensor:
+    def pad_input(self, x: Tensor) -> Tensor:
         return x
 
-    def _input_scale(self, x: Tensor) -> Tensor:
+    def input_scale(self, x: Tensor) -> Tensor:
         """K = mean |x| over the input features, shape (..., 1)."""
         return x.abs().mean(dim=-1, keepdim=True)
 

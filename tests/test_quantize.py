@@ -35,13 +35,13 @@ def small_net(in_chans: int = 3, num_classes: int = 10) -> nn.Sequential:
 def record_forward(layer, monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Capture (input, weight) exactly as the layer's op receives them."""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    op = layer._op
+    op = layer.op
 
     def spy(x, w, bias, padded=False):
         seen.append((x.detach().clone(), w.detach().clone()))
         return op(x, w, bias, padded)
 
-    monkeypatch.setattr(layer, "_op", spy)
+    monkeypatch.setattr(layer, "op", spy)
     return seen
 
 

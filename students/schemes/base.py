@@ -19,7 +19,7 @@ A layer's life, and the method each step calls:
 
     attach(layer)             register the scheme's parameters / buffers on a new layer
     init_from_weight(layer)   (re)derive the scales that start from the weight (after a copy too)
-    forward(layer, x)         training and eval forward: quantize_input, quantized_weight, layer._op
+    forward(layer, x)         training and eval forward: quantize_input, quantized_weight, layer.op
     quantized_weight(layer)   the STE-quantized weight (kernels.ste); deterministic=True in eval
     quantizer_parameters(layer), quantizer_lr_scale   learned quantizer state for the optimizer
     clip_latent_(layer)       after every optimizer step (BinaryConnect clips its latent weight)
@@ -109,7 +109,7 @@ class Scheme:
         return x
 
     def forward(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return layer._op(self.quantize_input(layer, x), self.quantized_weight(layer), layer.bias)
+        return layer.op(self.quantize_input(layer, x), self.quantized_weight(layer), layer.bias)
 
     def quantizer_parameters(self, layer: nn.Module) -> list[nn.Parameter]:
         """The learned quantizer state, for an optimizer group of its own (no weight decay)."""

@@ -99,7 +99,7 @@ class Int8(Scheme):
         bias = layer.bias
         with torch.autocast(x.device.type, enabled=False):
             xq = layer.input_fake_quant(x.float())
-            out = layer._op(xq, self.quantized_weight(layer), None if bias is None else bias.float())
+            out = layer.op(xq, self.quantized_weight(layer), None if bias is None else bias.float())
             out = layer.output_fake_quant(out)
         return out.to(x.dtype)
 

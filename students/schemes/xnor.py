@@ -61,10 +61,10 @@ class Xnor(Scheme):
         """
         if not self.binarize_input:
             return super().forward(layer, x)
-        x = layer._pad(x)
-        out = layer._op(ste.binary_activation(x), self.quantized_weight(layer), None, padded=True)
+        x = layer.pad_input(x)
+        out = layer.op(ste.binary_activation(x), self.quantized_weight(layer), None, padded=True)
         if self.act_scale:
-            out = out * layer._input_scale(x)
+            out = out * layer.input_scale(x)
         if layer.bias is not None:
             out = out + (layer.bias.view(-1, 1, 1) if isinstance(layer, nn.Conv2d) else layer.bias)
         return out
