@@ -6,6 +6,15 @@ keeps a one-node Ray on loopback, which is what a single machine wants and
 what keeps test traffic local. Logical CPUs may exceed physical cores so a
 small job (teachers plus student workers) fits on a 2-core laptop; the
 threads each process uses are still set from its own CPU share.
+
+Across machines the collective backends must be told where to listen: gloo
+and NCCL otherwise take the address the hostname resolves to, which on many
+Debian hosts and containers is 127.0.0.1, and peers on other nodes are then
+refused. Every Ray worker of a job runs ``bind_collectives`` at start (Ray's
+``worker_process_setup_hook``): it finds the interface that holds the node's
+Ray address and names it in ``GLOO_SOCKET_IFNAME``/``NCCL_SOCKET_IFNAME``
+before Ray Train creates the process group. Ray Train itself sets
+``MASTER_ADDR`` to rank 0's node address.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+SETUP_HOOK = "cluster.ray_env.bind_collectives"
+IFNAME_VARS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 WORKER_ENV = {"DS_ACCELERATOR": "cpu", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
               "TOKENIZERS_PARALLELISM": "false"}
 
@@ -33,6 +44,35 @@ def worker_env(embedded: bool = True) -> dict[str, str]:
     return env
 
 
+def interface_for(ip: str) -> str | None:
+    """The network interface that carries ``ip`` (``lo`` for 127.0.0.1), or None if none does."""
+    import socket
+
+    import psutil
+
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.family in (socket.AF_INET, socket.AF_INET6) and a.address.split("%")[0] == ip for a in addrs):
+            return name
+    return None
+
+
+def bind_collectives(node_ip: str | None = None) -> str | None:
+    """Point gloo and NCCL at the interface of this node's Ray address; returns its name.
+
+    Runs in every Ray worker process before it does any work. A value the
+    node's own environment already sets is kept (an operator knows better).
+    """
+    if node_ip is None:
+        import ray
+
+        node_ip = ray.util.get_node_ip_address()
+    name = interface_for(node_ip)
+    if name is not None:
+        for var in IFNAME_VARS:
+            os.environ.setdefault(var, name)
+    return name
+
+
 def connect(address: str | None = None, *, namespace: str = "distill", num_cpus: float | None = None,
             resources: dict[str, float] | None = None, labels: dict[str, str] | None = None,
             runtime_env: dict[str, Any] | None = None) -> bool:
@@ -49,6 +89,7 @@ def connect(address: str | None = None, *, namespace: str = "distill", num_cpus:
         return False
     env = dict(runtime_env or {})
     env.setdefault("env_vars", {}).update(worker_env(embedded=address is None))
+    env.setdefault("worker_process_setup_hook", SETUP_HOOK)
     if address is None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         cpus = max(float(os.cpu_count() or 1), num_cpus or 0)
