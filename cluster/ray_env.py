@@ -10,19 +10,25 @@ threads each process uses are still set from its own CPU share.
 Across machines the collective backends must be told where to listen: gloo
 and NCCL otherwise take the address the hostname resolves to, which on many
 Debian hosts and containers is 127.0.0.1, and peers on other nodes are then
-refused. Every Ray worker of a job runs ``bind_collectives`` at start (Ray's
+refused. Every Ray worker of a job runs ``prepare_worker`` at start (Ray's
 ``worker_process_setup_hook``): it finds the interface that holds the node's
 Ray address and names it in ``GLOO_SOCKET_IFNAME``/``NCCL_SOCKET_IFNAME``
 before Ray Train creates the process group. Ray Train itself sets
 ``MASTER_ADDR`` to rank 0's node address.
+
+An embedded Ray must not outlive its driver, even one killed with SIGKILL:
+``cluster/reaper.py`` watches its processes and ends them when the driver goes.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
-SETUP_HOOK = "cluster.ray_env.bind_collectives"
+SETUP_HOOK = "cluster.ray_env.prepare_worker"
 IFNAME_VARS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 WORKER_ENV = {"DS_ACCELERATOR": "cpu", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
               "TOKENIZERS_PARALLELISM": "false"}
@@ -73,6 +79,23 @@ def bind_collectives(node_ip: str | None = None) -> str | None:
     return name
 
 
+def prepare_worker() -> None:
+    """Ray's ``worker_process_setup_hook`` for every worker of a job: runs before the worker does any work.
+
+    Besides binding the collectives, it names the worker's own cluster in
+    ``RAY_ADDRESS``. Code inside workers that reaches Ray's state API (Ray
+    Train's ``PlacementGroupCleaner`` polls it for its controller) otherwise
+    finds "the" cluster by scanning the machine for Ray processes, which picks
+    another Ray, or fails with "Found multiple active Ray instances", whenever
+    more than one runs on the machine (tests, other users, a second job), and
+    prints a traceback from a background thread on every run.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    bind_collectives(ray.util.get_node_ip_address())
+
+
 def connect(address: str | None = None, *, namespace: str = "distill", num_cpus: float | None = None,
             resources: dict[str, float] | None = None, labels: dict[str, str] | None = None,
             runtime_env: dict[str, Any] | None = None) -> bool:
@@ -93,15 +116,42 @@ def connect(address: str | None = None, *, namespace: str = "distill", num_cpus:
     if address is None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         cpus = max(float(os.cpu_count() or 1), num_cpus or 0)
+        before = _children()
         ray.init(address="local", num_cpus=int(cpus + 0.999), namespace=namespace, resources=resources or None,
                  labels=labels or None, runtime_env=env, log_to_driver=True, configure_logging=False)
+        _start_reaper(sorted(_children() - before))
     else:
         ray.init(address=address, namespace=namespace, runtime_env=env, log_to_driver=True)
     return True
 
 
+_reaper: subprocess.Popen | None = None
+
+
+def _children() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children()}
+
+
+def _start_reaper(pids: list[int]) -> None:
+    """Watch the processes an embedded Ray just started (see ``cluster.reaper``): they end with us."""
+    global _reaper
+    _reaper = subprocess.Popen([sys.executable, str(Path(__file__).with_name("reaper.py")), *map(str, pids)],
+                               stdin=subprocess.PIPE, start_new_session=True)
+
+
 def shutdown() -> None:
+    """Leave Ray; an embedded one is stopped and its watchdog ends whatever of it is left."""
     import ray
 
+    global _reaper
     if ray.is_initialized():
         ray.shutdown()
+    if _reaper is not None:
+        _reaper.stdin.close()
+        try:
+            _reaper.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            _reaper.kill()
+        _reaper = None
