@@ -130,3 +130,25 @@ class NonFiniteGuard(pl.Callback):
 def _finite(value: Any) -> bool:
     """A logged metric is finite (an absent one, e.g. an inactive term, counts as finite)."""
     return value is None or bool(torch.isfinite(torch.as_tensor(value, dtype=torch.float64)).all())
+
+
+# What a user watches first, as TensorBoard's custom-scalars layout (tags are regular expressions).
+DASHBOARD = {
+    "distill": {
+        "validation top-1: student, each teacher, ensemble": [
+            "Multiline", [r"^val/top1$", r"^val/teacher_.+_top1$", r"^val/ensemble_top1$"]],
+        "loss terms (per step)": ["Multiline", [r"^loss/.+_step$"]],
+        "teacher service: student wait and latency (ms)": [
+            "Multiline", [r"^teachers/student_wait_ms_per_step$", r"^teachers/latency_p(50|95)_ms$"]],
+    },
+}
+
+
+class DashboardLayout(pl.Callback):
+    """Writes ``DASHBOARD`` into the run's TensorBoard events once (rank 0): the Custom Scalars tab
+    then opens on student-vs-teachers accuracy, the loss terms and the teacher service's health
+    instead of the alphabetical list of every scalar."""
+
+    def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and trainer.logger is not None:
+            trainer.logger.experiment.add_custom_scalars(DASHBOARD)

@@ -30,7 +30,7 @@ from distill.data import CorruptCounter, DataError, DatasetMeta, check_shards, e
 from distill.errors import RunFailed
 from distill.evaluate import evaluate_models
 from distill.feature_shapes import resolve_feature_terms, teacher_hint_paths
-from distill.report import print_report, write_report
+from distill.report import print_report, write_hparams, write_report
 from distill.scheduling import check_cluster, embedded_extras, teacher_demand
 from distill.spec import JobSpec
 from distill.teach import check_offline
@@ -243,6 +243,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False,
     report["wall_s"] = round(time.perf_counter() - started, 1)
     report["tensorboard"] = str(spec.logging.tensorboard / spec.name / version)
     write_report(report, run_dir / "report.json")
+    write_hparams(report, spec.model_dump(mode="json"), spec.logging.tensorboard / spec.name / version)
     print_report(report, console)
     console.print(f"report: {run_dir / 'report.json'}   tensorboard --logdir {spec.logging.tensorboard}")
     return report

@@ -443,3 +443,45 @@ def test_killed_driver_leaves_no_ray_and_resume_continues(tmp_path, job):
     assert f"resuming from {last.with_name('best.ckpt')}" in out
     assert _global_step(last) == 3 * 4
     assert json.loads((tmp_path / "run" / "report.json").read_text())["student"]["top1"] >= 0.0
+
+
+# ------------------------------------------------------------------ what a user reads
+
+
+def test_report_table_keeps_whole_numbers_on_an_80_column_pipe():
+    import io
+
+    from rich.console import Console
+
+    from distill.report import print_report
+
+    teacher = {"name": "resnet56_long_teacher_name", "top1": 0.9612, "params": 855_770, "bytes": 3_400_000,
+               "macs": 125_000_000, "latency_ms": 12.3456, "compression_rate": 12.3456, "speedup": 6.5432}
+    report = {"job": "demo", "teachers": [teacher], "ensemble_top1": 0.9700,
+              "ensemble": {k: teacher[k] for k in ("params", "bytes", "macs", "latency_ms", "compression_rate",
+                                                    "speedup")},
+              "student": {"name": "mobilenet_v1", "top1": 0.9123, "params": 69_000, "bytes": 280_000,
+                          "macs": 4_000_000, "latency_ms": 1.87}}
+    out = io.StringIO()
+    print_report(report, Console(file=out, width=80))  # what `| tee` and CI logs get
+    text = out.getvalue()
+    assert "…" not in text
+    for cell in ("0.9612", "0.9700", "0.9123", "855.8k", "125.00M", "12.346", "12.35", "6.54", "latency ms",
+                 "params", "teacher resnet56_long_teacher_name"):
+        assert cell in text, (cell, text)
+
+
+def test_loopback_address_maps_to_the_loopback_interface():
+    from cluster.ray_env import bind_collectives, interface_for
+
+    assert interface_for("127.0.0.1") == "lo"
+    assert interface_for("192.0.2.123") is None  # TEST-NET-1: on no interface here
+    saved = {k: os.environ.pop(k, None) for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")}
+    try:
+        assert bind_collectives("127.0.0.1") == "lo"
+        assert os.environ["GLOO_SOCKET_IFNAME"] == os.environ["NCCL_SOCKET_IFNAME"] == "lo"
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
