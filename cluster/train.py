@@ -87,7 +87,7 @@ def _warm_autoscaling_coordinator(timeout_s: float | None) -> None:
     new Python process: on a loaded 2-core machine it takes longer, and Ray
     logs a "Failed to send resource request" traceback into a run that then
     goes on fine. Created here and awaited, the controller finds it running.
-    The coordinator is a Ray internal, hence the guard: without it, nothing to do.
+    The coordinator is a Ray internal, hence the guards: without it, nothing to do.
     """
     import ray
 
@@ -97,7 +97,10 @@ def _warm_autoscaling_coordinator(timeout_s: float | None) -> None:
         )
     except ImportError:
         return
-    ray.get(get_or_create_autoscaling_coordinator().__ray_ready__.remote(), timeout=timeout_s)
+    try:
+        ray.get(get_or_create_autoscaling_coordinator().__ray_ready__.remote(), timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - only a head start: Ray Train creates it itself if this could not
+        return
 
 
 def fingerprint(path: str | Path | None) -> str | None:

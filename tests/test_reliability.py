@@ -442,7 +442,12 @@ def test_killed_driver_leaves_no_ray_and_resume_continues(tmp_path, job):
     assert f"checkpoint damaged, passed over: {last / 'checkpoint' / 'mp_rank_00_model_states.pt'}" in out
     assert f"resuming from {last.with_name('best.ckpt')}" in out
     assert _global_step(last) == 3 * 4
-    assert json.loads((tmp_path / "run" / "report.json").read_text())["student"]["top1"] >= 0.0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    from tests.tb_events import load_events, scalar_values
+
+    events = load_events(tmp_path / "tb" / "reliable")  # the resumed runs continue one TensorBoard run
+    assert "custom_scalars__config__" in events.PluginTagToContent("custom_scalars")
+    assert scalar_values(events, "hparams/student_top1") == [pytest.approx(report["student"]["top1"])]
 
 
 # ------------------------------------------------------------------ what a user reads
@@ -485,3 +490,41 @@ def test_loopback_address_maps_to_the_loopback_interface():
             os.environ.pop(k, None)
             if v is not None:
                 os.environ[k] = v
+
+
+def test_tensorboard_layout_and_hparams_read_back(tmp_path):
+    """The custom-scalars layout and the hparams summary, written as a run writes them and read back with
+    TensorBoard's own reader and protos."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    from torch.utils.tensorboard import SummaryWriter
+
+    from distill.callbacks import DASHBOARD
+    from distill.report import write_hparams
+    from distill.spec import load_spec
+    from tests.tb_events import load_events, scalar_values
+
+    run = tmp_path / "tb" / "demo" / "v1"
+    with SummaryWriter(str(run)) as writer:
+        writer.add_custom_scalars(DASHBOARD)
+    spec = load_spec(ROOT / "configs" / "demo.yaml").model_dump(mode="json")
+    report = {"student": {"top1": 0.875, "params": 69_000, "macs": 4_000_000, "bytes": 280_000},
+              "ensemble_top1": 0.95}
+    write_hparams(report, spec, run)
+
+    events = load_events(run)
+    (written,) = events.Tensors("custom_scalars__config__")  # the layout travels as a string tensor
+    layout = layout_pb2.Layout.FromString(written.tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    (acc_chart,) = [t for t in charts if t.startswith("validation top-1")]
+    assert r"^val/teacher_.+_top1$" in charts[acc_chart] and r"^val/ensemble_top1$" in charts[acc_chart]
+    assert any("loss" in t for t in charts) and any("teacher service" in t for t in charts)
+
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["trainer.lr"].number_value == 0.1
+    assert start.hparams["student.arch"].string_value == "mobilenet_v1"
+    assert start.hparams["loss.terms"].string_value == "ce:0.3,kd:0.7"
+    assert "data.shards" not in start.hparams and "cluster.namespace" not in start.hparams
+    assert scalar_values(events, "hparams/student_top1") == [0.875]
+    assert scalar_values(events, "hparams/macs") == [4_000_000]
