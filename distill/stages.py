@@ -38,7 +38,8 @@ def prepare_data(spec: JobSpec) -> tuple[Path, DatasetMeta]:
     root = source if (source / "meta.json").is_file() else spec.data.shards
     norm = spec.data.normalize
     meta = ensure_shards(spec.data.source, root, shard_size=spec.data.shard_size,
-                         val_per_class=spec.data.val_per_class, normalize=norm and (norm.mean, norm.std))
+                         val_per_class=spec.data.val_per_class, normalize=norm and (norm.mean, norm.std),
+                         on_corrupt=spec.data.on_corrupt)
     return root, meta
 
 
