@@ -76,7 +76,7 @@ def serve(spec: JobSpec, name: str, address: str | None, *, num_cpus: float | No
           console: Console | None = None) -> int:
     from distill.checks import check_teachers
     from distill.feature_shapes import teacher_hint_paths
-    from distill.runner import prepare_data, teacher_config
+    from distill.stages import prepare_data, teacher_config
     from teachers.controller import ReplicaResources, find_service, start_service
 
     console = console or Console()
