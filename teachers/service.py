@@ -5,7 +5,8 @@ batches under ``torch.inference_mode()``. Results go back as numpy arrays
 through the object store (zero-copy for the reader): fp16 or fp32 logits, or
 top-k values plus indices, and fp16 hint features. Actors are created with
 ``max_restarts`` so Ray brings a crashed replica back; the client retries the
-requests it lost (see ``teachers.client``).
+requests it lost (see ``teachers.client``). A shared service's replicas wrap the same
+``TeacherWorker`` in ``teachers.batching.SharedTeacher`` (fair queues per job, batches across jobs).
 """
 
 from __future__ import annotations
