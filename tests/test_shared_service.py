@@ -23,9 +23,30 @@ from teachers.controller import ReplicaResources, ServiceLink, find_service, sta
 from teachers.scaling import ScalingConfig, ScalingPolicy, TeacherLoad
 from tests import test_teacher_service as base
 from tests.tb_events import load_events, scalar_values
-from tests.test_teacher_service import direct_logits, keyed_batches, slow_config
+from tests.test_teacher_service import SLOW_ARCH, keyed_batches
 
-slow_teacher = base.slow_teacher  # the same module-scoped fixture: a sleeping MLP written next to its weights
+ARCH_MODULE = "svc_slow_arch"  # not test_teacher_service's module name: one process may import both
+ARCH = f"{ARCH_MODULE}:Slow"
+
+
+@pytest.fixture(scope="module")
+def slow_teacher(tmp_path_factory):
+    """test_teacher_service's sleeping MLP, written next to its weights as a user ships a teacher."""
+    folder = tmp_path_factory.mktemp("svc_teacher")
+    (folder / f"{ARCH_MODULE}.py").write_text(SLOW_ARCH)
+    ns: dict = {}
+    exec(SLOW_ARCH, ns)  # noqa: S102 - the same source the actors import
+    torch.manual_seed(0)
+    torch.save(ns["Slow"]().state_dict(), folder / "slow.pt")
+    return folder / "slow.pt"
+
+
+def slow_config(path, delay: float, hints: list[str] | None = None):
+    return base.slow_config(path, delay, hints=hints, arch=ARCH)
+
+
+def direct_logits(path, x: torch.Tensor) -> torch.Tensor:
+    return base.direct_logits(path, x, arch=ARCH)
 
 
 def _pending(job: str, n: int, at: float = 0.0) -> Pending:
@@ -244,7 +265,7 @@ def _job_doc(tmp_path, digits_root, teacher) -> dict:
     return {
         "name": "shared", "data": {"source": str(digits_root), "augment": {"crop_padding": 1}},
         "teachers": {"window": 2, "members": [{
-            "name": "slow", "source": str(teacher), "format": "state_dict", "arch": "slow_arch:Slow",
+            "name": "slow", "source": str(teacher), "format": "state_dict", "arch": ARCH,
             "arch_options": {"delay": 0.02}, "hints": ["body"], "resources": {"num_cpus": 0.1}}],
             "serving": {"min_replicas": 1, "max_replicas": 2, "interval_s": 0.5, "max_batch": 128, "max_wait_ms": 5}},
         "student": {"arch": "mobilenet_v1", "variant": "cifar", "options": {"alpha": 0.25}},

@@ -64,8 +64,8 @@ def slow_teacher(tmp_path_factory) -> Path:
 
 
 def slow_config(path: Path, delay: float, output: str = "fp16", topk: int = 0,
-                hints: list[str] | None = None) -> TeacherConfig:
-    return TeacherConfig(name="slow", source=str(path), format="state_dict", arch="slow_arch:Slow",
+                hints: list[str] | None = None, arch: str = "slow_arch:Slow") -> TeacherConfig:
+    return TeacherConfig(name="slow", source=str(path), format="state_dict", arch=arch,
                          arch_options={"delay": delay}, output=output, topk=topk, hints=hints or [],
                          num_classes=10, input_shape=(1, 8, 8))
 
@@ -77,8 +77,8 @@ def keyed_batches(n: int, size: int = 16, seed: int = 0) -> list[tuple]:
              [f"b{i:03d}-{j:02d}" for j in range(size)]) for i in range(n)]
 
 
-def direct_logits(path: Path, x: torch.Tensor) -> torch.Tensor:
-    model = load_teacher(path, "state_dict", arch="slow_arch:Slow")
+def direct_logits(path: Path, x: torch.Tensor, arch: str = "slow_arch:Slow") -> torch.Tensor:
+    model = load_teacher(path, "state_dict", arch=arch)
     with torch.inference_mode():
         return model(x)
 
