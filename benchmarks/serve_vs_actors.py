@@ -68,10 +68,7 @@ def bench_overhead(rounds: int, calls: int) -> dict:
             handle.infer.remote(x).result()
         return (time.perf_counter() - start) / calls
 
-    from teachers.batching import SharedTeacher
-
     shared = ray.remote(_EchoShared).options(num_cpus=0).remote()
-    del SharedTeacher
 
     def shared_calls() -> float:
         start = time.perf_counter()
@@ -193,6 +190,7 @@ def bench_batch_cap(requests: int = 96, window: int = 8) -> dict:
 
 
 def bench_kill(window: int = 8) -> dict:
+    import ray
     from ray import serve
 
     deployment = serve.deployment(Echo, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=2 * window)
@@ -200,9 +198,9 @@ def bench_kill(window: int = 8) -> dict:
     x = np.zeros((8, 1, 8, 8), np.float32)
     responses = [handle.infer.remote(x) for _ in range(window)]
     time.sleep(0.1)  # running on the replicas now
-    victim = [a for a in __import__("ray").util.list_named_actors(all_namespaces=True)
+    victim = [a for a in ray.util.list_named_actors(all_namespaces=True)
               if "SERVE_REPLICA" in a["name"] and "killme" in a["name"]][0]
-    __import__("ray").kill(__import__("ray").get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
+    ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
     failed = 0
     for r in responses:
         try:
