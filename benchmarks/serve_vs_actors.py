@@ -5,9 +5,10 @@
 Needs ``ray[serve]`` (fastapi, starlette, uvicorn); ``--extra-path`` appends a folder holding them to
 ``sys.path`` (after the venv, so nothing the project pins is shadowed). One JSON line per measurement:
 
-- ``call_overhead``: round trip of one small request (16 x 10 fp16 logits back), sequential, for a
-  plain actor call, the service's batching replica (``SharedTeacher``, batching off), and a Serve
-  deployment handle; ``ratio`` is Serve's over the actor's (interleaved rounds, medians).
+- ``call_overhead``: round trip of one small request (a digits teacher's 16 x 10 fp16 logits back),
+  sequential, for the same ``TeacherWorker`` as a plain actor, inside the service's replica
+  (``SharedTeacher``, batching off) and as a Serve deployment; ``ratio`` is Serve's over the actor's
+  (interleaved rounds, medians).
 - ``serve_batch_cap``: 16 requests kept in flight (two clients' windows of 8) against one replica
   that batches up to 16 requests per 20 ms pass: the mean batch Serve forms with its default
   ``max_ongoing_requests`` (5) and with 16, against the one the service's replica forms (no cap on
@@ -25,7 +26,10 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,96 +39,71 @@ def emit(row: dict) -> None:
 
 
 class Echo:
-    """A teacher stand-in: answers a batch with fp16 logits after ``delay`` seconds."""
+    """A stand-in Serve replica for the kill test: answers a batch after ``delay`` seconds."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
-        self.batches: list[int] = []
 
-    def infer(self, x: np.ndarray, job: str = "") -> dict:
+    def infer(self, x: np.ndarray) -> dict:
         if self.delay:
             time.sleep(self.delay)
         return {"logits": np.zeros((len(x), 10), np.float16)}
 
 
-def bench_overhead(rounds: int, calls: int) -> dict:
+def _teacher(folder: Path, delay: float) -> Any:
+    """The benchmark's sleeping digits teacher (``benchmarks.teachers``), loaded by every candidate."""
+    from benchmarks.teachers import _write_teachers
+    from teachers.service import TeacherConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = _write_teachers(folder)
+    return TeacherConfig(name="sleepy", source=str(paths["sleepy"]), format="state_dict", arch="bench_arch:Sleepy",
+                         arch_options={"delay": delay}, num_classes=10, input_shape=(1, 8, 8), threads=1)
+
+
+def _mean_batch(shared: Any) -> float:
+    import ray
+
+    st = ray.get(shared.stats.remote())
+    return sum(c[0] for c in st["jobs"].values()) / max(1, st["batches"])
+
+
+def bench_overhead(folder: Path, rounds: int, calls: int) -> dict:
     import ray
     from ray import serve
 
-    actor = ray.remote(Echo).options(num_cpus=0).remote()
-    deployment = serve.deployment(Echo, ray_actor_options={"num_cpus": 0})
-    handle = serve.run(deployment.bind(), name="echo", route_prefix=None)
+    from teachers.batching import SharedTeacher
+    from teachers.service import TeacherWorker
+
+    config = _teacher(folder, 0.0)
+    actor = ray.remote(TeacherWorker).options(num_cpus=0).remote(config)
+    shared = ray.remote(SharedTeacher).options(num_cpus=0).remote(config, 0, 0.0)
+    handle = serve.run(serve.deployment(TeacherWorker, ray_actor_options={"num_cpus": 0}).bind(config),
+                       name="teacher", route_prefix=None)
     x = np.zeros((16, 1, 8, 8), np.float32)
 
-    def actor_calls() -> float:
-        start = time.perf_counter()
-        for _ in range(calls):
-            ray.get(actor.infer.remote(x))
-        return (time.perf_counter() - start) / calls
+    def timed(call) -> Any:
+        def go() -> float:
+            start = time.perf_counter()
+            for _ in range(calls):
+                call()
+            return (time.perf_counter() - start) / calls
+        return go
 
-    def serve_calls() -> float:
-        start = time.perf_counter()
-        for _ in range(calls):
-            handle.infer.remote(x).result()
-        return (time.perf_counter() - start) / calls
-
-    shared = ray.remote(_EchoShared).options(num_cpus=0).remote()
-
-    def shared_calls() -> float:
-        start = time.perf_counter()
-        for _ in range(calls):
-            ray.get(shared.infer.remote(x, "job"))
-        return (time.perf_counter() - start) / calls
-
-    fns = {"actor": actor_calls, "shared_replica": shared_calls, "serve_handle": serve_calls}
+    fns = {"actor": timed(lambda: ray.get(actor.infer.remote(x))),
+           "shared_replica": timed(lambda: ray.get(shared.infer.remote(x, "job"))),
+           "serve_handle": timed(lambda: handle.infer.remote(x).result())}
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(rounds):
-        names = list(fns)[r % 3:] + list(fns)[:r % 3]
-        for name in names:
+        for name in list(fns)[r % 3:] + list(fns)[:r % 3]:
             times[name].append(fns[name]())
     ms = {k: round(1000 * statistics.median(v), 3) for k, v in times.items()}
-    serve.delete("echo")
+    serve.delete("teacher")
     return {"name": "call_overhead", "ratio": round(ms["serve_handle"] / ms["actor"], 2),
             "shared_replica_ratio": round(ms["shared_replica"] / ms["actor"], 2), "ms_per_call": ms,
             "calls": calls, "rounds": rounds}
-
-
-class _EchoShared:
-    """The service's replica body around ``Echo`` (same fair queue and batching thread, no model)."""
-
-    def __init__(self, max_batch: int = 0, delay: float = 0.0) -> None:
-        import threading
-
-        from teachers.batching import FairQueue
-
-        self.echo, self.max_batch = Echo(delay), max_batch
-        self.queue = FairQueue()
-        self.sizes: list[int] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            batch = self.queue.take(self.max_batch, 0.002)
-            self.sizes.append(len(batch))
-            out = self.echo.infer(np.concatenate([p.x for p in batch]))
-            at = 0
-            for p in batch:
-                p.reply({"logits": out["logits"][at:at + len(p.x)]})
-                at += len(p.x)
-
-    async def infer(self, x: np.ndarray, job: str = "") -> dict:
-        from teachers.batching import Pending, _settle
-
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self.queue.put(Pending(job, np.asarray(x), time.perf_counter(),
-                               lambda a: loop.call_soon_threadsafe(_settle, future, a)))
-        return await future
-
-    def mean_batch(self) -> float:
-        return float(np.mean(self.sizes)) if self.sizes else 0.0
 
 
 class BatchedEcho:
@@ -153,9 +132,11 @@ def _batched_class():
     return BatchedEcho
 
 
-def bench_batch_cap(requests: int = 96, window: int = 8) -> dict:
+def bench_batch_cap(folder: Path, requests: int = 96, window: int = 8) -> dict:
     import ray
     from ray import serve
+
+    from teachers.batching import SharedTeacher
 
     x = np.zeros((8, 1, 8, 8), np.float32)
     cls = _batched_class()
@@ -179,10 +160,11 @@ def bench_batch_cap(requests: int = 96, window: int = 8) -> dict:
         walls[label] = drive(lambda h=handle: h.infer.remote(x).result)
         means[label] = handle.mean_batch.remote().result()
         serve.delete("batched")
-    shared = ray.remote(_EchoShared).options(num_cpus=0).remote(16 * len(x), 0.02)  # 16 requests of 8
-    ray.get(shared.mean_batch.remote())
+    # the service's replica, 20 ms a pass, up to 16 requests of 8 samples
+    shared = ray.remote(SharedTeacher).options(num_cpus=0).remote(_teacher(folder, 0.02), 16 * len(x), 0.002)
+    ray.get(shared.pid.remote())
     walls["shared_replica"] = drive(lambda: (lambda ref: (lambda: ray.get(ref)))(shared.infer.remote(x, "job")))
-    means["shared_replica"] = ray.get(shared.mean_batch.remote())
+    means["shared_replica"] = _mean_batch(shared)
     return {"name": "serve_batch_cap", "ratio": round(means["serve_default_max_ongoing"] / means["shared_replica"], 3),
             "mean_batch_requests": {k: round(v, 2) for k, v in means.items()},
             "wall_s": {k: round(v, 2) for k, v in walls.items()}, "requests": requests,
@@ -233,9 +215,10 @@ def main(argv: list[str] | None = None) -> int:
                         "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), args.extra_path) if p)}}
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env=env)
     try:
-        emit(bench_overhead(args.rounds, 100))
-        emit(bench_batch_cap())
-        emit(bench_kill())
+        with tempfile.TemporaryDirectory() as tmp:
+            emit(bench_overhead(Path(tmp) / "a", args.rounds, 100))
+            emit(bench_batch_cap(Path(tmp) / "b"))
+            emit(bench_kill())
     finally:
         ray.shutdown()
     return 0
