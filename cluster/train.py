@@ -17,6 +17,8 @@ user asked to resume).
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,35 @@ from cluster.placement import ClusterError, format_resources
 def worker_bundle(cpus_per_worker: float, use_gpu: bool, custom: dict[str, float] | None = None) -> dict:
     """Ray resources one training worker holds (its placement-group bundle)."""
     return {**(custom or {}), "CPU": cpus_per_worker, **({"GPU": 1.0} if use_gpu else {})}
+
+
+def _interruptible_trainer_class() -> type:
+    from ray.train.torch import TorchTrainer
+
+    class InterruptibleTrainer(TorchTrainer):
+        """A Ctrl-C during ``fit`` reaches the caller as ``KeyboardInterrupt``.
+
+        Ray Train handles SIGINT itself: it aborts the run gracefully (workers
+        stopped, placement group freed), then returns, or calls ``sys.exit(0)``
+        (which exits with 1). Either way the caller could not tell an
+        interrupted run from a finished or failed one. This keeps Ray's handler
+        and notes that it ran, so ``fit`` raises ``KeyboardInterrupt`` after it.
+        """
+
+        interrupted = False
+
+        def _register_sigint_handler(self, controller: Any) -> None:
+            super()._register_sigint_handler(controller)
+            ray_handler = signal.getsignal(signal.SIGINT)
+
+            def handler(signum: int, frame: Any) -> None:
+                self.interrupted = True
+                if callable(ray_handler):
+                    ray_handler(signum, frame)
+
+            signal.signal(signal.SIGINT, handler)
+
+    return InterruptibleTrainer
 
 
 def fit(train_fn: Callable[[dict], None], config: dict[str, Any], *, num_workers: int, use_gpu: bool,
@@ -40,7 +71,9 @@ def fit(train_fn: Callable[[dict], None], config: dict[str, Any], *, num_workers
     forever while the cluster is busy. Running out of it raises ``ClusterError``.
     """
     from ray.train import ControllerError, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
+
+    _InterruptibleTrainer = _interruptible_trainer_class()  # noqa: N806 - a class
 
     failure = FailureConfig(max_failures=max_failures)
     timeout_var = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # read by Ray Train's controller, from our env
@@ -50,7 +83,7 @@ def fit(train_fn: Callable[[dict], None], config: dict[str, Any], *, num_workers
         failure = FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures)
     bundle = worker_bundle(cpus_per_worker, use_gpu, resources_per_worker)
     _warm_autoscaling_coordinator(placement_timeout_s)
-    trainer = TorchTrainer(
+    trainer = _InterruptibleTrainer(
         train_fn,
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -59,9 +92,14 @@ def fit(train_fn: Callable[[dict], None], config: dict[str, Any], *, num_workers
                                      label_selector=dict(label_selector) if label_selector else None),
         run_config=RunConfig(name=name, storage_path=str(storage_path.resolve()), failure_config=failure),
     )
+    previous_sigint = signal.getsignal(signal.SIGINT)
     try:
-        return trainer.fit()
-    except ControllerError as exc:
+        result = trainer.fit()
+    except (Exception, SystemExit) as exc:
+        if trainer.interrupted:  # Ray Train aborted the run for a Ctrl-C, and may have called sys.exit
+            raise KeyboardInterrupt from None
+        if not isinstance(exc, ControllerError):
+            raise
         # Ray Train's own exceptions for "no room for the workers" are internal; match them by name.
         kind = type(exc.controller_failure).__name__
         if kind == "WorkerGroupStartupTimeoutError":
@@ -73,10 +111,15 @@ def fit(train_fn: Callable[[dict], None], config: dict[str, Any], *, num_workers
             raise ClusterError(f"cluster: {first[1] if len(first) > 1 else first[0]}") from None
         raise
     finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous_sigint)  # Ray Train leaves its handler installed
         if saved is None:
             os.environ.pop(timeout_var, None)
         else:
             os.environ[timeout_var] = saved
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    return result
 
 
 def _warm_autoscaling_coordinator(timeout_s: float | None) -> None:

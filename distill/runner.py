@@ -167,8 +167,9 @@ def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False,
             placement_strategy=c.placement_strategy, placement_timeout_s=c.placement_timeout_s)
         if (run_dir / STOPPED_FILE).is_file():
             kept = last_checkpoint(run_dir / "checkpoints")
+            ours = kept is not None and (resume or fingerprint(kept) != config["checkpoint_at_start"])
             raise RunFailed((run_dir / STOPPED_FILE).read_text().strip() + (
-                f"; last good checkpoint: {kept}" if kept else "; no checkpoint was written before it"))
+                f"; last good checkpoint: {kept}" if ours else "; no checkpoint was written before it"))
         student.load_state_dict(torch.load(run_dir / "student.pt", map_location="cpu", weights_only=True))
         report = evaluate(spec, root, meta, student, teacher_models, handles)
     report["wall_s"] = round(time.perf_counter() - started, 1)
