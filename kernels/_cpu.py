@@ -9,8 +9,8 @@ Policy (see ``backend()``):
   fail tests, not fall back silently.
 - no compiler -> warn once, and the ops run the pure-torch reference.
 - ``DISTILL_KERNELS_BACKEND=torch`` forces the reference (no build).
-- ``DISTILL_KERNELS_ISA=scalar|avx2|avxvnni|avx512`` pins the instruction set
-  (default: the best the CPU has).
+- ``DISTILL_KERNELS_ISA=scalar|avx2|avxvnni|avx512`` (x86) or ``scalar|neon|neondot``
+  (aarch64) pins the instruction set (default: the best the CPU has).
 """
 
 from __future__ import annotations
@@ -34,8 +34,13 @@ SOURCES = [
     "lowbit_avx2.cpp",
     "lowbit_avxvnni.cpp",
     "lowbit_avx512.cpp",
+    "lowbit_neon.cpp",
+    "lowbit_neondot.cpp",
 ]
-ISAS = {"scalar": 0, "avx2": 1, "avxvnni": 2, "avx512": 3}
+ISAS = {"scalar": 0, "avx2": 1, "avxvnni": 2, "avx512": 3, "neon": 4, "neondot": 5}
+# Every path must round as kernels/reference.py does: no fused multiply-adds (GCC fuses by default
+# on AArch64), no errno side effects. tests/test_arm.py cross-builds with the same flags.
+CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -87,7 +92,7 @@ def _build() -> ctypes.CDLL:
     out.mkdir(parents=True, exist_ok=True)
     # Headers are not hashed by torch's versioner: put our own hash of every
     # source and header in the flags so that any change rebuilds.
-    flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", f"-DDL_SRC_HASH={_source_hash()}"]
+    flags = [*CFLAGS, f"-DDL_SRC_HASH={_source_hash()}"]
     target = out / "distill_lowbit.so"
     before = target.stat().st_mtime if target.exists() else None
     t0 = time.perf_counter()

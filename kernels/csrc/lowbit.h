@@ -30,6 +30,8 @@
 #define DL_BK 32  // binary inputs per tile
 
 enum DlIsa { DL_ISA_SCALAR = 0, DL_ISA_AVX2 = 1, DL_ISA_AVXVNNI = 2, DL_ISA_AVX512 = 3 };
+// AArch64 (lowbit_neon*.cpp): plain NEON, and NEON with the Armv8.2 dot product.
+enum DlIsaArm { DL_ISA_NEON = 4, DL_ISA_NEONDOT = 5, DL_ISA_LAST = DL_ISA_NEONDOT };
 
 // Arguments of one GEMM call. Activations are already quantized (int8, padded
 // to Kp with zeros) or binarized (one 32-bit word per tile, padding bits 0).
@@ -66,6 +68,8 @@ const DlKernels* dl_kernels_scalar(void);
 const DlKernels* dl_kernels_avx2(void);
 const DlKernels* dl_kernels_avxvnni(void);
 const DlKernels* dl_kernels_avx512(void);
+const DlKernels* dl_kernels_neon(void);
+const DlKernels* dl_kernels_neondot(void);
 
 static inline const uint8_t* dl_tile(const DlGemm* g, int64_t nb, int64_t kb) {
   return g->w + (nb * g->kblocks + kb) * 64;

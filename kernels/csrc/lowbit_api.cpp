@@ -12,7 +12,31 @@
 
 #include "lowbit.h"
 
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
+
 namespace {
+
+#if defined(__aarch64__)
+// FEAT_DotProd (sdot/udot), as the kernel reports it to user space.
+bool cpu_has_dotprod() {
+#if defined(__linux__)
+  return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#elif defined(__APPLE__)
+  int v = 0;
+  size_t n = sizeof(v);
+  return sysctlbyname("hw.optional.arm.FEAT_DotProd", &v, &n, nullptr, 0) == 0 && v;
+#else
+  return false;
+#endif
+}
+#endif
 
 const DlKernels* table_for(int isa) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -37,11 +61,15 @@ const DlKernels* table_for(int isa) {
       break;
   }
 #endif
+#if defined(__aarch64__)
+  if (isa == DL_ISA_NEONDOT) return cpu_has_dotprod() ? dl_kernels_neondot() : nullptr;
+  if (isa == DL_ISA_NEON) return dl_kernels_neon();  // Advanced SIMD is part of every AArch64 CPU
+#endif
   return isa == DL_ISA_SCALAR ? dl_kernels_scalar() : nullptr;
 }
 
 int best_isa() {
-  for (int isa = DL_ISA_AVX512; isa > DL_ISA_SCALAR; --isa)
+  for (int isa = DL_ISA_LAST; isa > DL_ISA_SCALAR; --isa)
     if (table_for(isa)) return isa;
   return DL_ISA_SCALAR;
 }

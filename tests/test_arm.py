@@ -1,0 +1,228 @@
+"""The AArch64 kernels (kernels/csrc/lowbit_neon*.cpp), cross-built and run under qemu-user.
+
+The x86 side writes cases: inputs over the shapes and tails of tests/test_kernels.py, and the
+expected outputs of kernels.reference (checked here to be, byte for byte, what the x86 build
+computes). Debian's g++-aarch64-linux-gnu builds the kernel library with the flags of
+kernels/_cpu.py and the C++ driver tests/arm/driver.cpp; qemu-aarch64 runs the driver on an
+emulated CPU with the dot product (``-cpu max``: neondot, neon and scalar paths) and on one
+without (``-cpu cortex-a53``: neon and scalar), and the driver compares every output bit for bit.
+
+Skipped when the cross tools are missing; ``make test-arm`` installs them and runs this file.
+Emulated timings mean nothing, so nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import struct
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from test_kernels import CONVS, SHAPES, _problem
+
+from kernels import _cpu, ops, packing, reference
+
+CXX, QEMU, SYSROOT = "aarch64-linux-gnu-g++", "qemu-aarch64", "/usr/aarch64-linux-gnu"
+DRIVER = Path(__file__).parent / "arm" / "driver.cpp"
+# The dot-product file gets Armv8.2 alone; everything else is built for every AArch64 CPU.
+MARCH = {"lowbit_neondot.cpp": "-march=armv8.2-a+dotprod"}
+# (qemu CPU model, the best ISA the kernels must pick there, the ISAs it must support)
+CPUS = [("max", "neondot", {"scalar", "neon", "neondot"}), ("cortex-a53", "neon", {"scalar", "neon"})]
+
+if not (shutil.which(CXX) and shutil.which(QEMU) and Path(SYSROOT).is_dir()):
+    pytest.skip(f"needs {CXX} and {QEMU} (Debian g++-aarch64-linux-gnu, qemu-user; `make test-arm` installs them)",
+                allow_module_level=True)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# ---------------------------------------------------------------- cross build
+
+
+def _compile(args: list[str]) -> None:
+    r = subprocess.run(args, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{r.stderr}")
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory) -> Path:
+    """The aarch64 driver linked against the aarch64 kernel library, cached by the hash of every source."""
+    h = hashlib.sha256(DRIVER.read_bytes())
+    for f in sorted(_cpu.CSRC.iterdir()):
+        h.update(f.name.encode() + f.read_bytes())
+    out = _cpu.build_dir().parent / "linux-aarch64-cross" / h.hexdigest()[:16]
+    exe = out / "driver"
+    if exe.exists():
+        return exe
+    out.mkdir(parents=True, exist_ok=True)
+    flags = [CXX, *_cpu.CFLAGS, "-std=c++17", "-fPIC", "-Wall", "-Werror"]
+    jobs = [[*flags, MARCH.get(s, "-march=armv8-a"), "-c", str(_cpu.CSRC / s), "-o", str(out / f"{s}.o")]
+            for s in _cpu.SOURCES]
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        list(pool.map(_compile, jobs))
+    lib = out / "libdistill_lowbit.so"
+    _compile([CXX, "-shared", "-fopenmp", *(str(out / f"{s}.o") for s in _cpu.SOURCES), "-o", str(lib)])
+    _compile([CXX, "-O2", "-std=c++17", "-Wall", "-Werror", str(DRIVER), f"-L{out}", "-ldistill_lowbit",
+              "-Wl,-rpath,$ORIGIN", "-o", str(exe) + ".tmp"])
+    os.replace(str(exe) + ".tmp", exe)
+    return exe
+
+
+def run_driver(exe: Path, cpu: str, cases: Path, *isas: str) -> subprocess.CompletedProcess:
+    return subprocess.run([QEMU, "-cpu", cpu, "-L", SYSROOT, str(exe), str(cases), *isas],
+                          capture_output=True, text=True, timeout=900)
+
+
+# ---------------------------------------------------------------- cases
+
+
+def _bytes(t: torch.Tensor | None) -> bytes:
+    return b"" if t is None else t.detach().contiguous().numpy().tobytes()
+
+
+class Cases:
+    """Collects (op, ints, floats, inputs, expected) and asserts the x86 build agrees with each expected output."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, list[int], list[float], list[bytes]]] = []
+
+    def add(self, op, ints, floats, inputs, expected, x86) -> None:
+        expected, x86 = (expected, x86) if isinstance(expected, tuple) else ((expected,), (x86,))
+        for e, got in zip(expected, x86, strict=True):
+            assert _bytes(got) == _bytes(e), f"x86 {op}{tuple(ints)} differs from the reference"
+        self.items.append((op, list(ints), list(floats), [_bytes(t) for t in (*inputs, *expected)]))
+
+    def write(self, path: Path) -> None:
+        with open(path, "wb") as f:
+            f.write(b"DLARM001" + struct.pack("<I", len(self.items)))
+            for op, ints, floats, arrays in self.items:
+                f.write(struct.pack("<I", len(op)) + op.encode())
+                f.write(struct.pack(f"<I{len(ints)}q", len(ints), *ints))
+                f.write(struct.pack(f"<I{len(floats)}f", len(floats), *floats))
+                f.write(struct.pack("<I", len(arrays)))
+                for a in arrays:
+                    f.write(struct.pack("<Q", len(a)) + a)
+
+
+def _activations(c: Cases, x: torch.Tensor) -> None:
+    m, k = x.shape
+    c.add("quantize_rows", [m, k], [], [x], reference.quantize_rows_int8(x), ops.quantize_rows_int8(x))
+    c.add("binarize_rows", [m, k], [], [x], reference.binarize_rows(x), ops.binarize_rows(x))
+
+
+def _linears(c: Cases, x, tern, binw, sp, sn, bias, lo=None, hi=None, nth=1) -> None:
+    """Every float linear of test_kernels.test_float_linears_match_reference (and its clamp test) on one problem."""
+    (m, k), n = x.shape, sp.shape[0]
+    bounds = list(ops._bounds(lo, hi))
+    for neg in (None, sn):
+        for b in (None, bias):
+            c.add("ternary_linear", [m, k, n, nth], bounds, [x, tern, sp, neg, b],
+                  reference.ternary_linear(x, tern, k, sp, neg, b, lo, hi),
+                  ops.ternary_linear(x, tern, k, sp, neg, b, lo, hi))
+    c.add("binary_linear", [m, k, n, nth], bounds, [x, binw, sp, bias],
+          reference.binary_linear(x, binw, k, sp, bias, lo, hi), ops.binary_linear(x, binw, k, sp, bias, lo, hi))
+    for xs, b, act in ((x, bias, True), (x.relu(), bias, True), (x, None, False)):
+        c.add("xnor_linear", [m, k, n, nth, int(act)], bounds, [xs, binw, sp, b],
+              reference.xnor_linear(xs, binw, k, sp, b, act, lo, hi), ops.xnor_linear(xs, binw, k, sp, b, act, lo, hi))
+
+
+def _integer(c: Cases, q, bits, tern, binw, n, k, nth=1) -> None:
+    m = q.shape[0]
+    c.add("ternary_mm", [m, k, n, nth], [], [q, tern], reference.ternary_mm_int(q, tern, n), ops.ternary_mm_int(q, tern, n))
+    c.add("binary_mm", [m, k, n, nth], [], [q, binw], reference.binary_mm_int(q, binw, n), ops.binary_mm_int(q, binw, n))
+    c.add("xnor_mm", [m, k, n, nth], [], [bits, binw], reference.xnor_mm_int(bits, binw, n, k),
+          ops.xnor_mm_int(bits, binw, n, k))
+
+
+def build_cases() -> Cases:
+    c = Cases()
+    _activations(c, torch.tensor([[127.0, 2.5, 3.5, -2.5, 0.5, -127.0, 1.5], [0.0] * 7]))  # ties to even
+    for m, k in [(1, 1), (3, 31), (4, 32), (2, 100), (5, 1000), (7, 45)]:
+        x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m * k)) * 3).relu() - 1.0
+        x[:, ::3] = 0.0  # exact zeros (sgn 0 = -1) and negatives
+        _activations(c, x)
+    for m, k, n in SHAPES:
+        x, tern, binw, sp, sn, bias = _problem(m, k, n)
+        q, _ = reference.quantize_rows_int8(x)
+        bits, _ = reference.binarize_rows(x)
+        _integer(c, q, bits, tern, binw, n, k)
+        _linears(c, x, tern, binw, sp, sn, bias)
+    for m, k, n in [(5, 40, 24), (9, 100, 70)]:  # fused clamps; a NaN output column passes through
+        x, tern, binw, sp, sn, bias = _problem(m, k, n)
+        bias[2] = float("nan")
+        for lo, hi in ((0.0, 6.0), (0.0, None), (None, 0.5)):
+            _linears(c, x, tern, binw, sp, sn, bias, lo, hi)
+    k = 1000  # int8 limits against all-(+1) / all-(-1) rows: the largest sums, no saturation
+    q = torch.tensor([[127] * k, [-127] * k, [-128] * k], dtype=torch.int8)
+    w = torch.stack([torch.ones(k), -torch.ones(k), torch.zeros(k)]).long()
+    b = torch.stack([torch.ones(k), -torch.ones(k), torch.ones(k)]).long()
+    _integer(c, q, reference.binarize_rows(q.float())[0], packing.pack_ternary(w), packing.pack_binary(b), 3, k)
+    torch.set_num_threads(2)  # a second thread in the x86 build too
+    try:
+        for m, n in [(16, 800), (640, 20)]:  # split over output blocks / over rows (above the 2-thread threshold)
+            x, tern, binw, sp, sn, bias = _problem(m, 400, n)
+            _linears(c, x, tern, binw, sp, sn, bias, nth=2)
+    finally:
+        torch.set_num_threads(1)
+    for ch, o, ks, st, pad, dil, h, w in CONVS:  # the im2col rows of the convolution tests: K = kh * kw * C
+        x = torch.randn(2, ch, h, w, generator=torch.Generator().manual_seed(o * h + w))
+        p = reference._pair
+        rows, _ = reference.conv_rows(x, p(ks), p(st), p(pad), p(dil))
+        _, tern, binw, sp, sn, bias = _problem(1, rows.shape[1], o)
+        _linears(c, rows.contiguous(), tern, binw, sp, sn, bias, 0.0, 6.0)
+    return c
+
+
+@pytest.fixture(scope="module")
+def cases_file(tmp_path_factory) -> Path:
+    if _cpu.backend() != "cpp":
+        pytest.skip("the x86 build is not in use (no compiler, or DISTILL_KERNELS_BACKEND=torch)")
+    path = tmp_path_factory.mktemp("arm") / "cases.bin"
+    build_cases().write(path)
+    return path
+
+
+# ---------------------------------------------------------------- tests
+
+
+def parse(out: str) -> tuple[str, set[str], dict[str, tuple[int, int]]]:
+    """(best ISA, supported ISAs, {isa: (cases, mismatches)}) from the driver's report."""
+    head = re.search(r"^cpu: best=(\w+) supported=([\w,]+)$", out, re.M)
+    assert head, out
+    runs = {m[1]: (int(m[2]), int(m[3])) for m in re.finditer(r"^isa (\w+): (\d+) cases, (\d+) mismatches$", out, re.M)}
+    return head[1], set(head[2].split(",")), runs
+
+
+@pytest.mark.parametrize("cpu,best,isas", CPUS, ids=[c[0] for c in CPUS])
+def test_arm_kernels_match_reference_bit_for_bit(driver, cases_file, cpu, best, isas):
+    r = run_driver(driver, cpu, cases_file)
+    print(f"\nqemu-aarch64 -cpu {cpu}:\n{r.stdout}", end="")
+    assert r.returncode == 0, r.stdout + r.stderr
+    got_best, supported, runs = parse(r.stdout)
+    assert (got_best, supported) == (best, isas)
+    n = struct.unpack("<I", cases_file.read_bytes()[8:12])[0]
+    assert runs == {isa: (n, 0) for isa in isas}
+
+
+def test_dot_product_path_is_refused_without_the_feature(driver, cases_file):
+    r = run_driver(driver, "cortex-a53", cases_file, "neondot")
+    assert r.returncode == 1 and "isa neondot: not supported on this CPU" in r.stdout, r.stdout + r.stderr
+
+
+def test_driver_reports_a_wrong_expected_output(driver, cases_file, tmp_path):
+    """The comparison can fail: one flipped bit in one expected output is named by case and byte."""
+    data = bytearray(cases_file.read_bytes())
+    data[-1] ^= 0x01  # the last byte of the last case's expected output
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(bytes(data))
+    r = run_driver(driver, "max", bad, "neondot")
+    assert r.returncode == 1, r.stdout
+    assert re.search(r"case \d+ \w+\(.*\): output 0 differs at byte \d+", r.stdout), r.stdout
+    assert "isa neondot: " in r.stdout and " 1 mismatches" in r.stdout
