@@ -7,6 +7,11 @@ kernels/_cpu.py and the C++ driver tests/arm/driver.cpp; qemu-aarch64 runs the d
 emulated CPU with the dot product (``-cpu max``: neondot, neon and scalar paths) and on one
 without (``-cpu cortex-a53``: neon and scalar), and the driver compares every output bit for bit.
 
+The ExecuTorch kernels (kernels/executorch) are built for aarch64 from the same sources by
+kernels.executorch.build, linked to libexecutorch.so of the executorch wheel for aarch64 (fetched
+by ``make test-arm`` with ``pip download``), and a .pte exported here runs in that runtime under
+qemu (tests/arm/et_runner.cpp) on every ISA, giving the reference's bytes.
+
 Skipped when the cross tools are missing; ``make test-arm`` installs them and runs this file
 (with DISTILL_TEST_ARM=1, under which missing tools fail instead).
 Emulated timings mean nothing, so nothing here is timed.
@@ -229,3 +234,107 @@ def test_driver_reports_a_wrong_expected_output(driver, cases_file, tmp_path):
     assert r.returncode == 1, r.stdout
     assert re.search(r"case \d+ \w+\(.*\): output 0 differs at byte \d+", r.stdout), r.stdout
     assert "isa neondot: " in r.stdout and " 1 mismatches" in r.stdout
+
+
+# ---------------------------------------------------------------- ExecuTorch on aarch64
+
+# The executorch wheel for aarch64 (same version as the installed one) that `make test-arm` fetches with
+# `pip download`: its libexecutorch.so is the runtime the aarch64 kernel library links against and runs in.
+ARM_WHEELS = Path(os.environ.get("DISTILL_ARM_WHEELS", Path(__file__).parents[1] / ".venv" / "arm-wheels"))
+ET_RUNNER = Path(__file__).parent / "arm" / "et_runner.cpp"
+
+
+@pytest.fixture(scope="module")
+def et_arm_root() -> Path:
+    """The unpacked aarch64 executorch wheel (include/, lib/libexecutorch.so)."""
+    import importlib.metadata
+    import importlib.util
+    import zipfile
+
+    if importlib.util.find_spec("kernels.executorch") is None or importlib.util.find_spec("executorch") is None:
+        pytest.skip("kernels/executorch (the ExecuTorch kernels) or executorch is not in this tree")
+    version = importlib.metadata.version("executorch")
+    wheels = sorted(ARM_WHEELS.glob(f"executorch-{version}-*aarch64.whl"))
+    if not wheels:
+        why = f"no executorch {version} aarch64 wheel in {ARM_WHEELS} (`make test-arm` downloads it)"
+        if os.environ.get("DISTILL_TEST_ARM") == "1":
+            pytest.fail(why, pytrace=False)
+        pytest.skip(why)
+    root = _cpu.build_dir().parent / "linux-aarch64-cross" / wheels[-1].stem
+    if not (root / "executorch" / "lib" / "libexecutorch.so").exists():
+        with zipfile.ZipFile(wheels[-1]) as z:
+            z.extractall(root, [n for n in z.namelist() if n.startswith(("executorch/include/", "executorch/lib/"))])
+    return root / "executorch"
+
+
+@pytest.fixture(scope="module")
+def et_arm(et_arm_root) -> tuple[Path, Path]:
+    """(the distill ExecuTorch kernel library for aarch64, the aarch64 runner), both linked to the wheel's runtime."""
+    from kernels.executorch import build
+
+    lib = build.build_library(cxx=CXX, root=et_arm_root, out_dir=_cpu.build_dir().parent / "linux-aarch64-cross")
+    inc = et_arm_root / "include"
+    exe = lib.with_name(f"et_runner-{hashlib.sha256(ET_RUNNER.read_bytes() + lib.name.encode()).hexdigest()[:12]}")
+    if not exe.exists():
+        _compile([CXX, "-std=c++17", "-O1", *(f for f in build.FLAGS if f.startswith("-D")), f"-I{inc}",
+                  f"-I{inc / 'executorch/runtime/core/portable_type/c10'}", str(ET_RUNNER), f"-L{et_arm_root / 'lib'}",
+                  "-lexecutorch", f"-Wl,-rpath,{et_arm_root / 'lib'}", "-ldl", "-o", str(exe) + ".tmp"])
+        os.replace(str(exe) + ".tmp", exe)
+    return lib, exe
+
+
+class _Packed(torch.nn.Module):
+    """A ternary 3x3 conv (TTQ, ReLU6), an XNOR 1x1 conv on its output, and a ternary linear: distill ops only."""
+
+    def __init__(self, c: int = 8, o: int = 20, o2: int = 12) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.tern = packing.pack_ternary(torch.randint(-1, 2, (o, 9 * c), generator=g))
+        self.sp, self.sn = torch.rand(o, generator=g) + 0.5, torch.rand(o, generator=g) + 0.5
+        self.b = torch.randn(o, generator=g)
+        self.binw = packing.pack_binary(torch.randint(0, 2, (o2, o), generator=g) * 2 - 1)
+        self.s2, self.b2 = torch.rand(o2, generator=g) + 0.5, torch.randn(o2, generator=g)
+        self.lw = packing.pack_ternary(torch.randint(-1, 2, (24, 40), generator=g))
+        self.ls = torch.rand(24, generator=g) + 0.5
+
+    def forward(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = torch.ops.distill
+        y = d.ternary_conv2d_cl(x, self.tern, [3, 3], self.sp, self.sn, self.b, [1, 1], [1, 1], [1, 1], 0.0, 6.0)
+        z = d.binary_conv2d_cl(y, self.binw, [1, 1], self.s2, self.b2, [1, 1], [0, 0], [1, 1], True, True)
+        return z, d.ternary_linear(v, self.lw, 40, self.ls, None, None)
+
+    def reference(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = reference.ternary_conv2d(x, self.tern, 3, self.sp, self.sn, self.b, 1, 1, 1, 0.0, 6.0)
+        z = reference.binary_conv2d(y, self.binw, 1, self.s2, self.b2, xnor=True)
+        return z, reference.ternary_linear(v, self.lw, 40, self.ls)
+
+
+def test_executorch_program_runs_on_aarch64(et_arm, tmp_path):
+    """The .pte exported here runs in the aarch64 ExecuTorch runtime with the aarch64 kernel library, on every
+    ISA of both emulated CPUs, and gives the reference's bytes (the conv output in its channels-last order)."""
+    import kernels.executorch.ops  # noqa: F401  (the .out variants to_executorch needs)
+    from executorch.exir import to_edge_transform_and_lower
+
+    lib, exe = et_arm
+    model = _Packed()
+    g = torch.Generator().manual_seed(1)
+    x, v = torch.randn(1, 8, 6, 6, generator=g), torch.randn(4, 40, generator=g)
+    program = to_edge_transform_and_lower(torch.export.export(model, (x, v))).to_executorch()
+    (tmp_path / "m.pte").write_bytes(program.buffer)
+    with open(tmp_path / "in.bin", "wb") as f:
+        f.write(struct.pack("<I", 2))
+        for t in (x, v):
+            f.write(struct.pack(f"<I{t.dim()}i", t.dim(), *t.shape) + _bytes(t))
+    z, y = model.reference(x, v)
+    want = _bytes(z.permute(0, 2, 3, 1)) + _bytes(y)
+    for cpu, _, isas in CPUS:
+        for isa in sorted(isas, key=_cpu.ISAS.get, reverse=True):
+            out = tmp_path / f"out-{cpu}-{isa}.bin"
+            r = subprocess.run([QEMU, "-cpu", cpu, "-L", SYSROOT, str(exe), str(lib), str(tmp_path / "m.pte"),
+                                str(tmp_path / "in.bin"), str(out), str(_cpu.ISAS[isa])],
+                               capture_output=True, text=True, timeout=600)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert f"et isa={_cpu.ISAS[isa]}" in r.stdout
+            print(f"\nExecuTorch on qemu-aarch64 -cpu {cpu}, isa {isa}: ", end="")
+            assert out.read_bytes() == want, f"{cpu}/{isa}: the aarch64 ExecuTorch outputs differ from the reference"
+            print("outputs equal the reference bit for bit", end="")
