@@ -169,94 +169,87 @@ DL_INLINE void store4(const DlGemm* g, int64_t m, int64_t n, int32x4_t dot, int3
 
 // ---------------------------------------------------------------- GEMMs
 
-// Each kernel computes MT rows x NB output blocks; a 64-byte tile is 4 registers
-// of 4 outputs (h), unpacked once for all MT rows. `block` stores the results.
+// The unit of output here is a group of 4 channels: one 16-byte register of a tile,
+// group q being register q % 4 of the tiles of block q / 4. A kernel's block<MT, NQ>
+// computes MT rows x NQ consecutive groups over all of K, so that its MT * NQ
+// accumulators, the NQ unpacked weight registers and the MT activation registers
+// fit the 32 NEON registers together (a whole 16-output tile for 4 rows would not:
+// 16 accumulators and 16 unpacked code registers already fill them).
+
+// f(i, q) for every accumulator of an MT x NQ block.
+template <int MT, int NQ, class F>
+DL_INLINE void each_acc(F f) {
+  for (int i = 0; i < MT; ++i)
+    for (int q = 0; q < NQ; ++q) f(i, q);
+}
+
+// f(q, v) for the weight register v of groups q0 + q, q < NQ, in K-tile kb.
+template <int NQ, class F>
+DL_INLINE void each_group(const DlGemm* g, int64_t q0, int64_t kb, F f) {
+#pragma GCC unroll 8
+  for (int q = 0; q < NQ; ++q) f(q, vld1q_u8(dl_tile(g, (q0 + q) / 4, kb) + 16 * ((q0 + q) % 4)));
+}
 
 template <bool TTQ>
 struct Ternary {
-  template <int MT, int NB>
-  static void block(const DlGemm* g, int64_t m0, int64_t b0) {
+  template <int MT, int NQ>
+  static void block(const DlGemm* g, int64_t m0, int64_t q0) {
     const uint8x16_t mask3 = vdupq_n_u8(3);
-    int32x4_t acc[MT][NB][4], pacc[MT][NB][4];  // pacc (TTQ only): sum of x over the +1 weights
-    for (int i = 0; i < MT; ++i)
-      for (int j = 0; j < NB; ++j)
-        for (int h = 0; h < 4; ++h) acc[i][j][h] = pacc[i][j][h] = vdupq_n_s32(0);
+    int32x4_t acc[MT][NQ], pacc[MT][NQ];  // pacc (TTQ only): sum of x over the +1 weights
+    each_acc<MT, NQ>([&](int i, int q) { acc[i][q] = pacc[i][q] = vdupq_n_s32(0); });
     for (int64_t kb = 0; kb < g->kblocks; ++kb) {
       int8x16_t xv[MT];
       for (int i = 0; i < MT; ++i) xv[i] = vld1q_s8(g->xq + (m0 + i) * g->Kp + kb * DL_TK);
-#pragma GCC unroll 4
-      for (int j = 0; j < NB; ++j) {
-        const uint8_t* t = dl_tile(g, b0 + j, kb);
-#pragma GCC unroll 4
-        for (int h = 0; h < 4; ++h) {
-          const uint8x16_t v = vld1q_u8(t + 16 * h);
-          const uint8x16_t c0 = vandq_u8(v, mask3), c1 = vandq_u8(vshrq_n_u8(v, 2), mask3);
-          const uint8x16_t c2 = vandq_u8(vshrq_n_u8(v, 4), mask3), c3 = vshrq_n_u8(v, 6);
-          const int8x16_t u0 = vreinterpretq_s8_u8(c0), u1 = vreinterpretq_s8_u8(c1);
-          const int8x16_t u2 = vreinterpretq_s8_u8(c2), u3 = vreinterpretq_s8_u8(c3);
-#pragma GCC unroll 4
-          for (int i = 0; i < MT; ++i) {
-            acc[i][j][h] = dot16(acc[i][j][h], u0, u1, u2, u3, xv[i]);
-            if constexpr (TTQ)  // code >> 1 is 1 exactly for the +1 weights (code 2)
-              pacc[i][j][h] = dot16(pacc[i][j][h], vreinterpretq_s8_u8(vshrq_n_u8(c0, 1)),
-                                    vreinterpretq_s8_u8(vshrq_n_u8(c1, 1)), vreinterpretq_s8_u8(vshrq_n_u8(c2, 1)),
-                                    vreinterpretq_s8_u8(vshrq_n_u8(c3, 1)), xv[i]);
-          }
+      each_group<NQ>(g, q0, kb, [&](int q, uint8x16_t v) {
+        const uint8x16_t c0 = vandq_u8(v, mask3), c1 = vandq_u8(vshrq_n_u8(v, 2), mask3);
+        const uint8x16_t c2 = vandq_u8(vshrq_n_u8(v, 4), mask3), c3 = vshrq_n_u8(v, 6);
+        const int8x16_t u0 = vreinterpretq_s8_u8(c0), u1 = vreinterpretq_s8_u8(c1);
+        const int8x16_t u2 = vreinterpretq_s8_u8(c2), u3 = vreinterpretq_s8_u8(c3);
+#pragma GCC unroll 8
+        for (int i = 0; i < MT; ++i) {
+          acc[i][q] = dot16(acc[i][q], u0, u1, u2, u3, xv[i]);
+          if constexpr (TTQ)  // code >> 1 is 1 exactly for the +1 weights (code 2)
+            pacc[i][q] = dot16(pacc[i][q], vreinterpretq_s8_u8(vshrq_n_u8(c0, 1)),
+                               vreinterpretq_s8_u8(vshrq_n_u8(c1, 1)), vreinterpretq_s8_u8(vshrq_n_u8(c2, 1)),
+                               vreinterpretq_s8_u8(vshrq_n_u8(c3, 1)), xv[i]);
         }
-      }
+      });
     }
-    for (int i = 0; i < MT; ++i) {
-      const int32x4_t xsum = vdupq_n_s32(g->xsum[m0 + i]);
-      for (int j = 0; j < NB; ++j)
-        for (int h = 0; h < 4; ++h) {
-          const int32x4_t dot = vsubq_s32(acc[i][j][h], xsum);
-          store4<TTQ>(g, m0 + i, (b0 + j) * DL_NB + 4 * h, dot, TTQ ? pacc[i][j][h] : dot);
-        }
-    }
+    each_acc<MT, NQ>([&](int i, int q) {
+      const int32x4_t dot = vsubq_s32(acc[i][q], vdupq_n_s32(g->xsum[m0 + i]));
+      store4<TTQ>(g, m0 + i, 4 * (q0 + q), dot, TTQ ? pacc[i][q] : dot);
+    });
   }
 };
 
 // Binary weights x int8 activations: bit s of each byte meets activation s of
 // the tile's 32 (groups 0..3 of the first register for s < 4, of the second after).
 struct BinaryI8 {
-  template <int MT, int NB>
-  static void block(const DlGemm* g, int64_t m0, int64_t b0) {
+  template <int MT, int NQ>
+  static void block(const DlGemm* g, int64_t m0, int64_t q0) {
     const uint8x16_t one = vdupq_n_u8(1);
-    int32x4_t acc[MT][NB][4];
-    for (int i = 0; i < MT; ++i)
-      for (int j = 0; j < NB; ++j)
-        for (int h = 0; h < 4; ++h) acc[i][j][h] = vdupq_n_s32(0);
+    int32x4_t acc[MT][NQ];
+    each_acc<MT, NQ>([&](int i, int q) { acc[i][q] = vdupq_n_s32(0); });
     for (int64_t kb = 0; kb < g->kblocks; ++kb) {
-#pragma GCC unroll 4
-      for (int j = 0; j < NB; ++j) {
-        const uint8_t* t = dl_tile(g, b0 + j, kb);
-#pragma GCC unroll 4
-        for (int h = 0; h < 4; ++h) {
-          const uint8x16_t v = vld1q_u8(t + 16 * h);
 #pragma GCC unroll 2
-          for (int q = 0; q < 2; ++q) {  // bit planes 4q .. 4q+3
-            const uint8x16_t w = q ? vshrq_n_u8(v, 4) : v;
-            const int8x16_t u0 = vreinterpretq_s8_u8(vandq_u8(w, one));
-            const int8x16_t u1 = vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(w, 1), one));
-            const int8x16_t u2 = vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(w, 2), one));
-            const int8x16_t u3 = vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(w, 3), one));
-#pragma GCC unroll 4
-            for (int i = 0; i < MT; ++i) {
-              const int8x16_t xv = vld1q_s8(g->xq + (m0 + i) * g->Kp + kb * DL_BK + 16 * q);
-              acc[i][j][h] = dot16(acc[i][j][h], u0, u1, u2, u3, xv);
-            }
-          }
-        }
+      for (int half = 0; half < 2; ++half) {  // bit planes 4 half .. 4 half + 3
+        int8x16_t xv[MT];
+        for (int i = 0; i < MT; ++i) xv[i] = vld1q_s8(g->xq + (m0 + i) * g->Kp + kb * DL_BK + 16 * half);
+        each_group<NQ>(g, q0, kb, [&](int q, uint8x16_t v) {
+          const uint8x16_t w = half ? vshrq_n_u8(v, 4) : v;
+          const int8x16_t u0 = vreinterpretq_s8_u8(vandq_u8(w, one));
+          const int8x16_t u1 = vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(w, 1), one));
+          const int8x16_t u2 = vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(w, 2), one));
+          const int8x16_t u3 = vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(w, 3), one));
+#pragma GCC unroll 8
+          for (int i = 0; i < MT; ++i) acc[i][q] = dot16(acc[i][q], u0, u1, u2, u3, xv[i]);
+        });
       }
     }
-    for (int i = 0; i < MT; ++i) {
-      const int32x4_t xsum = vdupq_n_s32(g->xsum[m0 + i]);
-      for (int j = 0; j < NB; ++j)
-        for (int h = 0; h < 4; ++h) {
-          const int32x4_t dot = vsubq_s32(vshlq_n_s32(acc[i][j][h], 1), xsum);
-          store4<false>(g, m0 + i, (b0 + j) * DL_NB + 4 * h, dot, dot);
-        }
-    }
+    each_acc<MT, NQ>([&](int i, int q) {
+      const int32x4_t dot = vsubq_s32(vshlq_n_s32(acc[i][q], 1), vdupq_n_s32(g->xsum[m0 + i]));
+      store4<false>(g, m0 + i, 4 * (q0 + q), dot, dot);
+    });
   }
 };
 
@@ -265,89 +258,82 @@ struct BinaryI8 {
 // Armv8.0 path keeps 16-bit partial sums (at most 16 per tile) and widens them
 // every 1024 tiles, well before they could overflow.
 struct Xnor {
-  template <int MT, int NB>
-  static void block(const DlGemm* g, int64_t m0, int64_t b0) {
-    uint32x4_t acc[MT][NB][4];
-    for (int i = 0; i < MT; ++i)
-      for (int j = 0; j < NB; ++j)
-        for (int h = 0; h < 4; ++h) acc[i][j][h] = vdupq_n_u32(0);
+  template <int MT, int NQ>
+  static void block(const DlGemm* g, int64_t m0, int64_t q0) {
+    uint32x4_t acc[MT][NQ];
+    each_acc<MT, NQ>([&](int i, int q) { acc[i][q] = vdupq_n_u32(0); });
     const int64_t row_words = g->Kp / DL_BK;
     for (int64_t k0 = 0; k0 < g->kblocks; k0 += 1024) {
       const int64_t k1 = k0 + 1024 < g->kblocks ? k0 + 1024 : g->kblocks;
 #if !DL_DOTPROD
-      uint16x8_t acc16[MT][NB][4];
-      for (int i = 0; i < MT; ++i)
-        for (int j = 0; j < NB; ++j)
-          for (int h = 0; h < 4; ++h) acc16[i][j][h] = vdupq_n_u16(0);
+      uint16x8_t acc16[MT][NQ];
+      each_acc<MT, NQ>([&](int i, int q) { acc16[i][q] = vdupq_n_u16(0); });
 #endif
       for (int64_t kb = k0; kb < k1; ++kb) {
         uint8x16_t xw[MT];
         for (int i = 0; i < MT; ++i)
           xw[i] = vreinterpretq_u8_u32(vdupq_n_u32(dl_load_u32(g->xbits + 4 * ((m0 + i) * row_words + kb))));
-#pragma GCC unroll 4
-        for (int j = 0; j < NB; ++j) {
-          const uint8_t* t = dl_tile(g, b0 + j, kb);
-#pragma GCC unroll 4
-          for (int h = 0; h < 4; ++h) {
-            const uint8x16_t v = vld1q_u8(t + 16 * h);
-#pragma GCC unroll 4
-            for (int i = 0; i < MT; ++i) {
-              const uint8x16_t c = vcntq_u8(veorq_u8(v, xw[i]));
+        each_group<NQ>(g, q0, kb, [&](int q, uint8x16_t v) {
+#pragma GCC unroll 8
+          for (int i = 0; i < MT; ++i) {
+            const uint8x16_t c = vcntq_u8(veorq_u8(v, xw[i]));
 #if DL_DOTPROD
-              acc[i][j][h] = vdotq_u32(acc[i][j][h], c, vdupq_n_u8(1));
+            acc[i][q] = vdotq_u32(acc[i][q], c, vdupq_n_u8(1));
 #else
-              acc16[i][j][h] = vpadalq_u8(acc16[i][j][h], c);
+            acc16[i][q] = vpadalq_u8(acc16[i][q], c);
 #endif
-            }
           }
-        }
+        });
       }
 #if !DL_DOTPROD
-      for (int i = 0; i < MT; ++i)
-        for (int j = 0; j < NB; ++j)
-          for (int h = 0; h < 4; ++h) acc[i][j][h] = vpadalq_u16(acc[i][j][h], acc16[i][j][h]);
+      each_acc<MT, NQ>([&](int i, int q) { acc[i][q] = vpadalq_u16(acc[i][q], acc16[i][q]); });
 #endif
     }
     const int32x4_t kk = vdupq_n_s32((int32_t)g->K);
-    for (int i = 0; i < MT; ++i)
-      for (int j = 0; j < NB; ++j)
-        for (int h = 0; h < 4; ++h) {
-          const int32x4_t dot = vsubq_s32(kk, vshlq_n_s32(vreinterpretq_s32_u32(acc[i][j][h]), 1));
-          store4<false>(g, m0 + i, (b0 + j) * DL_NB + 4 * h, dot, dot);
-        }
+    each_acc<MT, NQ>([&](int i, int q) {
+      const int32x4_t dot = vsubq_s32(kk, vshlq_n_s32(vreinterpretq_s32_u32(acc[i][q]), 1));
+      store4<false>(g, m0 + i, 4 * (q0 + q), dot, dot);
+    });
   }
 };
 
-// Covers rows [m0, m1) x blocks [b0, b1) with Kern::block<MT, NB> tiles: NB
-// blocks at a time, then one; MT rows at a time, then the leftover 1..MT-1
-// rows one by one (single-row calls keep the instantiations few).
-template <class Kern, int MT, int NB>
+// Covers rows [m0, m1) x output blocks [b0, b1), that is groups [4 b0, 4 b1) cut
+// at the last group that holds a column below N: NQ groups at a time, then one;
+// MT rows at a time, then the leftover 1..MT-1 rows one by one.
+template <class Kern, int MT, int NQ>
 void tiles(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
-  for (int64_t b = b0; b < b1;) {
-    const bool wide = b + NB <= b1;
+  const int64_t q_end = 4 * b1 < (g->N + 3) / 4 ? 4 * b1 : (g->N + 3) / 4;
+  for (int64_t q = 4 * b0; q < q_end;) {
+    const bool wide = q + NQ <= q_end;
     int64_t m = m0;
-    for (; m + MT <= m1; m += MT) wide ? Kern::template block<MT, NB>(g, m, b) : Kern::template block<MT, 1>(g, m, b);
-    for (; m < m1; ++m) wide ? Kern::template block<1, NB>(g, m, b) : Kern::template block<1, 1>(g, m, b);
-    b += wide ? NB : 1;
+    for (; m + MT <= m1; m += MT) wide ? Kern::template block<MT, NQ>(g, m, q) : Kern::template block<MT, 1>(g, m, q);
+    for (; m < m1; ++m) wide ? Kern::template block<1, NQ>(g, m, q) : Kern::template block<1, 1>(g, m, q);
+    q += wide ? NQ : 1;
   }
 }
 
-// Few rows (a GEMV): several output blocks at once for independent accumulators;
-// many rows: several rows share each unpacked tile.
+// Few rows (a GEMV): many groups at once for independent accumulators; many rows:
+// several rows share each unpacked weight register, MT x NQ as the registers allow
+// (checked in the disassembly: no spills in the dot-product loops). The Armv8.0
+// products hold 4 broadcast activation registers per row, so they take fewer rows.
+constexpr int kRows = DL_DOTPROD ? 4 : 2, kGemvGroups = DL_DOTPROD ? 8 : 4;
+
 void ternary(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
   const bool few = m1 - m0 <= 2;
-  if (g->scale_neg && g->xscale)
-    few ? tiles<Ternary<true>, 1, 2>(g, m0, m1, b0, b1) : tiles<Ternary<true>, 2, 1>(g, m0, m1, b0, b1);
+  if (g->scale_neg && g->xscale)  // twice the accumulators
+    few ? tiles<Ternary<true>, 1, kGemvGroups / 2>(g, m0, m1, b0, b1)
+        : tiles<Ternary<true>, 2, kRows / 2>(g, m0, m1, b0, b1);
   else
-    few ? tiles<Ternary<false>, 1, 4>(g, m0, m1, b0, b1) : tiles<Ternary<false>, 4, 1>(g, m0, m1, b0, b1);
+    few ? tiles<Ternary<false>, 1, kGemvGroups>(g, m0, m1, b0, b1) : tiles<Ternary<false>, kRows, 2>(g, m0, m1, b0, b1);
 }
 
 void binary_i8(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
-  m1 - m0 <= 2 ? tiles<BinaryI8, 1, 4>(g, m0, m1, b0, b1) : tiles<BinaryI8, 4, 1>(g, m0, m1, b0, b1);
+  m1 - m0 <= 2 ? tiles<BinaryI8, 1, kGemvGroups>(g, m0, m1, b0, b1) : tiles<BinaryI8, kRows, 2>(g, m0, m1, b0, b1);
 }
 
 void xnor(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
-  m1 - m0 <= 2 ? tiles<Xnor, 1, 4>(g, m0, m1, b0, b1) : tiles<Xnor, 4, 1>(g, m0, m1, b0, b1);
+  constexpr int kNQ = DL_DOTPROD ? 4 : 2;  // Armv8.0 also holds the 16-bit partial sums
+  m1 - m0 <= 2 ? tiles<Xnor, 1, kGemvGroups>(g, m0, m1, b0, b1) : tiles<Xnor, 4, kNQ>(g, m0, m1, b0, b1);
 }
 
 const DlKernels kTable = {quantize_row, binarize_row, ternary, binary_i8, xnor};
