@@ -59,28 +59,40 @@ def _compile(args: list[str]) -> None:
         raise AssertionError(f"{' '.join(args)} failed:\n{r.stderr}")
 
 
+def arm_build_root() -> Path:
+    """Next to the x86 builds: the parent of $DISTILL_KERNELS_BUILD_DIR, else ~/.cache/distill/kernels."""
+    base = os.environ.get("DISTILL_KERNELS_BUILD_DIR")
+    return (Path(base).parent if base else Path.home() / ".cache" / "distill" / "kernels") / "linux-aarch64-cross"
+
+
 @pytest.fixture(scope="module")
-def driver(tmp_path_factory) -> Path:
-    """The aarch64 driver linked against the aarch64 kernel library, cached by the hash of every source."""
+def driver() -> Path:
+    """The aarch64 driver linked against the aarch64 kernel library, cached by the hash of every source.
+
+    Built in a private folder renamed into place at the end, so concurrent runs never link each other's objects."""
     h = hashlib.sha256(DRIVER.read_bytes())
     for f in sorted(_cpu.CSRC.iterdir()):
         h.update(f.name.encode() + f.read_bytes())
-    out = _cpu.build_dir().parent / "linux-aarch64-cross" / h.hexdigest()[:16]
-    exe = out / "driver"
-    if exe.exists():
-        return exe
-    out.mkdir(parents=True, exist_ok=True)
+    out = arm_build_root() / h.hexdigest()[:16]
+    if (out / "driver").exists():
+        return out / "driver"
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     flags = [CXX, *_cpu.CFLAGS, "-std=c++17", "-fPIC", "-Wall", "-Werror"]
-    jobs = [[*flags, MARCH.get(s, "-march=armv8-a"), "-c", str(_cpu.CSRC / s), "-o", str(out / f"{s}.o")]
+    jobs = [[*flags, MARCH.get(s, "-march=armv8-a"), "-c", str(_cpu.CSRC / s), "-o", str(tmp / f"{s}.o")]
             for s in _cpu.SOURCES]
     with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
         list(pool.map(_compile, jobs))
-    lib = out / "libdistill_lowbit.so"
-    _compile([CXX, "-shared", "-fopenmp", *(str(out / f"{s}.o") for s in _cpu.SOURCES), "-o", str(lib)])
-    _compile([CXX, "-O2", "-std=c++17", "-Wall", "-Werror", str(DRIVER), f"-L{out}", "-ldistill_lowbit",
-              "-Wl,-rpath,$ORIGIN", "-o", str(exe) + ".tmp"])
-    os.replace(str(exe) + ".tmp", exe)
-    return exe
+    _compile([CXX, "-shared", "-fopenmp", *(str(tmp / f"{s}.o") for s in _cpu.SOURCES), "-o",
+              str(tmp / "libdistill_lowbit.so")])
+    _compile([CXX, "-O2", "-std=c++17", "-Wall", "-Werror", str(DRIVER), f"-L{tmp}", "-ldistill_lowbit",
+              "-Wl,-rpath,$ORIGIN", "-o", str(tmp / "driver")])
+    try:
+        os.rename(tmp, out)
+    except OSError:  # another run finished the same build first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / "driver"
 
 
 def run_driver(exe: Path, cpu: str, cases: Path, *isas: str) -> subprocess.CompletedProcess:
@@ -260,10 +272,15 @@ def et_arm_root() -> Path:
         if os.environ.get("DISTILL_TEST_ARM") == "1":
             pytest.fail(why, pytrace=False)
         pytest.skip(why)
-    root = _cpu.build_dir().parent / "linux-aarch64-cross" / wheels[-1].stem
-    if not (root / "executorch" / "lib" / "libexecutorch.so").exists():
+    root = arm_build_root() / wheels[-1].stem
+    if not root.exists():
+        tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
         with zipfile.ZipFile(wheels[-1]) as z:
-            z.extractall(root, [n for n in z.namelist() if n.startswith(("executorch/include/", "executorch/lib/"))])
+            z.extractall(tmp, [n for n in z.namelist() if n.startswith(("executorch/include/", "executorch/lib/"))])
+        try:
+            os.rename(tmp, root)
+        except OSError:  # another run unpacked it first
+            shutil.rmtree(tmp, ignore_errors=True)
     return root / "executorch"
 
 
@@ -272,7 +289,7 @@ def et_arm(et_arm_root) -> tuple[Path, Path]:
     """(the distill ExecuTorch kernel library for aarch64, the aarch64 runner), both linked to the wheel's runtime."""
     from kernels.executorch import build
 
-    lib = build.build_library(cxx=CXX, root=et_arm_root, out_dir=_cpu.build_dir().parent / "linux-aarch64-cross")
+    lib = build.build_library(cxx=CXX, root=et_arm_root, out_dir=arm_build_root() / "executorch")
     inc = et_arm_root / "include"
     exe = lib.with_name(f"et_runner-{hashlib.sha256(ET_RUNNER.read_bytes() + lib.name.encode()).hexdigest()[:12]}")
     if not exe.exists():
