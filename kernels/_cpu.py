@@ -2,7 +2,7 @@
 
 The library has a plain C interface and no torch headers, so the first build
 takes seconds. It is cached under ``$DISTILL_KERNELS_BUILD_DIR`` (default
-``~/.cache/distill/kernels/<platform>``) and rebuilt when any source changes.
+``~/.cache/distill/kernels/<platform>/<source hash>``) and rebuilt when any source changes.
 
 Policy (see ``backend()``):
 - a C++ compiler is present -> build; if that fails, raise. A broken build must
@@ -55,6 +55,7 @@ _SIGNATURES = {
     "dl_binary_mm": [_p, _i64, _i64, _p, _i64, _p, _i32],
     "dl_xnor_linear": [_p, _i64, _i64, _p, _i64, _p, _p, _i32, _p, _i32, _f32, _f32],
     "dl_xnor_mm": [_p, _i64, _i64, _p, _i64, _p, _i32],
+    "dl_depthwise3x3_nhwc": [_p, _i64, _i64, _i64, _i64, _i32, _i32, _p, _p, _p, _i32, _f32, _f32],
 }
 
 
@@ -64,9 +65,12 @@ def compiler_available() -> bool:
 
 
 def build_dir() -> Path:
+    """One folder per source version: checkouts of different versions on one machine (worktrees,
+    CI jobs) would otherwise rebuild one shared library under each other's feet."""
     default = (
-        Path.home() / ".cache" / "distill" / "kernels" / f"{platform.system()}-{platform.machine()}".lower()
-    )
+        Path.home() / ".cache" / "distill" / "kernels"
+        / f"{platform.system()}-{platform.machine()}".lower() / _source_hash()
+    )  # fmt: skip
     return Path(os.environ.get("DISTILL_KERNELS_BUILD_DIR", default))
 
 
@@ -176,5 +180,7 @@ def ptr(t: torch.Tensor | None) -> int | None:
 
 
 def check(rc: int, what: str) -> None:
+    if rc == -2:
+        raise ValueError(f"{what}: the C++ kernel does not support these arguments")
     if rc != 0:
         raise MemoryError(f"{what}: the C++ kernel could not allocate its work buffers")

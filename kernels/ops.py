@@ -30,6 +30,7 @@ __all__ = [
     "xnor_linear",
     "ternary_conv2d",
     "binary_conv2d",
+    "depthwise_conv2d",
 ]
 
 
@@ -385,3 +386,50 @@ def binary_conv2d(
     else:
         y = binary_linear(rows, w_packed, rows.shape[1], scale, bias, act_min, act_max)
     return reference.rows_to_nchw(y, shape)
+
+
+# ---------------------------------------------------------------- depthwise convolution
+
+
+@torch.library.custom_op("distill::depthwise_conv2d", mutates_args=())
+def depthwise_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int = 1,
+    padding: int = 1,
+    act_min: float | None = None,
+    act_max: float | None = None,
+) -> Tensor:
+    """Depthwise 3x3 conv, float32, channels last, BatchNorm folded, ReLU / ReLU6 fused
+    (spec: reference.depthwise3x3). weight [3, 3, C]; stride 1 or 2; padding 0 or 1.
+    Returns NCHW in channels-last memory (what the next packed layer reads without a copy)."""
+    name = "depthwise_conv2d"
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"{name}: expected a float [B, C, H, W] input, got {x.dtype} {list(x.shape)}")
+    b, c, h, w = x.shape
+    if weight.shape != (3, 3, c):
+        raise ValueError(f"{name}: weight must be [3, 3, {c}] (kh, kw, C), got {list(weight.shape)}")
+    if stride not in (1, 2) or padding not in (0, 1) or h + 2 * padding < 3 or w + 2 * padding < 3:
+        raise ValueError(f"{name}: supports stride 1/2, padding 0/1 and inputs of at least 3x3 padded "
+                         f"(got stride {stride}, padding {padding}, {h}x{w})")  # fmt: skip
+    bv = _check_vec(bias, c, name, "bias")
+    if not _use_cpp(x):
+        return reference.depthwise3x3(x, weight, bv, stride, padding, act_min, act_max).to(x.dtype)
+    xc = x.float().contiguous(memory_format=torch.channels_last)
+    wc = weight.float().contiguous()
+    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    y = torch.empty(b, c, ho, wo, memory_format=torch.channels_last)
+    rc = _cpu.lib().dl_depthwise3x3_nhwc(
+        xc.data_ptr(), b, h, w, c, stride, padding, wc.data_ptr(), _cpu.ptr(bv), y.data_ptr(),
+        torch.get_num_threads(), *_bounds(act_min, act_max),
+    )  # fmt: skip
+    _cpu.check(rc, name)
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+@depthwise_conv2d.register_fake
+def _(x, weight, bias=None, stride=1, padding=1, act_min=None, act_max=None):
+    b, c, h, w = x.shape
+    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    return x.new_empty((b, c, ho, wo)).contiguous(memory_format=torch.channels_last)

@@ -4,8 +4,8 @@
 //
 // The library is loaded with ctypes (kernels/_cpu.py) and deliberately
 // includes no torch headers, so a build takes seconds rather than minutes.
-// Every entry returns 0 on success and -1 when a work buffer could not be
-// allocated.
+// The entry points' contract (layouts, who allocates, threads, return codes) is in
+// lowbit.h.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +61,24 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 void* alloc(int64_t bytes) { return aligned_alloc(64, (size_t)round_up(bytes > 0 ? bytes : 1, 64)); }
 
+// A grow-only work buffer per calling thread: a layer called once per image would otherwise
+// map and fault in fresh pages on every call (glibc serves large blocks with mmap), which
+// cost more than the GEMM itself for the small layers of a MobileNet.
+struct Scratch {
+  void* p = nullptr;
+  int64_t bytes = 0;
+  ~Scratch() { free(p); }
+  void* get(int64_t n) {
+    if (n > bytes) {
+      free(p);
+      p = alloc(n);
+      bytes = p ? round_up(n, 64) : 0;
+    }
+    return p;
+  }
+};
+thread_local Scratch t_scratch;
+
 // The work is cut into tasks handed out dynamically: on a busy machine a thread
 // may start late, and the others then take its share instead of waiting for it.
 // Tasks are runs of output blocks when there are enough of them, else runs of
@@ -91,6 +109,8 @@ void run_task(const DlGemm* g, DlGemmFn gemm, const Tasks& t, int64_t i) {
 }
 
 enum Prep { PREP_NONE, PREP_QUANTIZE, PREP_BINARIZE };
+bool use_panels(const DlGemm* g, Prep prep);
+void run_panels(const DlGemm* g, const float* x, DlGemmFn gemm, int nth);
 
 // Prepares the activations (quantize or binarize each row of x) and runs the
 // GEMM, in one parallel region.
@@ -111,6 +131,7 @@ void run(DlGemm* g, const float* x, Prep prep, DlGemmFn gemm, int nthreads, bool
   // Below ~4M multiply-adds (about 10 us on one core) waking and joining a second
   // thread costs more than it saves, more so on busy shared machines.
   if (g->M * g->N * g->Kp < (int64_t)1 << 22) nth = 1;
+  if (use_panels(g, prep)) return run_panels(g, x, gemm, nth);
   const bool parallel_prep = nth > 1 && g->M >= 64;
   if (!parallel_prep)
     for (int64_t m = 0; m < g->M; ++m) prepare(m);
@@ -128,6 +149,40 @@ void run(DlGemm* g, const float* x, Prep prep, DlGemmFn gemm, int nthreads, bool
 #pragma omp for schedule(dynamic, 1) nowait
     for (int64_t i = 0; i < tasks.count; ++i) run_task(g, gemm, tasks, i);
   }
+}
+
+// Many rows, few weights (the 1x1 convolutions of a CNN): the rows are cut into panels of
+// at most kPanelBytes of int8 activations. Each panel is quantized into a buffer on the
+// thread's stack, where it stays in L1 while every output block consumes it, and the
+// weights (at most kPanelWeights bytes) stay in L2 across panels. Threads take panels.
+constexpr int64_t kPanelBytes = 16384, kPanelWeights = 1 << 19;
+
+bool use_panels(const DlGemm* g, Prep prep) {
+  const int64_t weights = (g->N + DL_NB - 1) / DL_NB * g->kblocks * 64;
+  return prep == PREP_QUANTIZE && g->M >= 32 && g->Kp * 8 <= kPanelBytes && weights <= kPanelWeights;
+}
+
+void run_panels(const DlGemm* g, const float* x, DlGemmFn gemm, int nth) {
+  const DlKernels* kt = kernels();
+  int64_t rows = kPanelBytes / g->Kp / 8 * 8;
+  if (rows > 256) rows = 256;
+  const int64_t panels = (g->M + rows - 1) / rows, blocks = (g->N + DL_NB - 1) / DL_NB;
+  auto panel = [&](int64_t i) {
+    alignas(64) int8_t xq[kPanelBytes];
+    alignas(64) int32_t sums[256];
+    alignas(64) float scales[256];
+    const int64_t m0 = i * rows, n = m0 + rows < g->M ? rows : g->M - m0;
+    for (int64_t m = 0; m < n; ++m) kt->quantize_row(x + (m0 + m) * g->K, g->K, g->Kp, xq + m * g->Kp, scales + m, sums + m);
+    DlGemm h = *g;
+    h.M = n, h.xq = xq, h.xsum = sums, h.xscale = scales, h.y = g->y + m0 * g->N;
+    gemm(&h, 0, n, 0, blocks);
+  };
+  if (nth == 1 || panels == 1) {
+    for (int64_t i = 0; i < panels; ++i) panel(i);
+    return;
+  }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
+  for (int64_t i = 0; i < panels; ++i) panel(i);
 }
 
 // Output clamp [lo, hi] (a fused ReLU / ReLU6); -inf, +inf: none.
@@ -150,17 +205,17 @@ int linear_i8(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N,
               const float* sn, const float* bias, float* y, DlGemmFn gemm, int nthreads, float lo, float hi) {
   DlGemm g = make_gemm(M, K, tile_k, w, N);
   set_clamp(&g, lo, hi);
-  int8_t* xq = (int8_t*)alloc(M * g.Kp);
-  int32_t* sums = (int32_t*)alloc(M * 4);
-  float* scales = (float*)alloc(M * 4);
-  if (!xq || !sums || !scales) {
-    free(xq), free(sums), free(scales);
-    return -1;
-  }
-  g.xq = xq, g.xsum = sums, g.xscale = scales;
   g.scale_pos = sp, g.scale_neg = sn, g.bias = bias, g.y = y;
+  if (use_panels(&g, PREP_QUANTIZE)) {
+    g.xscale = sp;  // any non-NULL pointer: float output (run_panels gives each panel its own)
+    run(&g, x, PREP_QUANTIZE, gemm, nthreads);
+    return 0;
+  }
+  const int64_t kq = round_up(M * g.Kp, 64), ks = round_up(M * 4, 64);
+  int8_t* xq = (int8_t*)t_scratch.get(kq + 2 * ks);
+  if (!xq) return -1;
+  g.xq = xq, g.xsum = (int32_t*)(xq + kq), g.xscale = (float*)(xq + kq + ks);
   run(&g, x, PREP_QUANTIZE, gemm, nthreads);
-  free(xq), free(sums), free(scales);
   return 0;
 }
 
@@ -275,6 +330,29 @@ int dl_xnor_mm(const uint8_t* xbits, int64_t M, int64_t K, const uint8_t* w, int
   DlGemm g = make_gemm(M, K, DL_BK, w, N);
   g.xbits = xbits, g.yi = y;
   run(&g, nullptr, PREP_NONE, kernels()->xnor, nthreads);
+  return 0;
+}
+
+int dl_depthwise3x3_nhwc(const float* x, int64_t B, int64_t H, int64_t W, int64_t C, int stride, int pad,
+                         const float* w, const float* bias, float* y, int nthreads, float act_lo, float act_hi) {
+  if (B < 0 || H < 1 || W < 1 || C < 1 || (stride != 1 && stride != 2) || (pad != 0 && pad != 1)) return -2;
+  DlDepthwise d;
+  d.x = x, d.B = B, d.H = H, d.W = W, d.C = C, d.stride = stride, d.pad = pad, d.w = w, d.bias = bias, d.y = y;
+  d.Ho = (H + 2 * pad - 3) / stride + 1, d.Wo = (W + 2 * pad - 3) / stride + 1;
+  if (H + 2 * pad < 3 || W + 2 * pad < 3) return -2;
+  d.clamp = act_lo > -INFINITY || act_hi < INFINITY;
+  d.act_lo = act_lo, d.act_hi = act_hi;
+  const DlDepthwiseFn fn = kernels()->depthwise3x3;
+  const int64_t rows = B * d.Ho;
+  int nth = nthreads < 1 ? 1 : nthreads;
+  if (rows * d.Wo * C * 9 < (int64_t)1 << 19 || rows < 2) nth = 1;  // ~0.5M multiply-adds: one thread
+  if (nth == 1) {
+    fn(&d, 0, rows);
+    return 0;
+  }
+  const int64_t step = (rows + 4 * nth - 1) / (4 * nth);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
+  for (int64_t r = 0; r < rows; r += step) fn(&d, r, r + step < rows ? r + step : rows);
   return 0;
 }
 

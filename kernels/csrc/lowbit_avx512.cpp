@@ -124,7 +124,7 @@ TGT void ternary_z(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t 
   if (g->scale_neg && g->xscale)
     few ? drive<TernaryZ<true>, 1, 4>(g, m0, m1, b0, b1) : drive<TernaryZ<true>, 4, 2>(g, m0, m1, b0, b1);
   else
-    few ? drive<TernaryZ<false>, 1, 8>(g, m0, m1, b0, b1) : drive<TernaryZ<false>, 4, 4>(g, m0, m1, b0, b1);
+    few ? drive<TernaryZ<false>, 1, 8>(g, m0, m1, b0, b1) : drive<TernaryZ<false>, 4, 4, 8>(g, m0, m1, b0, b1);
 }
 
 // ---------------------------------------------------------------- binary x int8
@@ -203,7 +203,25 @@ TGT void xnor_z(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t b1)
     drive<XnorZ, 4, 4>(g, m0, m1, b0, b1);
 }
 
-const DlKernels kTable = {quantize_row_z, binarize_row, ternary_z, binary_i8_z, xnor_z};
+// ---------------------------------------------------------------- depthwise
+
+struct VDw16 {
+  using T = __m512;
+  using Mask = __mmask16;
+  static constexpr int N = 16;
+  TGT ALWAYS_INLINE static Mask mask(int n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
+  TGT ALWAYS_INLINE static T load(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
+  TGT ALWAYS_INLINE static void store(float* p, T v, Mask m) { _mm512_mask_storeu_ps(p, m, v); }
+  TGT ALWAYS_INLINE static T zero() { return _mm512_setzero_ps(); }
+  TGT ALWAYS_INLINE static T set1(float v) { return _mm512_set1_ps(v); }
+  TGT ALWAYS_INLINE static T add(T a, T b) { return _mm512_add_ps(a, b); }
+  TGT ALWAYS_INLINE static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
+  TGT ALWAYS_INLINE static T clamp(T v, T lo, T hi) { return _mm512_min_ps(hi, _mm512_max_ps(lo, v)); }
+};
+
+TGT void depthwise3x3_z(const DlDepthwise* d, int64_t r0, int64_t r1) { dw3x3_rows<VDw16>(d, r0, r1); }
+
+const DlKernels kTable = {quantize_row_z, binarize_row, ternary_z, binary_i8_z, xnor_z, depthwise3x3_z};
 
 }  // namespace
 
