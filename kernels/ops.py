@@ -433,3 +433,62 @@ def _(x, weight, bias=None, stride=1, padding=1, act_min=None, act_max=None):
     b, c, h, w = x.shape
     ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
     return x.new_empty((b, c, ho, wo)).contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------- eager calls without the dispatcher
+
+
+def direct(x: Tensor) -> bool:
+    """True when ``x`` is a plain eager CPU float32 tensor that the C kernels can take straight
+    through ctypes, skipping the torch.library dispatcher.
+
+    Why: a custom-op call costs ~15 us in eager mode, a ctypes call ~3 us, and a batch-1
+    MobileNet makes 50 of them; at 32x32 that overhead was larger than all its kernels.
+    Anything that must see the ops (torch.compile, torch.export's fake tensors, jit tracing,
+    dispatch or function modes such as FlopCounterMode, autograd) takes the op path instead.
+    """
+    return (
+        type(x) is Tensor and x.dtype == torch.float32 and x.is_cpu and not x.requires_grad
+        and (_cpu._backend or _cpu.backend()) == "cpp" and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._is_torch_function_mode_enabled()
+    )  # fmt: skip
+
+
+def conv1x1_direct(
+    x: Tensor, kind: str, w_packed: Tensor, n: int, scale_pos: Tensor, scale_neg: Tensor | None,
+    bias: Tensor | None, act_min: float | None, act_max: float | None, act_scale: bool = True,
+) -> Tensor | None:  # fmt: skip
+    """A 1x1, stride-1, unpadded packed conv (kind: ternary, binary or xnor) on a channels-last
+    ``direct`` input, called straight through ctypes; None when x is not channels-last dense
+    (the caller then takes the op path). Same kernels, same bits as the ops."""
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return None
+    b, k, h, w = x.shape
+    y = torch.empty(b, n, h, w, memory_format=torch.channels_last)
+    lib, m, lo_hi, nth = _cpu.lib(), b * h * w, _bounds(act_min, act_max), torch.get_num_threads()
+    xp, wp, yp, sp, bp = x.data_ptr(), w_packed.data_ptr(), y.data_ptr(), scale_pos.data_ptr(), _cpu.ptr(bias)
+    if kind == "ternary":
+        rc = lib.dl_ternary_linear(xp, m, k, wp, n, sp, _cpu.ptr(scale_neg), bp, yp, nth, *lo_hi)
+    elif kind == "binary":
+        rc = lib.dl_binary_linear(xp, m, k, wp, n, sp, bp, yp, nth, *lo_hi)
+    else:
+        rc = lib.dl_xnor_linear(xp, m, k, wp, n, sp, bp, int(act_scale), yp, nth, *lo_hi)
+    _cpu.check(rc, f"{kind} conv 1x1")
+    return y
+
+
+def depthwise_direct(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int,
+                     act_min: float | None, act_max: float | None) -> Tensor | None:  # fmt: skip
+    """``depthwise_conv2d`` on a channels-last ``direct`` input through ctypes (None: not channels-last)."""
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return None
+    b, c, h, w = x.shape
+    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    y = torch.empty(b, c, ho, wo, memory_format=torch.channels_last)
+    rc = _cpu.lib().dl_depthwise3x3_nhwc(
+        x.data_ptr(), b, h, w, c, stride, padding, weight.data_ptr(), _cpu.ptr(bias), y.data_ptr(),
+        torch.get_num_threads(), *_bounds(act_min, act_max),
+    )  # fmt: skip
+    _cpu.check(rc, "depthwise_conv2d")
+    return y

@@ -256,11 +256,16 @@ TGT ALWAYS_INLINE void store8(const DlGemm* g, int64_t m, int64_t n, __m256i dot
 template <bool TTQ>
 struct Ternary {
   template <int MT, int NB>
-  TGT static void block(const DlGemm* g, int64_t m0, int64_t b0) {
+  TGT static void block(const DlGemm* gp, int64_t m0, int64_t b0) {
+    const DlGemm gl = *gp;  // a local copy: stores to the output cannot alias it
+    const DlGemm* g = &gl;
     const __m256i mask3 = _mm256_set1_epi8(3), mask2 = _mm256_set1_epi8(2);
     __m256i acc[MT][NB][2], acc2[MT][NB][2];  // acc2 (TTQ only): sum of (code & 2) * x = 2 * pos
+#pragma GCC unroll 16
     for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 16
       for (int j = 0; j < NB; ++j)
+#pragma GCC unroll 16
         for (int h = 0; h < 2; ++h) acc[i][j][h] = acc2[i][j][h] = _mm256_setzero_si256();
     const int8_t* x = g->xq + m0 * g->Kp;
     for (int64_t kb = 0; kb < g->kblocks; ++kb) {
@@ -286,9 +291,12 @@ struct Ternary {
         }
       }
     }
+#pragma GCC unroll 16
     for (int i = 0; i < MT; ++i) {
       const __m256i xsum = _mm256_set1_epi32(g->xsum[m0 + i]);
+#pragma GCC unroll 16
       for (int j = 0; j < NB; ++j)
+#pragma GCC unroll 16
         for (int h = 0; h < 2; ++h) {
           const __m256i dot = _mm256_sub_epi32(acc[i][j][h], xsum);
           const __m256i pos = TTQ ? _mm256_srai_epi32(acc2[i][j][h], 1) : dot;
@@ -310,11 +318,16 @@ TGT void ternary(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t b1
 
 struct BinaryI8 {
   template <int MT, int NB>
-  TGT static void block(const DlGemm* g, int64_t m0, int64_t b0) {
+  TGT static void block(const DlGemm* gp, int64_t m0, int64_t b0) {
+    const DlGemm gl = *gp;  // a local copy: stores to the output cannot alias it
+    const DlGemm* g = &gl;
     const __m256i one = _mm256_set1_epi8(1);
     __m256i acc[MT][NB][2];
+#pragma GCC unroll 16
     for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 16
       for (int j = 0; j < NB; ++j)
+#pragma GCC unroll 16
         for (int h = 0; h < 2; ++h) acc[i][j][h] = _mm256_setzero_si256();
     const int8_t* x = g->xq + m0 * g->Kp;
     for (int64_t kb = 0; kb < g->kblocks; ++kb) {
@@ -340,9 +353,12 @@ struct BinaryI8 {
         }
       }
     }
+#pragma GCC unroll 16
     for (int i = 0; i < MT; ++i) {
       const __m256i xsum = _mm256_set1_epi32(g->xsum[m0 + i]);
+#pragma GCC unroll 16
       for (int j = 0; j < NB; ++j)
+#pragma GCC unroll 16
         for (int h = 0; h < 2; ++h) {
           const __m256i dot = _mm256_sub_epi32(_mm256_slli_epi32(acc[i][j][h], 1), xsum);
           store8<false>(g, m0 + i, (b0 + j) * DL_NB + 8 * h, dot, dot);
@@ -364,18 +380,26 @@ TGT void binary_i8(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t 
 // are widened to int32 every 1024 tiles, well before they could overflow.
 struct Xnor {
   template <int MT, int NB>
-  TGT static void block(const DlGemm* g, int64_t m0, int64_t b0) {
+  TGT static void block(const DlGemm* gp, int64_t m0, int64_t b0) {
+    const DlGemm gl = *gp;  // a local copy: stores to the output cannot alias it
+    const DlGemm* g = &gl;
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
     __m256i acc[MT][NB][2];
+#pragma GCC unroll 16
     for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 16
       for (int j = 0; j < NB; ++j)
+#pragma GCC unroll 16
         for (int h = 0; h < 2; ++h) acc[i][j][h] = _mm256_setzero_si256();
     const uint8_t* x = g->xbits + m0 * (g->Kp / 8);
     for (int64_t k0 = 0; k0 < g->kblocks; k0 += 1024) {
       const int64_t k1 = k0 + 1024 < g->kblocks ? k0 + 1024 : g->kblocks;
       __m256i acc16[MT][NB][2];
+#pragma GCC unroll 16
       for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 16
         for (int j = 0; j < NB; ++j)
+#pragma GCC unroll 16
           for (int h = 0; h < 2; ++h) acc16[i][j][h] = _mm256_setzero_si256();
       for (int64_t kb = k0; kb < k1; ++kb) {
 #pragma GCC unroll 8
@@ -393,14 +417,20 @@ struct Xnor {
           }
         }
       }
+#pragma GCC unroll 16
       for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 16
         for (int j = 0; j < NB; ++j)
+#pragma GCC unroll 16
           for (int h = 0; h < 2; ++h)
             acc[i][j][h] = _mm256_add_epi32(acc[i][j][h], _mm256_madd_epi16(acc16[i][j][h], ones16));
     }
     const __m256i kk = _mm256_set1_epi32((int)g->K);
+#pragma GCC unroll 16
     for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 16
       for (int j = 0; j < NB; ++j)
+#pragma GCC unroll 16
         for (int h = 0; h < 2; ++h) {
           const __m256i dot = _mm256_sub_epi32(kk, _mm256_slli_epi32(acc[i][j][h], 1));
           store8<false>(g, m0 + i, (b0 + j) * DL_NB + 8 * h, dot, dot);
