@@ -43,6 +43,16 @@ _backend: str | None = None
 build_seconds: float | None = None  # wall time of this process's build (None if loaded from cache)
 
 _p, _i64, _i32, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+
+
+class Pointwise(ctypes.Structure):
+    """lowbit.h's DlPointwise: one 1x1 ternary conv of a fused block."""
+
+    _fields_ = [("w", _p), ("K", _i64), ("N", _i64), ("scale_pos", _p), ("scale_neg", _p), ("bias", _p),
+                ("act_lo", _f32), ("act_hi", _f32)]  # fmt: skip
+
+
+_pw = ctypes.POINTER(Pointwise)
 _SIGNATURES = {
     "dl_isa_supported": [_i32],
     "dl_get_isa": [],
@@ -56,6 +66,7 @@ _SIGNATURES = {
     "dl_xnor_linear": [_p, _i64, _i64, _p, _i64, _p, _p, _i32, _p, _i32, _f32, _f32],
     "dl_xnor_mm": [_p, _i64, _i64, _p, _i64, _p, _i32],
     "dl_depthwise3x3_nhwc": [_p, _i64, _i64, _i64, _i64, _i32, _i32, _p, _p, _p, _i32, _f32, _f32],
+    "dl_inverted_residual_nhwc": [_p, _i64, _i64, _i64, _pw, _p, _p, _i32, _f32, _f32, _pw, _i32, _p, _i32],
 }
 
 

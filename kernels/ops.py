@@ -13,6 +13,8 @@ returned in x's dtype). Weights are packed as in kernels/packing.py; scales are
 float32 [N]. Threads: ``torch.get_num_threads()``.
 """
 
+import ctypes
+
 import torch
 from torch import Tensor
 
@@ -491,4 +493,35 @@ def depthwise_direct(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int
         torch.get_num_threads(), *_bounds(act_min, act_max),
     )  # fmt: skip
     _cpu.check(rc, "depthwise_conv2d")
+    return y
+
+
+def _pointwise(w_packed: Tensor, k: int, n: int, scale_pos: Tensor, scale_neg: Tensor | None, bias: Tensor | None,
+               act_min: float | None, act_max: float | None) -> _cpu.Pointwise:  # fmt: skip
+    return _cpu.Pointwise(w_packed.data_ptr(), k, n, scale_pos.data_ptr(), _cpu.ptr(scale_neg), _cpu.ptr(bias),
+                          *_bounds(act_min, act_max))  # fmt: skip
+
+
+def inverted_residual_direct(x: Tensor, expand: tuple | None, dw: tuple, project: tuple, residual: bool) -> Tensor | None:
+    """A whole MobileNetV2 block in one C call (lowbit.h, dl_inverted_residual_nhwc) on a
+    channels-last ``direct`` input; None when x is not channels-last dense.
+
+    expand / project: (w_packed, K, N, scale_pos, scale_neg, bias, act_min, act_max) of a 1x1
+    ternary conv (expand None: no expansion); dw: (weight [3, 3, C], bias, stride, act_min, act_max).
+    The same bits as running the three layers one after another, without the expanded tensor
+    ever leaving the cache.
+    """
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return None
+    b, _, h, w = x.shape
+    weight, dw_bias, stride, lo, hi = dw
+    n = project[2]
+    y = torch.empty(b, n, (h - 1) // stride + 1, (w - 1) // stride + 1, memory_format=torch.channels_last)
+    e = None if expand is None else _pointwise(*expand)
+    p = _pointwise(*project)
+    rc = _cpu.lib().dl_inverted_residual_nhwc(
+        x.data_ptr(), b, h, w, None if e is None else ctypes.byref(e), weight.data_ptr(), _cpu.ptr(dw_bias), stride,
+        *_bounds(lo, hi), ctypes.byref(p), int(residual), y.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    _cpu.check(rc, "inverted_residual")
     return y

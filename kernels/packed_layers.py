@@ -433,6 +433,78 @@ class PackedDepthwiseConv2d(_Packed):
         )
 
 
+def _sole_layer(stage: nn.Module) -> nn.Module:
+    """The one non-Identity module of a conv-bn-act stage after export (the layer itself)."""
+    if not isinstance(stage, nn.Sequential):
+        return stage
+    rest = [m for m in stage if type(m) is not nn.Identity]
+    return rest[0] if len(rest) == 1 else stage
+
+
+def _pointwise_args(layer: nn.Module) -> tuple | None:
+    ok = isinstance(layer, PackedTernaryConv2d) and layer._pointwise
+    return (layer.weight_packed, layer.in_channels, layer.out_channels, layer.scale_pos, layer.scale_neg,
+            layer.bias, layer.act_min, layer.act_max) if ok else None  # fmt: skip
+
+
+class PackedInvertedResidual(nn.Module):
+    """A MobileNetV2 block whose layers are packed, run as one C call (ops.inverted_residual_direct).
+
+    ``conv`` is the block's own nn.Sequential, kept as it is (so state-dict keys do not change
+    and a saved file loads into the zoo's skeleton): [expand 1x1 ternary,] depthwise 3x3
+    (PackedDepthwiseConv2d, padding 1), project 1x1 ternary, each possibly wrapped with the
+    Identity modules export leaves behind. The fused call gives the same bits as running them
+    in turn (which is what the op path, torch.export and ``use_reference`` do), without the
+    expanded tensor, the block's largest, ever leaving the cache.
+    """
+
+    def __init__(self, conv: nn.Sequential, residual: bool) -> None:
+        super().__init__()
+        self.conv, self.use_residual = conv, residual
+        layers = [_sole_layer(s) for s in conv]
+        self._expand = _pointwise_args(layers[0]) if len(layers) == 3 else None
+        self._dw, self._project = layers[-2], _pointwise_args(layers[-1])
+
+    @staticmethod
+    def fusable(conv: nn.Module) -> bool:
+        """True when ``conv`` is [expand,] depthwise, project with packed ternary 1x1s and our depthwise."""
+        if not isinstance(conv, nn.Sequential) or len(conv) not in (2, 3):
+            return False
+        layers = [_sole_layer(s) for s in conv]
+        dw = layers[-2]
+        return (
+            isinstance(dw, PackedDepthwiseConv2d) and dw.padding == 1 and _pointwise_args(layers[-1]) is not None
+            and (len(layers) == 2 or _pointwise_args(layers[0]) is not None)
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._dw.use_reference and ops.direct(x):
+            dw = (self._dw.weight, self._dw.bias, self._dw.stride, self._dw.act_min, self._dw.act_max)
+            y = ops.inverted_residual_direct(x, self._expand, dw, self._project, self.use_residual)
+            if y is not None:
+                return y
+        out = self.conv(x)
+        return x + out if self.use_residual else out
+
+
+def fuse_inverted_residuals(model: nn.Module) -> nn.Module:
+    """Wrap every MobileNetV2-style block of an exported model in PackedInvertedResidual (in place).
+
+    A block is any module with an nn.Sequential ``conv`` that ``PackedInvertedResidual.fusable``
+    accepts and a bool ``use_residual`` (the zoo's InvertedResidual: forward = [x +] conv(x)).
+    Returns the model.
+    """
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            conv = getattr(child, "conv", None)
+            residual = getattr(child, "use_residual", None)
+            if isinstance(residual, bool) and not isinstance(child, PackedInvertedResidual) and (
+                PackedInvertedResidual.fusable(conv)
+            ):
+                parent._modules[name] = PackedInvertedResidual(conv, residual)
+    return model
+
+
 PACKED_LAYERS: dict[str, type[_Packed]] = {
     cls.kind: cls
     for cls in (PackedTernaryLinear, PackedBinaryLinear, PackedTernaryConv2d, PackedBinaryConv2d,

@@ -74,6 +74,10 @@ typedef struct DlDepthwise {
 
 // Computes output rows r in [r0, r1) of the B * Ho rows (r = b * Ho + oh).
 typedef void (*DlDepthwiseFn)(const DlDepthwise* d, int64_t r0, int64_t r1);
+// Computes one output row (of output row index oh, which sets the valid taps) into yrow from
+// input rows in[kh] (column 0 of input row oh * stride - pad + kh; d->x is not read): what a
+// fused block calls on rows it keeps in cache.
+typedef void (*DlDepthwiseRowFn)(const DlDepthwise* d, int64_t oh, const float* const* in, float* yrow);
 
 typedef struct DlKernels {
   void (*quantize_row)(const float* x, int64_t K, int64_t Kp, int8_t* q, float* scale, int32_t* sum);
@@ -82,6 +86,7 @@ typedef struct DlKernels {
   DlGemmFn binary_i8;
   DlGemmFn xnor;
   DlDepthwiseFn depthwise3x3;
+  DlDepthwiseRowFn depthwise3x3_row;
 } DlKernels;
 
 // Each returns NULL when the compiler could not build that instruction set.
@@ -215,6 +220,32 @@ int dl_xnor_mm(const uint8_t* xbits, int64_t M, int64_t K, const uint8_t* w, int
 // else -2 (also when the padded image is smaller than 3x3). Threads split output rows.
 int dl_depthwise3x3_nhwc(const float* x, int64_t B, int64_t H, int64_t W, int64_t C, int stride, int pad,
                          const float* w, const float* bias, float* y, int nthreads, float act_lo, float act_hi);
+
+// One 1x1 ternary conv of a fused block: dl_ternary_linear's arguments without x, M and y
+// (w, scale_pos, scale_neg, bias as there; act_lo / act_hi: its clamp, +-INFINITY for none).
+typedef struct DlPointwise {
+  const uint8_t* w;
+  int64_t K, N;
+  const float* scale_pos;
+  const float* scale_neg;
+  const float* bias;
+  float act_lo, act_hi;
+} DlPointwise;
+
+// A MobileNetV2 inverted residual block in one call, channels last:
+//   e = expand(x)            1x1 ternary, [B, H, W, Cin] -> [B, H, W, Cmid]  (expand NULL: e = x)
+//   d = depthwise3x3(e)      stride 1 or 2, pad 1, w [3, 3, Cmid], bias [Cmid] or NULL, clamp dw_lo/hi
+//   y = project(d)           1x1 ternary, -> [B, Ho, Wo, Cout]
+//   y = x + y                when residual (needs stride 1 and Cin == Cout)
+// Each stage computes exactly what its own entry point (dl_ternary_linear, dl_depthwise3x3_nhwc)
+// computes, so the result equals the three calls bit for bit; but the expanded tensor e (the
+// largest of the block) only ever exists as the three rows the depthwise window needs, and d as
+// one row, both in cache: the block reads x and writes y, nothing else goes to memory.
+// Cin = expand ? expand->K : project->K; Cmid = expand ? expand->N : Cin; project->K must be
+// Cmid (else -2). Threads take bands of output rows (a band recomputes its first expand rows).
+int dl_inverted_residual_nhwc(const float* x, int64_t B, int64_t H, int64_t W, const DlPointwise* expand,
+                              const float* dw_w, const float* dw_bias, int stride, float dw_lo, float dw_hi,
+                              const DlPointwise* project, int residual, float* y, int nthreads);
 
 #ifdef __cplusplus
 }

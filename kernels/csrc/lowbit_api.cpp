@@ -242,6 +242,73 @@ int mm_i8(const int8_t* xq, int64_t M, int64_t K, const uint8_t* w, int64_t N, i
   return 0;
 }
 
+// ---------------------------------------------------------------- fused inverted residual
+
+thread_local Scratch t_block_scratch;
+
+// Work space of one band of a fused block: three expanded rows (a ring indexed by input row
+// mod 3), one depthwise output row, and the int8 rows of one GEMM.
+struct BlockBufs {
+  float *ring, *dwrow, *scales;
+  int8_t* xq;
+  int32_t* sums;
+};
+
+bool block_bufs(int64_t W, int64_t Wo, int64_t cmid, int64_t kmax, BlockBufs* b) {
+  const int64_t rows = W > Wo ? W : Wo;
+  const int64_t ring = round_up(3 * W * cmid * 4, 64), dw = round_up(Wo * cmid * 4, 64);
+  const int64_t xq = round_up(rows * round_up(kmax, DL_TK), 64), vec = round_up(rows * 4, 64);
+  char* p = (char*)t_block_scratch.get(ring + dw + xq + 2 * vec);
+  if (!p) return false;
+  b->ring = (float*)p, b->dwrow = (float*)(p + ring), b->xq = (int8_t*)(p + ring + dw);
+  b->sums = (int32_t*)(p + ring + dw + xq), b->scales = (float*)(p + ring + dw + xq + vec);
+  return true;
+}
+
+// A 1x1 layer on n rows in cache: quantize them, then the GEMM, on this thread.
+void pointwise_rows(const DlPointwise* p, const float* x, int64_t n, float* y, const BlockBufs& b) {
+  const DlKernels* kt = kernels();
+  DlGemm g = make_gemm(n, p->K, DL_TK, p->w, p->N);
+  set_clamp(&g, p->act_lo, p->act_hi);
+  for (int64_t m = 0; m < n; ++m) kt->quantize_row(x + m * p->K, p->K, g.Kp, b.xq + m * g.Kp, b.scales + m, b.sums + m);
+  g.xq = b.xq, g.xsum = b.sums, g.xscale = b.scales;
+  g.scale_pos = p->scale_pos, g.scale_neg = p->scale_neg, g.bias = p->bias, g.y = y;
+  kt->ternary(&g, 0, n, 0, (p->N + DL_NB - 1) / DL_NB);
+}
+
+// Output rows [oh0, oh1) of image b.
+bool block_band(const float* x, int64_t b, int64_t oh0, int64_t oh1, const DlPointwise* expand, const DlDepthwise& d,
+                const DlPointwise* project, int residual, float* y) {
+  const int64_t H = d.H, W = d.W, cin = expand ? expand->K : d.C, cmid = d.C, cout = project->N;
+  const int64_t kmax = expand && expand->K > project->K ? expand->K : project->K;
+  BlockBufs bufs;
+  if (!block_bufs(W, d.Wo, cmid, kmax, &bufs)) return false;
+  int64_t tag[3] = {-1, -1, -1};
+  for (int64_t oh = oh0; oh < oh1; ++oh) {
+    const float* in[3] = {nullptr, nullptr, nullptr};
+    for (int kh = 0; kh < 3; ++kh) {
+      const int64_t ih = oh * d.stride - d.pad + kh;
+      if (ih < 0 || ih >= H) continue;
+      const float* xrow = x + (b * H + ih) * W * cin;
+      if (!expand) {
+        in[kh] = xrow;
+        continue;
+      }
+      float* slot = bufs.ring + (ih % 3) * W * cmid;
+      if (tag[ih % 3] != ih) pointwise_rows(expand, xrow, W, slot, bufs), tag[ih % 3] = ih;
+      in[kh] = slot;
+    }
+    kernels()->depthwise3x3_row(&d, oh, in, bufs.dwrow);
+    float* yrow = y + (b * d.Ho + oh) * d.Wo * cout;
+    pointwise_rows(project, bufs.dwrow, d.Wo, yrow, bufs);
+    if (residual) {  // y = x + y, as the block's forward adds them (float addition commutes)
+      const float* xrow = x + (b * H + oh) * W * cin;
+      for (int64_t i = 0; i < d.Wo * cout; ++i) yrow[i] = xrow[i] + yrow[i];
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 extern "C" {
@@ -354,6 +421,40 @@ int dl_depthwise3x3_nhwc(const float* x, int64_t B, int64_t H, int64_t W, int64_
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
   for (int64_t r = 0; r < rows; r += step) fn(&d, r, r + step < rows ? r + step : rows);
   return 0;
+}
+
+int dl_inverted_residual_nhwc(const float* x, int64_t B, int64_t H, int64_t W, const DlPointwise* expand,
+                              const float* dw_w, const float* dw_bias, int stride, float dw_lo, float dw_hi,
+                              const DlPointwise* project, int residual, float* y, int nthreads) {
+  const int64_t cin = expand ? expand->K : project->K, cmid = expand ? expand->N : cin;
+  if (B < 0 || H < 1 || W < 1 || (stride != 1 && stride != 2) || project->K != cmid ||
+      (residual && (stride != 1 || project->N != cin)))
+    return -2;
+  DlDepthwise d;
+  memset(&d, 0, sizeof(d));
+  d.B = B, d.H = H, d.W = W, d.C = cmid, d.stride = stride, d.pad = 1, d.w = dw_w, d.bias = dw_bias;
+  d.Ho = (H - 1) / stride + 1, d.Wo = (W - 1) / stride + 1;
+  d.clamp = dw_lo > -INFINITY || dw_hi < INFINITY;
+  d.act_lo = dw_lo, d.act_hi = dw_hi;
+  int nth = nthreads < 1 ? 1 : nthreads;
+  const int64_t macs = B * H * W * (expand ? cin * cmid : 0) + B * d.Ho * d.Wo * cmid * (9 + project->N);
+  if (macs < (int64_t)1 << 22) nth = 1;
+  // Bands: one per image on one thread; else about 2 per thread, at least 4 rows each.
+  int64_t per = nth == 1 ? d.Ho : (d.Ho + 2 * nth - 1) / (2 * nth);
+  if (per < 4) per = 4;
+  const int64_t bands = (d.Ho + per - 1) / per, tasks = B * bands;
+  int failed = 0;
+  auto task = [&](int64_t t) {
+    const int64_t b = t / bands, oh0 = (t % bands) * per, oh1 = oh0 + per < d.Ho ? oh0 + per : d.Ho;
+    if (!block_band(x, b, oh0, oh1, expand, d, project, residual, y)) failed = 1;
+  };
+  if (nth == 1 || tasks == 1) {
+    for (int64_t t = 0; t < tasks; ++t) task(t);
+  } else {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
+    for (int64_t t = 0; t < tasks; ++t) task(t);
+  }
+  return failed ? -1 : 0;
 }
 
 }  // extern "C"

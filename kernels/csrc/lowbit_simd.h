@@ -208,6 +208,11 @@ struct VDw8 {
 };
 
 TGT void depthwise3x3(const DlDepthwise* d, int64_t r0, int64_t r1) { dw3x3_rows<VDw8>(d, r0, r1); }
+TGT void depthwise3x3_row(const DlDepthwise* d, int64_t oh, const float* const* in, float* yrow) {
+  int kh0, kh1;
+  dw_taps(d, oh, &kh0, &kh1);
+  dw3x3_row<VDw8>(d, in, kh0, kh1, yrow);
+}
 
 // Stores 8 outputs (m, n .. n+7), skipping columns past N. `dot` is sum w*x;
 // for TTQ, `pos` is the sum of x over the +1 weights.
@@ -445,7 +450,7 @@ TGT void xnor(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
     drive<Xnor, 4, 1>(g, m0, m1, b0, b1);
 }
 
-const DlKernels kTable = {quantize_row, binarize_row, ternary, binary_i8, xnor, depthwise3x3};
+const DlKernels kTable = {quantize_row, binarize_row, ternary, binary_i8, xnor, depthwise3x3, depthwise3x3_row};
 #endif  // DL_OWN_TABLE
 
 }  // namespace
