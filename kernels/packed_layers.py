@@ -461,9 +461,8 @@ class PackedInvertedResidual(nn.Module):
     def __init__(self, conv: nn.Sequential, residual: bool) -> None:
         super().__init__()
         self.conv, self.use_residual = conv, residual
-        layers = [_sole_layer(s) for s in conv]
-        self._expand = _pointwise_args(layers[0]) if len(layers) == 3 else None
-        self._dw, self._project = layers[-2], _pointwise_args(layers[-1])
+        layers = [_sole_layer(s) for s in conv]  # plain references: conv owns (and moves) them
+        self._layers = (layers[0] if len(layers) == 3 else None, layers[-2], layers[-1])
 
     @staticmethod
     def fusable(conv: nn.Module) -> bool:
@@ -478,13 +477,20 @@ class PackedInvertedResidual(nn.Module):
         )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self._dw.use_reference and ops.direct(x):
-            dw = (self._dw.weight, self._dw.bias, self._dw.stride, self._dw.act_min, self._dw.act_max)
-            y = ops.inverted_residual_direct(x, self._expand, dw, self._project, self.use_residual)
+        e_layer, d, p_layer = self._layers
+        if d.use_reference:  # the layers in turn, on the spec
+            out = self.conv(x)
+            return x + out if self.use_residual else out
+        if ops.direct(x):
+            dw = (d.weight, d.bias, d.stride, d.act_min, d.act_max)
+            expand = None if e_layer is None else _pointwise_args(e_layer)
+            y = ops.inverted_residual_direct(x, expand, dw, _pointwise_args(p_layer), self.use_residual)
             if y is not None:
                 return y
-        out = self.conv(x)
-        return x + out if self.use_residual else out
+        e = (None,) * 8 if e_layer is None else _pointwise_args(e_layer)
+        p = _pointwise_args(p_layer)
+        return ops.inverted_residual(x, e[0], e[3], e[4], e[5], e[6], e[7], d.weight, d.bias, d.stride, d.act_min,
+                                     d.act_max, p[0], p[3], p[4], p[5], p[6], p[7], self.use_residual)  # fmt: skip
 
 
 def fuse_inverted_residuals(model: nn.Module) -> nn.Module:

@@ -285,3 +285,27 @@ def depthwise3x3(
     if bias is not None:
         acc = acc + bias.float().view(1, c, 1, 1)
     return clamp_output(acc, act_min, act_max).contiguous(memory_format=torch.channels_last)
+
+
+def inverted_residual(
+    x: torch.Tensor,
+    expand: tuple | None,
+    dw: tuple,
+    project: tuple,
+    residual: bool,
+) -> torch.Tensor:
+    """A MobileNetV2 block as its three layers in turn: the spec of the fused kernel
+    (lowbit.h, dl_inverted_residual_nhwc), which must give exactly these bits.
+
+    expand / project: (w_packed, scale_pos, scale_neg, bias, act_min, act_max) of a 1x1
+    ternary conv (expand None: none); dw: (weight [3, 3, C], bias, stride, act_min, act_max),
+    padding 1. residual: y = x + project(...).
+    """
+    def pointwise(t, p):
+        w, sp, sn, b, lo, hi = p
+        return ternary_conv2d(t, w, 1, sp, sn, b, act_min=lo, act_max=hi)
+
+    e = x if expand is None else pointwise(x, expand)
+    weight, bias, stride, lo, hi = dw
+    out = pointwise(depthwise3x3(e, weight, bias, stride, 1, lo, hi), project)
+    return x + out if residual else out
