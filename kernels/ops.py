@@ -34,6 +34,7 @@ __all__ = [
     "binary_conv2d",
     "depthwise_conv2d",
     "inverted_residual",
+    "conv3x3",
 ]
 
 
@@ -587,3 +588,54 @@ def _(x, e_w, e_scale_pos, e_scale_neg, e_bias, e_act_min, e_act_max, dw_w, dw_b
     b, _, h, w = x.shape
     n = p_scale_pos.shape[0]
     return x.new_empty((b, n, (h - 1) // stride + 1, (w - 1) // stride + 1)).contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("distill::conv3x3", mutates_args=())
+def conv3x3(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int = 1,
+    padding: int = 1,
+    act_min: float | None = None,
+    act_max: float | None = None,
+) -> Tensor:
+    """Dense 3x3 conv in float32 for few input channels (a stem), BN folded, clamp fused
+    (spec: reference.conv3x3). weight [3, 3, Cin, Cout]; x NCHW in any memory format (the
+    kernel reads it through its strides); returns NCHW in channels-last memory."""
+    name = "conv3x3"
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"{name}: expected a float [B, C, H, W] input, got {x.dtype} {list(x.shape)}")
+    b, c, h, w = x.shape
+    if weight.dim() != 4 or weight.shape[:3] != (3, 3, c):
+        raise ValueError(f"{name}: weight must be [3, 3, {c}, C_out], got {list(weight.shape)}")
+    if stride not in (1, 2) or padding not in (0, 1) or h + 2 * padding < 3 or w + 2 * padding < 3:
+        raise ValueError(f"{name}: supports stride 1/2, padding 0/1 and inputs of at least 3x3 padded")
+    bv = _check_vec(bias, weight.shape[3], name, "bias")
+    if not _use_cpp(x):
+        return reference.conv3x3(x, weight, bv, stride, padding, act_min, act_max).to(x.dtype)
+    y = conv3x3_direct(x.float(), weight.float().contiguous(), bv, stride, padding, act_min, act_max)
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+@conv3x3.register_fake
+def _(x, weight, bias=None, stride=1, padding=1, act_min=None, act_max=None):
+    b, c, h, w = x.shape
+    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    return x.new_empty((b, weight.shape[3], ho, wo)).contiguous(memory_format=torch.channels_last)
+
+
+def conv3x3_direct(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int,
+                   act_min: float | None, act_max: float | None) -> Tensor:  # fmt: skip
+    """``conv3x3`` through ctypes on a float32 CPU input of any strides (``direct`` inputs)."""
+    b, c, h, w = x.shape
+    cout = weight.shape[3]
+    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    y = torch.empty(b, cout, ho, wo, memory_format=torch.channels_last)
+    sb, sc, sh, sw = x.stride()
+    rc = _cpu.lib().dl_conv3x3_nhwc(
+        x.data_ptr(), b, h, w, c, sb, sh, sw, sc, cout, stride, padding, weight.data_ptr(), _cpu.ptr(bias),
+        y.data_ptr(), torch.get_num_threads(), *_bounds(act_min, act_max),
+    )  # fmt: skip
+    _cpu.check(rc, "conv3x3")
+    return y

@@ -199,3 +199,39 @@ def test_fused_block_op_and_export():
     assert "distill.inverted_residual" in str(ep.graph)
     with torch.no_grad():
         assert torch.equal(ep.module()(x), block(x))
+
+
+# (B, C_in, C_out, H, W, stride, padding): the stems (3 -> 32 / 16), one input channel, a
+# vector tail of C_out, images narrower than the 4-column steps.
+STEMS = [(1, 3, 32, 20, 18, 2, 1), (2, 3, 16, 9, 7, 1, 1), (1, 1, 5, 3, 3, 1, 0), (1, 4, 33, 1, 1, 1, 1),
+         (1, 3, 17, 6, 5, 2, 0)]  # fmt: skip
+
+
+@pytest.mark.parametrize("b,c,o,h,w,s,p", STEMS)
+def test_stem_conv_matches_reference(isa, b, c, o, h, w, s, p):
+    g = _gen(c * o + h)
+    x, wt, bias = torch.randn(b, c, h, w, generator=g), torch.randn(3, 3, c, o, generator=g), torch.randn(o, generator=g)
+    for xx in (x, x.contiguous(memory_format=torch.channels_last)):  # read through strides: either layout
+        for lo, hi in ((None, None), (0.0, 6.0)):
+            assert torch.equal(ops.conv3x3(xx, wt, bias, s, p, lo, hi), reference.conv3x3(x, wt, bias, s, p, lo, hi))
+    conv = F.conv2d(x, wt.permute(3, 2, 0, 1), bias, s, p)
+    torch.testing.assert_close(reference.conv3x3(x, wt, bias, s, p), conv, rtol=1e-5, atol=1e-5)
+
+
+def test_stem_layer_and_opcheck(tmp_path):
+    from kernels.packed_layers import PackedConv3x3
+
+    conv, bn = nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16).eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    assert PackedConv3x3.supports(conv) and not PackedConv3x3.supports(nn.Conv2d(16, 16, 3))
+    layer = PackedConv3x3.from_conv(conv, bn)
+    x = torch.randn(2, 3, 15, 15)
+    with torch.no_grad():
+        got = layer(x)
+        torch.testing.assert_close(got, bn(conv(x)), rtol=1e-5, atol=1e-5)
+        layer.use_reference = True
+        assert torch.equal(layer(x), got)
+    save_packed(layer, tmp_path / "stem.pt")
+    assert torch.equal(load_packed(tmp_path / "stem.pt")(x), got)
+    torch.library.opcheck(ops.conv3x3, (x, layer.weight, layer.bias, 2, 1, 0.0, 6.0))
