@@ -1,8 +1,8 @@
 """The AArch64 kernels (kernels/csrc/lowbit_neon*.cpp), cross-built and run under qemu-user.
 
-The x86 side writes cases: inputs over the shapes and tails of tests/test_kernels.py, and the
-expected outputs of kernels.reference (checked here to be, byte for byte, what the x86 build
-computes). Debian's g++-aarch64-linux-gnu builds the kernel library with the flags of
+The x86 side writes cases: inputs over the shapes and tails of tests/test_kernels.py and
+tests/test_kernels_conv.py, and the expected outputs of kernels.reference (checked here to be,
+byte for byte, what the x86 build computes). Debian's g++-aarch64-linux-gnu builds the kernel library with the flags of
 kernels/_cpu.py and the C++ driver tests/arm/driver.cpp; qemu-aarch64 runs the driver on an
 emulated CPU with the dot product (``-cpu max``: neondot, neon and scalar paths) and on one
 without (``-cpu cortex-a53``: neon and scalar), and the driver compares every output bit for bit.
@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_kernels import CONVS, SHAPES, _problem
+from test_kernels_conv import BLOCKS, DEPTHWISE, GEMMS, STEMS
 
 from kernels import _cpu, ops, packing, reference
 
@@ -86,7 +87,7 @@ def driver() -> Path:
         list(pool.map(_compile, jobs))
     _compile([CXX, "-shared", "-fopenmp", *(str(tmp / f"{s}.o") for s in _cpu.SOURCES), "-o",
               str(tmp / "libdistill_lowbit.so")])
-    _compile([CXX, "-O2", "-std=c++17", "-Wall", "-Werror", str(DRIVER), f"-L{tmp}", "-ldistill_lowbit",
+    _compile([CXX, "-O2", "-std=c++17", "-Wall", "-Werror", f"-I{_cpu.CSRC}", str(DRIVER), f"-L{tmp}", "-ldistill_lowbit",
               "-Wl,-rpath,$ORIGIN", "-o", str(tmp / "driver")])
     try:
         os.rename(tmp, out)
@@ -161,6 +162,54 @@ def _integer(c: Cases, q, bits, tern, binw, n, k, nth=1) -> None:
           ops.xnor_mm_int(bits, binw, n, k))
 
 
+def _nhwc(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.permute(0, 2, 3, 1).contiguous()
+
+
+def _depthwise(c: Cases, x, wt, bias, stride, pad, nth=1) -> None:
+    """dl_depthwise3x3_nhwc as test_kernels_conv.test_depthwise_matches_reference checks it: with and without
+    bias, no clamp, ReLU6, ReLU; x and y in NHWC memory."""
+    b, ch, h, w = x.shape
+    for bv in (None, bias):
+        for lo, hi in ((None, None), (0.0, 6.0), (0.0, None)):
+            c.add("depthwise3x3", [b, h, w, ch, stride, pad, nth], list(ops._bounds(lo, hi)), [_nhwc(x), wt, bv],
+                  _nhwc(reference.depthwise3x3(x, wt, bv, stride, pad, lo, hi)),
+                  _nhwc(ops.depthwise_conv2d(x, wt, bv, stride, pad, lo, hi)))
+
+
+def _inverted_residual(c: Cases, cin, cmid, cout, s, h, w, expand, residual, ttq, nth=1) -> None:
+    """dl_inverted_residual_nhwc on a block like test_kernels_conv.BLOCKS: [expand 1x1, ReLU6,] depthwise 3x3
+    (ReLU6), project 1x1 [+ x]; TWN or TTQ pointwise weights."""
+    g = torch.Generator().manual_seed(cin + cmid + h)
+
+    def pointwise(k, n, lo, hi):
+        w_packed = packing.pack_ternary(torch.randint(-1, 2, (n, k), generator=g))
+        sp, sn, b = torch.rand(n, generator=g) + 0.5, torch.rand(n, generator=g) + 0.5, torch.randn(n, generator=g)
+        return w_packed, sp, sn if ttq else None, b, lo, hi
+
+    e = pointwise(cin, cmid, 0.0, 6.0) if expand else None
+    dw = (torch.randn(3, 3, cmid, generator=g), torch.randn(cmid, generator=g), s, 0.0, 6.0)
+    p = pointwise(cmid, cout, None, None)
+    x = torch.randn(2, cin, h, w, generator=g)
+    bounds = [*ops._bounds(*(e[4:] if e else (None, None))), *ops._bounds(*dw[3:]), *ops._bounds(*p[4:])]
+    c.add("inverted_residual", [2, h, w, cin, cmid, cout, s, int(residual), int(expand), nth], bounds,
+          [_nhwc(x), *(e[:4] if e else (None,) * 4), dw[0], dw[1], *p[:4]],
+          _nhwc(reference.inverted_residual(x, e, dw, p, residual)),
+          _nhwc(ops.inverted_residual(x, *(e or (None,) * 6), *dw, *p, residual)))
+
+
+def _stem(c: Cases, b, ch, o, h, w, s, p) -> None:
+    """dl_conv3x3_nhwc reading an NCHW and an NHWC input through their strides, without and with ReLU6."""
+    g = torch.Generator().manual_seed(ch * o + h)
+    x, wt, bias = torch.randn(b, ch, h, w, generator=g), torch.randn(3, 3, ch, o, generator=g), torch.randn(o, generator=g)
+    for xx in (x, x.contiguous(memory_format=torch.channels_last)):
+        sb, sc, sh, sw = xx.stride()
+        memory = xx if xx.is_contiguous() else _nhwc(xx)
+        for lo, hi in ((None, None), (0.0, 6.0)):
+            c.add("conv3x3", [b, h, w, ch, sb, sh, sw, sc, o, s, p, 1], list(ops._bounds(lo, hi)), [memory, wt, bias],
+                  _nhwc(reference.conv3x3(x, wt, bias, s, p, lo, hi)), _nhwc(ops.conv3x3(xx, wt, bias, s, p, lo, hi)))
+
+
 def build_cases() -> Cases:
     c = Cases()
     _activations(c, torch.tensor([[127.0, 2.5, 3.5, -2.5, 0.5, -127.0, 1.5], [0.0] * 7]))  # ties to even
@@ -184,13 +233,31 @@ def build_cases() -> Cases:
     w = torch.stack([torch.ones(k), -torch.ones(k), torch.zeros(k)]).long()
     b = torch.stack([torch.ones(k), -torch.ones(k), torch.ones(k)]).long()
     _integer(c, q, reference.binarize_rows(q.float())[0], packing.pack_ternary(w), packing.pack_binary(b), 3, k)
+    for block in BLOCKS:
+        _inverted_residual(c, *block)
+    for stem in STEMS:
+        _stem(c, *stem)
+    for b, ch, h, w, s, p in DEPTHWISE:
+        g = torch.Generator().manual_seed(ch * h + w)
+        _depthwise(c, torch.randn(b, ch, h, w, generator=g), torch.randn(3, 3, ch, generator=g),
+                   torch.randn(ch, generator=g), s, p)
     torch.set_num_threads(2)  # a second thread in the x86 build too
     try:
         for m, n in [(16, 800), (640, 20)]:  # split over output blocks / over rows (above the 2-thread threshold)
             x, tern, binw, sp, sn, bias = _problem(m, 400, n)
             _linears(c, x, tern, binw, sp, sn, bias, nth=2)
+        for m, k, n in GEMMS:  # the 1x1-conv shapes: quantized row panels, narrow layers
+            x, tern, binw, sp, sn, bias = _problem(m, k, n)
+            _linears(c, x, tern, binw, sp, sn, bias, nth=2)
+        bias = torch.randn(24)
+        bias[3] = float("nan")  # a NaN channel stays NaN through the fused clamp
+        _depthwise(c, torch.randn(2, 24, 20, 20), torch.randn(3, 3, 24), bias, 1, 1, nth=2)
+        for block in BLOCKS:
+            _inverted_residual(c, *block, nth=2)
     finally:
         torch.set_num_threads(1)
+    for m, k, n in GEMMS:
+        _linears(c, *_problem(m, k, n))
     for ch, o, ks, st, pad, dil, h, w in CONVS:  # the im2col rows of the convolution tests: K = kh * kw * C
         x = torch.randn(2, ch, h, w, generator=torch.Generator().manual_seed(o * h + w))
         p = reference._pair
@@ -301,41 +368,52 @@ def et_arm(et_arm_root) -> tuple[Path, Path]:
 
 
 class _Packed(torch.nn.Module):
-    """A ternary 3x3 conv (TTQ, ReLU6), an XNOR 1x1 conv on its output, and a ternary linear: distill ops only."""
+    """distill ops only: the stem 3x3 conv (ReLU6), a fused inverted residual (expand, depthwise, TTQ project, + x),
+    a ternary 3x3 conv (TTQ, ReLU6), an XNOR 1x1 conv on its output, and a ternary linear on a second input."""
 
-    def __init__(self, c: int = 8, o: int = 20, o2: int = 12) -> None:
+    def __init__(self, c: int = 8, mid: int = 24, o: int = 20, o2: int = 12) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(0)
-        self.tern = packing.pack_ternary(torch.randint(-1, 2, (o, 9 * c), generator=g))
-        self.sp, self.sn = torch.rand(o, generator=g) + 0.5, torch.rand(o, generator=g) + 0.5
-        self.b = torch.randn(o, generator=g)
-        self.binw = packing.pack_binary(torch.randint(0, 2, (o2, o), generator=g) * 2 - 1)
-        self.s2, self.b2 = torch.rand(o2, generator=g) + 0.5, torch.randn(o2, generator=g)
-        self.lw = packing.pack_ternary(torch.randint(-1, 2, (24, 40), generator=g))
-        self.ls = torch.rand(24, generator=g) + 0.5
+        rand = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+        scale = lambda n: torch.rand(n, generator=g) + 0.5  # noqa: E731
+        tern = lambda n, k: packing.pack_ternary(torch.randint(-1, 2, (n, k), generator=g))  # noqa: E731
+        self.stem = (rand(3, 3, 3, c), rand(c))
+        self.expand = (tern(mid, c), scale(mid), None, rand(mid), 0.0, 6.0)
+        self.dw = (rand(3, 3, mid), rand(mid), 1, 0.0, 6.0)
+        self.project = (tern(c, mid), scale(c), scale(c), rand(c), None, None)
+        self.conv = (tern(o, 9 * c), scale(o), scale(o), rand(o))
+        self.xnor = (packing.pack_binary(torch.randint(0, 2, (o2, o), generator=g) * 2 - 1), scale(o2), rand(o2))
+        self.linear = (tern(24, 40), scale(24))
 
     def forward(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = torch.ops.distill
-        y = d.ternary_conv2d_cl(x, self.tern, [3, 3], self.sp, self.sn, self.b, [1, 1], [1, 1], [1, 1], 0.0, 6.0)
-        z = d.binary_conv2d_cl(y, self.binw, [1, 1], self.s2, self.b2, [1, 1], [0, 0], [1, 1], True, True)
-        return z, d.ternary_linear(v, self.lw, 40, self.ls, None, None)
+        s = d.conv3x3(x, *self.stem, 1, 1, 0.0, 6.0)
+        r = d.inverted_residual(s, *self.expand, *self.dw, *self.project, True)
+        y = d.ternary_conv2d_cl(r, self.conv[0], [3, 3], *self.conv[1:], [1, 1], [1, 1], [1, 1], 0.0, 6.0)
+        z = d.binary_conv2d_cl(y, self.xnor[0], [1, 1], *self.xnor[1:], [1, 1], [0, 0], [1, 1], True, True)
+        return z, d.ternary_linear(v, *self.linear[:1], 40, *self.linear[1:], None, None)
 
     def reference(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = reference.ternary_conv2d(x, self.tern, 3, self.sp, self.sn, self.b, 1, 1, 1, 0.0, 6.0)
-        z = reference.binary_conv2d(y, self.binw, 1, self.s2, self.b2, xnor=True)
-        return z, reference.ternary_linear(v, self.lw, 40, self.ls)
+        s = reference.conv3x3(x, *self.stem, 1, 1, 0.0, 6.0)
+        r = reference.inverted_residual(s, self.expand, self.dw, self.project, True)
+        y = reference.ternary_conv2d(r, self.conv[0], 3, *self.conv[1:], 1, 1, 1, 0.0, 6.0)
+        z = reference.binary_conv2d(y, self.xnor[0], 1, *self.xnor[1:], xnor=True)
+        return z, reference.ternary_linear(v, self.linear[0], 40, self.linear[1])
 
 
 def test_executorch_program_runs_on_aarch64(et_arm, tmp_path):
     """The .pte exported here runs in the aarch64 ExecuTorch runtime with the aarch64 kernel library, on every
     ISA of both emulated CPUs, and gives the reference's bytes (the conv output in its channels-last order)."""
-    import kernels.executorch.ops  # noqa: F401  (the .out variants to_executorch needs)
+    import importlib
+
     from executorch.exir import to_edge_transform_and_lower
+
+    importlib.import_module("kernels.executorch.ops")  # the .out variants to_executorch needs
 
     lib, exe = et_arm
     model = _Packed()
     g = torch.Generator().manual_seed(1)
-    x, v = torch.randn(1, 8, 6, 6, generator=g), torch.randn(4, 40, generator=g)
+    x, v = torch.randn(1, 3, 7, 6, generator=g), torch.randn(4, 40, generator=g)
     program = to_edge_transform_and_lower(torch.export.export(model, (x, v))).to_executorch()
     (tmp_path / "m.pte").write_bytes(program.buffer)
     with open(tmp_path / "in.bin", "wb") as f:

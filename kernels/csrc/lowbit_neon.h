@@ -18,6 +18,7 @@
 #include <arm_neon.h>
 
 #include "lowbit.h"
+#include "lowbit_dw.h"
 
 #define DL_INLINE __attribute__((always_inline)) inline
 
@@ -133,9 +134,15 @@ void binarize_row(const float* x, int64_t K, int64_t Kp, uint8_t* bits, float* b
 
 // ---------------------------------------------------------------- epilogue
 
+// min(hi, max(lo, y)) exactly as dl_clamp: compare and select, so that NaN passes and a
+// signed zero comes out as dl_clamp gives it (FMAX(+0, -0) is +0, dl_clamp keeps the -0).
+DL_INLINE float32x4_t clamp4(float32x4_t y, float32x4_t lo, float32x4_t hi) {
+  y = vbslq_f32(vcgtq_f32(lo, y), lo, y);
+  return vbslq_f32(vcltq_f32(hi, y), hi, y);
+}
+
 // Stores the 4 outputs (m, n .. n+3), skipping columns past N; the float math is
-// dl_store's (and the reference's), lane by lane, and the clamp is a compare and
-// select so that NaN passes and signed zeros come out as dl_clamp gives them.
+// dl_store's (and the reference's), lane by lane.
 template <bool TTQ>
 DL_INLINE void store4(const DlGemm* g, int64_t m, int64_t n, int32x4_t dot, int32x4_t pos) {
   const int64_t valid = g->N - n;
@@ -159,11 +166,7 @@ DL_INLINE void store4(const DlGemm* g, int64_t m, int64_t n, int32x4_t dot, int3
   } else {
     y = vaddq_f32(vmulq_f32(vmulq_f32(vcvtq_f32_s32(dot), wp), sx), b);
   }
-  if (g->clamp) {
-    const float32x4_t lo = vdupq_n_f32(g->act_lo), hi = vdupq_n_f32(g->act_hi);
-    y = vbslq_f32(vcgtq_f32(lo, y), lo, y);
-    y = vbslq_f32(vcltq_f32(hi, y), hi, y);
-  }
+  if (g->clamp) y = clamp4(y, vdupq_n_f32(g->act_lo), vdupq_n_f32(g->act_hi));
   vst1q_f32(g->y + m * g->N + n, y);
 }
 
@@ -336,7 +339,47 @@ void xnor(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
   m1 - m0 <= 2 ? tiles<Xnor, 1, kGemvGroups>(g, m0, m1, b0, b1) : tiles<Xnor, 4, kNQ>(g, m0, m1, b0, b1);
 }
 
-const DlKernels kTable = {quantize_row, binarize_row, ternary, binary_i8, xnor};
+// ---------------------------------------------------------------- depthwise and stem convs
+
+// lowbit_dw.h's vector traits (for its depthwise and dense 3x3 templates): 4 channels
+// per register; a partial chunk (C % 4 channels) goes through a zeroed stack copy, as
+// NEON has no masked loads and stores.
+struct VDw4 {
+  using T = float32x4_t;
+  using Mask = int;  // channels in use, 1..4
+  static constexpr int N = 4;
+  static DL_INLINE Mask mask(int n) { return n; }
+  static DL_INLINE T load(const float* p, Mask m) {
+    if (m == 4) return vld1q_f32(p);
+    float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    memcpy(t, p, 4 * (size_t)m);
+    return vld1q_f32(t);
+  }
+  static DL_INLINE void store(float* p, T v, Mask m) {
+    if (m == 4) return vst1q_f32(p, v);
+    float t[4];
+    vst1q_f32(t, v);
+    memcpy(p, t, 4 * (size_t)m);
+  }
+  static DL_INLINE T zero() { return vdupq_n_f32(0.0f); }
+  static DL_INLINE T set1(float v) { return vdupq_n_f32(v); }
+  static DL_INLINE T add(T a, T b) { return vaddq_f32(a, b); }
+  static DL_INLINE T mul(T a, T b) { return vmulq_f32(a, b); }
+  static DL_INLINE T clamp(T v, T lo, T hi) { return clamp4(v, lo, hi); }
+};
+
+void depthwise3x3(const DlDepthwise* d, int64_t r0, int64_t r1) { dw3x3_rows<VDw4>(d, r0, r1); }
+
+void depthwise3x3_row(const DlDepthwise* d, int64_t oh, const float* const* in, float* yrow) {
+  int kh0, kh1;
+  dw_taps(d, oh, &kh0, &kh1);
+  dw3x3_row<VDw4>(d, in, kh0, kh1, yrow);
+}
+
+void conv3x3(const DlConv3x3* c, int64_t r0, int64_t r1) { conv3x3_rows<VDw4>(c, r0, r1); }
+
+const DlKernels kTable = {quantize_row, binarize_row,     ternary, binary_i8, xnor,
+                          depthwise3x3, depthwise3x3_row, conv3x3};
 
 }  // namespace
 

@@ -21,22 +21,7 @@
 #include <string>
 #include <vector>
 
-extern "C" {
-int dl_isa_supported(int isa);
-int dl_get_isa(void);
-int dl_set_isa(int isa);
-int dl_quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* scale, int nthreads);
-int dl_binarize_rows(const float* x, int64_t M, int64_t K, uint8_t* bits, float* beta, int nthreads);
-int dl_ternary_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, const float* scale_pos,
-                      const float* scale_neg, const float* bias, float* y, int nthreads, float act_lo, float act_hi);
-int dl_ternary_mm(const int8_t* xq, int64_t M, int64_t K, const uint8_t* w, int64_t N, int32_t* y, int nthreads);
-int dl_binary_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, const float* scale,
-                     const float* bias, float* y, int nthreads, float act_lo, float act_hi);
-int dl_binary_mm(const int8_t* xq, int64_t M, int64_t K, const uint8_t* w, int64_t N, int32_t* y, int nthreads);
-int dl_xnor_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, const float* scale,
-                   const float* bias, int act_scale, float* y, int nthreads, float act_lo, float act_hi);
-int dl_xnor_mm(const uint8_t* xbits, int64_t M, int64_t K, const uint8_t* w, int64_t N, int32_t* y, int nthreads);
-}
+#include "lowbit.h"  // the C entry points
 
 namespace {
 
@@ -102,6 +87,27 @@ std::vector<Case> load(const char* path) {
 int run(const Case& c, std::vector<std::vector<uint8_t>>& out) {
   const int64_t M = c.i.at(0), K = c.i.at(1);
   auto y = [&](size_t k) { return out.at(k).data(); };
+  if (c.op == "depthwise3x3") {  // ints B, H, W, C, stride, pad, nthreads; arrays x (NHWC), w [3, 3, C], bias
+    const std::vector<int64_t>& i = c.i;
+    return dl_depthwise3x3_nhwc(c.in<float>(0), i.at(0), i.at(1), i.at(2), i.at(3), (int)i.at(4), (int)i.at(5),
+                                c.in<float>(1), c.in<float>(2), (float*)y(0), (int)i.at(6), c.f.at(0), c.f.at(1));
+  }
+  if (c.op == "inverted_residual") {  // ints B, H, W, Cin, Cmid, Cout, stride, residual, expand, nthreads
+    const std::vector<int64_t>& i = c.i;  // floats: expand, depthwise, project clamps (lo, hi each)
+    const DlPointwise e = {c.in<uint8_t>(1), i.at(3), i.at(4), c.in<float>(2), c.in<float>(3), c.in<float>(4),
+                           c.f.at(0), c.f.at(1)};
+    const DlPointwise p = {c.in<uint8_t>(7), i.at(4), i.at(5), c.in<float>(8), c.in<float>(9), c.in<float>(10),
+                           c.f.at(4), c.f.at(5)};
+    return dl_inverted_residual_nhwc(c.in<float>(0), i.at(0), i.at(1), i.at(2), i.at(8) ? &e : nullptr, c.in<float>(5),
+                                     c.in<float>(6), (int)i.at(6), c.f.at(2), c.f.at(3), &p, (int)i.at(7), (float*)y(0),
+                                     (int)i.at(9));
+  }
+  if (c.op == "conv3x3") {  // ints B, H, W, Cin, the 4 strides of x, Cout, stride, pad, nthreads; x, w, bias
+    const std::vector<int64_t>& i = c.i;
+    return dl_conv3x3_nhwc(c.in<float>(0), i.at(0), i.at(1), i.at(2), i.at(3), i.at(4), i.at(5), i.at(6), i.at(7),
+                           i.at(8), (int)i.at(9), (int)i.at(10), c.in<float>(1), c.in<float>(2), (float*)y(0),
+                           (int)i.at(11), c.f.at(0), c.f.at(1));
+  }
   if (c.op == "quantize_rows")
     return dl_quantize_rows(c.in<float>(0), M, K, (int8_t*)y(0), (float*)y(1), 1);
   if (c.op == "binarize_rows")
