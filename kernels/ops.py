@@ -13,6 +13,8 @@ returned in x's dtype). Weights are packed as in kernels/packing.py; scales are
 float32 [N]. Threads: ``torch.get_num_threads()``.
 """
 
+import ctypes
+
 import torch
 from torch import Tensor
 
@@ -30,6 +32,9 @@ __all__ = [
     "xnor_linear",
     "ternary_conv2d",
     "binary_conv2d",
+    "depthwise_conv2d",
+    "inverted_residual",
+    "conv3x3",
 ]
 
 
@@ -385,3 +390,252 @@ def binary_conv2d(
     else:
         y = binary_linear(rows, w_packed, rows.shape[1], scale, bias, act_min, act_max)
     return reference.rows_to_nchw(y, shape)
+
+
+# ---------------------------------------------------------------- depthwise convolution
+
+
+@torch.library.custom_op("distill::depthwise_conv2d", mutates_args=())
+def depthwise_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int = 1,
+    padding: int = 1,
+    act_min: float | None = None,
+    act_max: float | None = None,
+) -> Tensor:
+    """Depthwise 3x3 conv, float32, channels last, BatchNorm folded, ReLU / ReLU6 fused
+    (spec: reference.depthwise3x3). weight [3, 3, C]; stride 1 or 2; padding 0 or 1.
+    Returns NCHW in channels-last memory (what the next packed layer reads without a copy)."""
+    name = "depthwise_conv2d"
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"{name}: expected a float [B, C, H, W] input, got {x.dtype} {list(x.shape)}")
+    b, c, h, w = x.shape
+    if weight.shape != (3, 3, c):
+        raise ValueError(f"{name}: weight must be [3, 3, {c}] (kh, kw, C), got {list(weight.shape)}")
+    if stride not in (1, 2) or padding not in (0, 1) or h + 2 * padding < 3 or w + 2 * padding < 3:
+        raise ValueError(f"{name}: supports stride 1/2, padding 0/1 and inputs of at least 3x3 padded "
+                         f"(got stride {stride}, padding {padding}, {h}x{w})")  # fmt: skip
+    bv = _check_vec(bias, c, name, "bias")
+    if not _use_cpp(x):
+        return reference.depthwise3x3(x, weight, bv, stride, padding, act_min, act_max).to(x.dtype)
+    xc = x.float().contiguous(memory_format=torch.channels_last)
+    wc = weight.float().contiguous()
+    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    y = torch.empty(b, c, ho, wo, memory_format=torch.channels_last)
+    rc = _cpu.lib().dl_depthwise3x3_nhwc(
+        xc.data_ptr(), b, h, w, c, stride, padding, wc.data_ptr(), _cpu.ptr(bv), y.data_ptr(),
+        torch.get_num_threads(), *_bounds(act_min, act_max),
+    )  # fmt: skip
+    _cpu.check(rc, name)
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+@depthwise_conv2d.register_fake
+def _(x, weight, bias=None, stride=1, padding=1, act_min=None, act_max=None):
+    b, c, h, w = x.shape
+    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    return x.new_empty((b, c, ho, wo)).contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------- eager calls without the dispatcher
+
+
+def direct(x: Tensor) -> bool:
+    """True when ``x`` is a plain eager CPU float32 tensor that the C kernels can take straight
+    through ctypes, skipping the torch.library dispatcher.
+
+    Why: a custom-op call costs ~15 us in eager mode, a ctypes call ~3 us, and a batch-1
+    MobileNet makes 50 of them; at 32x32 that overhead was larger than all its kernels.
+    Anything that must see the ops (torch.compile, torch.export's fake tensors, jit tracing,
+    dispatch or function modes such as FlopCounterMode, autograd) takes the op path instead.
+    """
+    return (
+        type(x) is Tensor and x.dtype == torch.float32 and x.is_cpu and not x.requires_grad
+        and (_cpu._backend or _cpu.backend()) == "cpp" and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._is_torch_function_mode_enabled()
+    )  # fmt: skip
+
+
+def conv1x1_direct(
+    x: Tensor, kind: str, w_packed: Tensor, n: int, scale_pos: Tensor, scale_neg: Tensor | None,
+    bias: Tensor | None, act_min: float | None, act_max: float | None, act_scale: bool = True,
+) -> Tensor | None:  # fmt: skip
+    """A 1x1, stride-1, unpadded packed conv (kind: ternary, binary or xnor) on a channels-last
+    ``direct`` input, called straight through ctypes; None when x is not channels-last dense
+    (the caller then takes the op path). Same kernels, same bits as the ops."""
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return None
+    b, k, h, w = x.shape
+    y = torch.empty(b, n, h, w, memory_format=torch.channels_last)
+    lib, m, lo_hi, nth = _cpu.lib(), b * h * w, _bounds(act_min, act_max), torch.get_num_threads()
+    xp, wp, yp, sp, bp = x.data_ptr(), w_packed.data_ptr(), y.data_ptr(), scale_pos.data_ptr(), _cpu.ptr(bias)
+    if kind == "ternary":
+        rc = lib.dl_ternary_linear(xp, m, k, wp, n, sp, _cpu.ptr(scale_neg), bp, yp, nth, *lo_hi)
+    elif kind == "binary":
+        rc = lib.dl_binary_linear(xp, m, k, wp, n, sp, bp, yp, nth, *lo_hi)
+    else:
+        rc = lib.dl_xnor_linear(xp, m, k, wp, n, sp, bp, int(act_scale), yp, nth, *lo_hi)
+    _cpu.check(rc, f"{kind} conv 1x1")
+    return y
+
+
+def depthwise_direct(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int,
+                     act_min: float | None, act_max: float | None) -> Tensor | None:  # fmt: skip
+    """``depthwise_conv2d`` on a channels-last ``direct`` input through ctypes (None: not channels-last)."""
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return None
+    b, c, h, w = x.shape
+    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    y = torch.empty(b, c, ho, wo, memory_format=torch.channels_last)
+    rc = _cpu.lib().dl_depthwise3x3_nhwc(
+        x.data_ptr(), b, h, w, c, stride, padding, weight.data_ptr(), _cpu.ptr(bias), y.data_ptr(),
+        torch.get_num_threads(), *_bounds(act_min, act_max),
+    )  # fmt: skip
+    _cpu.check(rc, "depthwise_conv2d")
+    return y
+
+
+def _pointwise(w_packed: Tensor, k: int, n: int, scale_pos: Tensor, scale_neg: Tensor | None, bias: Tensor | None,
+               act_min: float | None, act_max: float | None) -> _cpu.Pointwise:  # fmt: skip
+    return _cpu.Pointwise(w_packed.data_ptr(), k, n, scale_pos.data_ptr(), _cpu.ptr(scale_neg), _cpu.ptr(bias),
+                          *_bounds(act_min, act_max))  # fmt: skip
+
+
+def inverted_residual_direct(x: Tensor, expand: tuple | None, dw: tuple, project: tuple, residual: bool) -> Tensor | None:
+    """A whole MobileNetV2 block in one C call (lowbit.h, dl_inverted_residual_nhwc) on a
+    channels-last ``direct`` input; None when x is not channels-last dense.
+
+    expand / project: (w_packed, K, N, scale_pos, scale_neg, bias, act_min, act_max) of a 1x1
+    ternary conv (expand None: no expansion); dw: (weight [3, 3, C], bias, stride, act_min, act_max).
+    The same bits as running the three layers one after another, without the expanded tensor
+    ever leaving the cache.
+    """
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return None
+    b, _, h, w = x.shape
+    weight, dw_bias, stride, lo, hi = dw
+    n = project[2]
+    y = torch.empty(b, n, (h - 1) // stride + 1, (w - 1) // stride + 1, memory_format=torch.channels_last)
+    e = None if expand is None else _pointwise(*expand)
+    p = _pointwise(*project)
+    rc = _cpu.lib().dl_inverted_residual_nhwc(
+        x.data_ptr(), b, h, w, None if e is None else ctypes.byref(e), weight.data_ptr(), _cpu.ptr(dw_bias), stride,
+        *_bounds(lo, hi), ctypes.byref(p), int(residual), y.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    _cpu.check(rc, "inverted_residual")
+    return y
+
+
+@torch.library.custom_op("distill::inverted_residual", mutates_args=())
+def inverted_residual(
+    x: Tensor,
+    e_w: Tensor | None,
+    e_scale_pos: Tensor | None,
+    e_scale_neg: Tensor | None,
+    e_bias: Tensor | None,
+    e_act_min: float | None,
+    e_act_max: float | None,
+    dw_w: Tensor,
+    dw_bias: Tensor | None,
+    stride: int,
+    dw_act_min: float | None,
+    dw_act_max: float | None,
+    p_w: Tensor,
+    p_scale_pos: Tensor,
+    p_scale_neg: Tensor | None,
+    p_bias: Tensor | None,
+    p_act_min: float | None,
+    p_act_max: float | None,
+    residual: bool,
+) -> Tensor:
+    """A whole MobileNetV2 block (spec: reference.inverted_residual): [expand 1x1 ternary,]
+    depthwise 3x3 (padding 1), project 1x1 ternary, [+ x], channels last, one kernel call
+    (lowbit.h, dl_inverted_residual_nhwc). e_* None: no expansion (e_w None). Widths come from
+    the scales: Cmid = len(e_scale_pos) (or C_in), C_out = len(p_scale_pos)."""
+    name = "inverted_residual"
+    c = x.shape[1]
+    cmid = c if e_w is None else e_scale_pos.shape[0]
+    n = p_scale_pos.shape[0]
+    expand = None if e_w is None else (e_w, e_scale_pos, e_scale_neg, e_bias, e_act_min, e_act_max)
+    if expand is not None:
+        _check_weights(e_w, ternary_packed_shape(cmid, c), cmid, c, name)
+    _check_weights(p_w, ternary_packed_shape(n, cmid), n, cmid, name)
+    if dw_w.shape != (3, 3, cmid) or stride not in (1, 2) or (residual and (stride != 1 or n != c)):
+        raise ValueError(f"{name}: depthwise weight must be [3, 3, {cmid}], stride 1 or 2, and a residual "
+                         f"block stride 1 with C_out == C_in (got {list(dw_w.shape)}, {stride}, {c} -> {n})")  # fmt: skip
+    if x.is_cpu and _use_cpp(x) and x.dim() == 4:
+        xc = x.float().contiguous(memory_format=torch.channels_last)
+        vecs = lambda vs, m, what: [_check_vec(v, m, name, what) for v in vs]  # noqa: E731
+        e = None
+        if expand is not None:
+            e = (e_w.contiguous(), c, cmid, *vecs((e_scale_pos, e_scale_neg, e_bias), cmid, "an expand vector"),
+                 e_act_min, e_act_max)  # fmt: skip
+        p = (p_w.contiguous(), cmid, n, *vecs((p_scale_pos, p_scale_neg, p_bias), n, "a project vector"), p_act_min,
+             p_act_max)  # fmt: skip
+        dw = (dw_w.float().contiguous(), _check_vec(dw_bias, cmid, name, "dw_bias"), stride, dw_act_min, dw_act_max)
+        return inverted_residual_direct(xc, e, dw, p, residual).to(x.dtype)
+    project = (p_w, p_scale_pos, p_scale_neg, p_bias, p_act_min, p_act_max)
+    dw = (dw_w, dw_bias, stride, dw_act_min, dw_act_max)
+    return reference.inverted_residual(x, expand, dw, project, residual).to(x.dtype)
+
+
+@inverted_residual.register_fake
+def _(x, e_w, e_scale_pos, e_scale_neg, e_bias, e_act_min, e_act_max, dw_w, dw_bias, stride, dw_act_min, dw_act_max,
+      p_w, p_scale_pos, p_scale_neg, p_bias, p_act_min, p_act_max, residual):  # fmt: skip
+    b, _, h, w = x.shape
+    n = p_scale_pos.shape[0]
+    return x.new_empty((b, n, (h - 1) // stride + 1, (w - 1) // stride + 1)).contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("distill::conv3x3", mutates_args=())
+def conv3x3(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int = 1,
+    padding: int = 1,
+    act_min: float | None = None,
+    act_max: float | None = None,
+) -> Tensor:
+    """Dense 3x3 conv in float32 for few input channels (a stem), BN folded, clamp fused
+    (spec: reference.conv3x3). weight [3, 3, Cin, Cout]; x NCHW in any memory format (the
+    kernel reads it through its strides); returns NCHW in channels-last memory."""
+    name = "conv3x3"
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"{name}: expected a float [B, C, H, W] input, got {x.dtype} {list(x.shape)}")
+    b, c, h, w = x.shape
+    if weight.dim() != 4 or weight.shape[:3] != (3, 3, c):
+        raise ValueError(f"{name}: weight must be [3, 3, {c}, C_out], got {list(weight.shape)}")
+    if stride not in (1, 2) or padding not in (0, 1) or h + 2 * padding < 3 or w + 2 * padding < 3:
+        raise ValueError(f"{name}: supports stride 1/2, padding 0/1 and inputs of at least 3x3 padded")
+    bv = _check_vec(bias, weight.shape[3], name, "bias")
+    if not _use_cpp(x):
+        return reference.conv3x3(x, weight, bv, stride, padding, act_min, act_max).to(x.dtype)
+    y = conv3x3_direct(x.float(), weight.float().contiguous(), bv, stride, padding, act_min, act_max)
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+@conv3x3.register_fake
+def _(x, weight, bias=None, stride=1, padding=1, act_min=None, act_max=None):
+    b, c, h, w = x.shape
+    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    return x.new_empty((b, weight.shape[3], ho, wo)).contiguous(memory_format=torch.channels_last)
+
+
+def conv3x3_direct(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int,
+                   act_min: float | None, act_max: float | None) -> Tensor:  # fmt: skip
+    """``conv3x3`` through ctypes on a float32 CPU input of any strides (``direct`` inputs)."""
+    b, c, h, w = x.shape
+    cout = weight.shape[3]
+    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    y = torch.empty(b, cout, ho, wo, memory_format=torch.channels_last)
+    sb, sc, sh, sw = x.stride()
+    rc = _cpu.lib().dl_conv3x3_nhwc(
+        x.data_ptr(), b, h, w, c, sb, sh, sw, sc, cout, stride, padding, weight.data_ptr(), _cpu.ptr(bias),
+        y.data_ptr(), torch.get_num_threads(), *_bounds(act_min, act_max),
+    )  # fmt: skip
+    _cpu.check(rc, "conv3x3")
+    return y

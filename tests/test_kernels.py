@@ -7,6 +7,7 @@ instruction set the CPU has is tested (scalar, AVX2, AVX-VNNI, AVX-512).
 from __future__ import annotations
 
 import os
+import platform
 
 import pytest
 import torch
@@ -26,7 +27,8 @@ SHAPES = [
     (0, 20, 5),
 ]
 
-ISAS = ["scalar", "avx2", "avxvnni", "avx512"]
+ON_ARM = platform.machine() in ("aarch64", "arm64")  # NEON paths; also checked under qemu on x86 (test_arm.py)
+ISAS = ["scalar", "neon", "neondot"] if ON_ARM else ["scalar", "avx2", "avxvnni", "avx512"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

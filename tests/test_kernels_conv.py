@@ -1,0 +1,237 @@
+"""The kernels at the shapes CNN students have: large-M GEMMs (1x1 convs: one row per pixel,
+the row-panel path) and the depthwise 3x3 kernel, bit for bit against kernels/reference.py on
+every instruction set this CPU has; the direct (ctypes) eager path against the ops."""
+
+from __future__ import annotations
+
+import pytest
+import test_kernels
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels import ops, packing, reference
+from kernels.packed_layers import PackedDepthwiseConv2d, PackedTernaryConv2d, load_packed, save_packed
+
+isa = test_kernels.isa  # the fixture: every instruction set this CPU has, then back to the best
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# (M, K, N): many rows (panels of rows, a last partial panel), K and N off the block sizes,
+# narrow layers (1 or 2 output blocks: the 8-row path), one K above the panel limit.
+GEMMS = [(1024, 16, 96), (100, 8, 48), (257, 33, 17), (77, 24, 16), (45, 96, 32), (64, 576, 35), (40, 3000, 20)]
+
+
+@pytest.mark.parametrize("m,k,n", GEMMS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_m_gemms_match_reference(isa, m, k, n, threads):
+    g = _gen(m + k + n)
+    x = torch.randn(m, k, generator=g)
+    sp, sn, bias = torch.rand(n, generator=g) + 0.5, torch.rand(n, generator=g) + 0.5, torch.randn(n, generator=g)
+    tern = packing.pack_ternary(torch.randint(-1, 2, (n, k), generator=g))
+    binw = packing.pack_binary(torch.randint(0, 2, (n, k), generator=g) * 2 - 1)
+    torch.set_num_threads(threads)
+    for neg in (None, sn):
+        for lo, hi in ((None, None), (0.0, 6.0)):
+            assert torch.equal(ops.ternary_linear(x, tern, k, sp, neg, bias, lo, hi),
+                               reference.ternary_linear(x, tern, k, sp, neg, bias, lo, hi))  # fmt: skip
+    assert torch.equal(ops.binary_linear(x, binw, k, sp, bias), reference.binary_linear(x, binw, k, sp, bias))
+    assert torch.equal(ops.xnor_linear(x.relu(), binw, k, sp, bias), reference.xnor_linear(x.relu(), binw, k, sp, bias))
+    q, _ = reference.quantize_rows_int8(x)
+    assert torch.equal(ops.ternary_mm_int(q, tern, n), reference.ternary_mm_int(q, tern, n))
+
+
+# (B, C, H, W, stride, padding): channel tails of every vector width, images smaller than the
+# window's interior, odd sizes at stride 2, batch > 1.
+DEPTHWISE = [
+    (1, 16, 32, 32, 1, 1), (2, 37, 9, 7, 2, 1), (1, 5, 3, 3, 1, 0), (1, 20, 1, 1, 1, 1), (1, 19, 2, 5, 2, 1),
+    (1, 96, 17, 16, 2, 0), (3, 8, 4, 4, 1, 1), (1, 33, 8, 8, 2, 1),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("b,c,h,w,s,p", DEPTHWISE)
+def test_depthwise_matches_reference(isa, b, c, h, w, s, p):
+    g = _gen(c * h + w)
+    x, wt, bias = torch.randn(b, c, h, w, generator=g), torch.randn(3, 3, c, generator=g), torch.randn(c, generator=g)
+    for bv in (None, bias):
+        for lo, hi in ((None, None), (0.0, 6.0), (0.0, None)):
+            y = ops.depthwise_conv2d(x, wt, bv, s, p, lo, hi)
+            assert y.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(y, reference.depthwise3x3(x, wt, bv, s, p, lo, hi))
+    # the spec is a depthwise conv (to float rounding: no FMA, a fixed order of the taps)
+    conv = F.conv2d(x, wt.permute(2, 0, 1).unsqueeze(1), bias, s, p, groups=c)
+    torch.testing.assert_close(reference.depthwise3x3(x, wt, bias, s, p), conv, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_two_threads_and_nan(isa):
+    x, wt, bias = torch.randn(2, 24, 20, 20), torch.randn(3, 3, 24), torch.randn(24)
+    bias[3] = float("nan")
+    torch.set_num_threads(2)
+    y = ops.depthwise_conv2d(x, wt, bias, 1, 1, 0.0, 6.0)
+    torch.testing.assert_close(y, reference.depthwise3x3(x, wt, bias, 1, 1, 0.0, 6.0), rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(y[:, 3]).all()
+
+
+def test_depthwise_bad_arguments():
+    x = torch.randn(1, 8, 5, 5)
+    with pytest.raises(ValueError, match="weight must be \\[3, 3, 8\\]"):
+        ops.depthwise_conv2d(x, torch.randn(8, 1, 3, 3))
+    with pytest.raises(ValueError, match="stride 1/2, padding 0/1"):
+        ops.depthwise_conv2d(x, torch.randn(3, 3, 8), None, 3, 1)
+
+
+def test_depthwise_opcheck():
+    x, wt, bias = torch.randn(2, 12, 6, 5), torch.randn(3, 3, 12), torch.randn(12)
+    for args in ((x, wt, bias, 1, 1, 0.0, 6.0), (x, wt, None, 2, 0, None, None)):
+        torch.library.opcheck(ops.depthwise_conv2d, args)
+
+
+def test_depthwise_layer_folds_bn_fuses_relu6_and_round_trips(tmp_path):
+    conv, bn = nn.Conv2d(16, 16, 3, 2, 1, groups=16, bias=False), nn.BatchNorm2d(16)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 2)
+    bn.eval()
+    assert PackedDepthwiseConv2d.supports(conv) and not PackedDepthwiseConv2d.supports(nn.Conv2d(16, 16, 3, groups=8))
+    layer = PackedDepthwiseConv2d.from_conv(conv, bn)
+    layer.act_min, layer.act_max = 0.0, 6.0
+    x = torch.randn(2, 16, 11, 11).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = F.relu6(bn(conv(x)))
+        got = layer(x)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        layer.use_reference = True
+        assert torch.equal(layer(x), got)  # the direct path, the op and the spec: the same bits
+        layer.use_reference = False
+        assert torch.equal(ops.depthwise_conv2d(x, layer.weight, layer.bias, 2, 1, 0.0, 6.0), got)
+    save_packed(layer, tmp_path / "dw.pt")
+    assert torch.equal(load_packed(tmp_path / "dw.pt")(x), got)
+
+
+def test_direct_pointwise_path_equals_the_op():
+    """A 1x1 packed conv on a channels-last input skips the dispatcher; same bits as the op and
+    the spec, and an NCHW input (no direct path) too."""
+    conv = nn.Conv2d(24, 40, 1)
+    codes = torch.randint(-1, 2, conv.weight.shape).float() * 0.3
+    layer = PackedTernaryConv2d.from_conv(conv, codes).eval()
+    layer.act_min, layer.act_max = 0.0, 6.0
+    x = torch.randn(2, 24, 9, 7)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert ops.direct(xc)
+        got = layer(xc)
+        want = reference.ternary_conv2d(x, layer.weight_packed, 1, layer.scale_pos, None, layer.bias,
+                                        act_min=0.0, act_max=6.0)  # fmt: skip
+        assert torch.equal(got, want) and torch.equal(layer(x), want)
+    assert not ops.direct(torch.randn(2, 3, requires_grad=True))
+
+
+def _block(cin: int, cmid: int, cout: int, stride: int, expand: bool, ttq: bool, g: torch.Generator):
+    """A zoo-like inverted residual (conv Sequential of conv-bn-act stages, as export leaves them)."""
+
+    def pointwise(k, n, act):
+        conv = nn.Conv2d(k, n, 1)
+        codes = torch.randint(-1, 2, (n, k, 1, 1), generator=g).float()
+        pos, neg = torch.rand(n, 1, 1, 1, generator=g) + 0.5, torch.rand(n, 1, 1, 1, generator=g) + 0.5
+        w = torch.where(codes > 0, pos, neg if ttq else pos) * codes
+        layer = PackedTernaryConv2d.from_conv(conv, w)
+        if act:
+            layer.act_min, layer.act_max = 0.0, 6.0
+        return nn.Sequential(layer, nn.Identity(), nn.Identity())
+
+    dw = PackedDepthwiseConv2d(cmid, stride, 1)
+    with torch.no_grad():
+        dw.weight.copy_(torch.randn(3, 3, cmid, generator=g)), dw.bias.copy_(torch.randn(cmid, generator=g))
+    dw.act_min, dw.act_max = 0.0, 6.0
+    stages = ([pointwise(cin, cmid, True)] if expand else []) + [nn.Sequential(dw, nn.Identity()),
+                                                                 pointwise(cmid, cout, False)]  # fmt: skip
+    return nn.Sequential(*stages)
+
+
+# (C_in, C_mid, C_out, stride, H, W, expand, residual, ttq)
+BLOCKS = [
+    (16, 96, 16, 1, 9, 8, True, True, False), (8, 48, 24, 2, 11, 7, True, False, True),
+    (16, 16, 8, 1, 6, 6, False, False, False), (24, 144, 24, 1, 1, 1, True, True, False),
+    (40, 240, 48, 2, 2, 3, True, False, False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cin,cmid,cout,s,h,w,expand,residual,ttq", BLOCKS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_block_equals_its_layers(isa, cin, cmid, cout, s, h, w, expand, residual, ttq, threads):
+    from kernels.packed_layers import PackedInvertedResidual
+
+    g = _gen(cin + cmid + h)
+    conv = _block(cin, cmid, cout, s, expand, ttq, g)
+    assert PackedInvertedResidual.fusable(conv)
+    block = PackedInvertedResidual(conv, residual)
+    x = torch.randn(2, cin, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    torch.set_num_threads(threads)
+    with torch.no_grad():
+        out = conv(x)
+        want = x + out if residual else out
+        assert torch.equal(block(x), want)  # the direct C call
+        e, d, p = block._layers
+        layers = [e, d, p] if e is not None else [d, p]
+        for m in layers:
+            m.use_reference = True
+        assert torch.equal(block(x), want)  # the spec, layer by layer
+        for m in layers:
+            m.use_reference = False
+        assert torch.equal(block(x.contiguous()), want)  # NCHW input: the op
+
+
+def test_fused_block_op_and_export():
+    from kernels.packed_layers import PackedInvertedResidual, _pointwise_args
+
+    g = _gen(3)
+    block = PackedInvertedResidual(_block(16, 64, 16, 1, True, False, g), True)
+    x = torch.randn(1, 16, 5, 5, generator=g)
+    e, d, p = (_pointwise_args(block._layers[0]), block._layers[1], _pointwise_args(block._layers[2]))
+    args = (x, e[0], e[3], e[4], e[5], e[6], e[7], d.weight, d.bias, d.stride, d.act_min, d.act_max,
+            p[0], p[3], p[4], p[5], p[6], p[7], True)  # fmt: skip
+    torch.library.opcheck(ops.inverted_residual, args)
+    ep = torch.export.export(block, (x,))
+    assert "distill.inverted_residual" in str(ep.graph)
+    with torch.no_grad():
+        assert torch.equal(ep.module()(x), block(x))
+
+
+# (B, C_in, C_out, H, W, stride, padding): the stems (3 -> 32 / 16), one input channel, a
+# vector tail of C_out, images narrower than the 4-column steps.
+STEMS = [(1, 3, 32, 20, 18, 2, 1), (2, 3, 16, 9, 7, 1, 1), (1, 1, 5, 3, 3, 1, 0), (1, 4, 33, 1, 1, 1, 1),
+         (1, 3, 17, 6, 5, 2, 0)]  # fmt: skip
+
+
+@pytest.mark.parametrize("b,c,o,h,w,s,p", STEMS)
+def test_stem_conv_matches_reference(isa, b, c, o, h, w, s, p):
+    g = _gen(c * o + h)
+    x, wt, bias = torch.randn(b, c, h, w, generator=g), torch.randn(3, 3, c, o, generator=g), torch.randn(o, generator=g)
+    for xx in (x, x.contiguous(memory_format=torch.channels_last)):  # read through strides: either layout
+        for lo, hi in ((None, None), (0.0, 6.0)):
+            assert torch.equal(ops.conv3x3(xx, wt, bias, s, p, lo, hi), reference.conv3x3(x, wt, bias, s, p, lo, hi))
+    conv = F.conv2d(x, wt.permute(3, 2, 0, 1), bias, s, p)
+    torch.testing.assert_close(reference.conv3x3(x, wt, bias, s, p), conv, rtol=1e-5, atol=1e-5)
+
+
+def test_stem_layer_and_opcheck(tmp_path):
+    from kernels.packed_layers import PackedConv3x3
+
+    conv, bn = nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16).eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    assert PackedConv3x3.supports(conv) and not PackedConv3x3.supports(nn.Conv2d(16, 16, 3))
+    layer = PackedConv3x3.from_conv(conv, bn)
+    x = torch.randn(2, 3, 15, 15)
+    with torch.no_grad():
+        got = layer(x)
+        torch.testing.assert_close(got, bn(conv(x)), rtol=1e-5, atol=1e-5)
+        layer.use_reference = True
+        assert torch.equal(layer(x), got)
+    save_packed(layer, tmp_path / "stem.pt")
+    assert torch.equal(load_packed(tmp_path / "stem.pt")(x), got)
+    torch.library.opcheck(ops.conv3x3, (x, layer.weight, layer.bias, 2, 1, 0.0, 6.0))
