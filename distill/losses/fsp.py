@@ -39,6 +39,7 @@ from .base import LossInputs, LossTerm
 from .features import (
     apply_regressor,
     loss_dtype,
+    parse_pairs,
     parse_shape,
     pool_to_smaller,
     require_teacher,
@@ -54,13 +55,6 @@ def fsp_matrix(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bihw,bjhw->bij", f1, f2) / hw
 
 
-def _pairs(term: str, field: str, value: Sequence[Sequence[str]]) -> list[tuple[str, str]]:
-    if isinstance(value, str) or not value or any(isinstance(x, str) or len(x) != 2 for x in value):
-        raise ValueError(f"loss term {term!r}: {field} must be a non-empty list of [path_a, path_b], "
-                         f"got {value!r}")
-    return [(str(a), str(b)) for a, b in value]
-
-
 class FSPTerm(LossTerm):
     """FSP matrices of ``student_pairs[k]`` against the teacher's ``teacher_pairs[k]``."""
 
@@ -71,8 +65,8 @@ class FSPTerm(LossTerm):
                  stage_epochs: int | None = None, start_epoch: int = 0) -> None:
         super().__init__(name)
         self.teacher = require_teacher(name, teacher)
-        self.student_pairs = _pairs(name, "student_pairs", student_pairs)
-        self.teacher_pairs = _pairs(name, "teacher_pairs", teacher_pairs)
+        self.student_pairs = parse_pairs(name, "student_pairs", student_pairs)
+        self.teacher_pairs = parse_pairs(name, "teacher_pairs", teacher_pairs)
         if len(self.student_pairs) != len(self.teacher_pairs):
             raise ValueError(f"loss term {name!r}: {len(self.student_pairs)} student_pairs but "
                              f"{len(self.teacher_pairs)} teacher_pairs; they are matched in order")
