@@ -80,7 +80,8 @@ class DistillModule(pl.LightningModule):
                 if buf.is_floating_point() and buf.dtype != dtype:
                     setattr(module, name, buf.to(dtype))
 
-    def _inputs(self, logits: torch.Tensor, targets: torch.Tensor, teacher_out: Any) -> LossInputs:
+    def _inputs(self, logits: torch.Tensor, targets: torch.Tensor, teacher_out: Any,
+                progress: float | None = None) -> LossInputs:
         return LossInputs(
             student_logits=logits, targets=targets,
             teacher_logits=[z.to(logits.device) for z in teacher_out.logits] if teacher_out else [],
@@ -88,12 +89,13 @@ class DistillModule(pl.LightningModule):
             student_feats=self.tap.pop() if self.tap else {},
             teacher_feats=[{k: v.to(logits.device).float() for k, v in h.items()} for h in teacher_out.hints]
             if teacher_out else [],
-            epoch=self.current_epoch)
+            epoch=self.current_epoch, progress=progress)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         (x, y, _keys), teacher_out = batch
         logits = self.student(x)
-        inputs = self._inputs(logits, y, teacher_out)
+        # Fractional epochs at the end of this step: the terms' warm-up ramps step by step.
+        inputs = self._inputs(logits, y, teacher_out, self.current_epoch + (batch_idx + 1) / self.steps_per_epoch)
         total = logits.new_zeros(())
         for term, weight in zip(self.terms, self.term_weights, strict=True):
             if not term.active(self.current_epoch):
