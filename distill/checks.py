@@ -66,7 +66,9 @@ def warn_logit_terms(spec: JobSpec, meta: DatasetMeta, student: nn.Module) -> st
     from distill.losses import TERM_TYPES, SoftTargetTerm
     from distill.losses.guards import nonnegative_logits_warning
 
-    terms = [t.label() for t in spec.loss.terms if issubclass(TERM_TYPES[t.type], SoftTargetTerm)]
+    # Standardized terms compare z-scores, which a student can match with logits all >= 0.
+    terms = [t.label() for t in spec.loss.terms
+             if issubclass(TERM_TYPES[t.type], SoftTargetTerm) and not t.options().get("standardize")]
     sample = torch.randn(2, meta.channels, meta.image_size, meta.image_size, generator=torch.Generator().manual_seed(0))
     message = nonnegative_logits_warning(student, sample, spec.student.arch, terms) if terms else None
     if message:

@@ -106,6 +106,13 @@ class DistillModule(pl.LightningModule):
             total = total + weight * value
         self.log("loss/total", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x),
                  sync_dist=True)
+        # Logit spread (std over classes): KD asks the student for the teacher's; a gap that stays wide
+        # is what a BN-free or ReLU-headed student cannot close (distill.losses.guards).
+        self.log("logits/student_std", logits.detach().float().std(dim=1).mean(), on_step=False, on_epoch=True,
+                 batch_size=len(x), sync_dist=True)
+        if inputs.teacher_logits:
+            self.log("logits/teacher_std", torch.stack(inputs.teacher_logits).float().std(dim=2).mean(), on_step=False,
+                     on_epoch=True, batch_size=len(x), sync_dist=True)
         hard = y if y.dim() == 1 else y.argmax(dim=1)
         self.log("train/top1", accuracy(logits.detach(), hard), on_step=False, on_epoch=True, batch_size=len(x),
                  sync_dist=True)

@@ -311,7 +311,8 @@ def test_nonnegative_logits_are_found():
     relu = students.create_model("squeezenet1_1", num_classes=10, in_chans=3, variant="cifar")
     assert nonnegative_output(relu, x) == "head.conv.1"
     msg = nonnegative_logits_warning(relu, x, "squeezenet1_1", ["kd"])
-    assert "cannot go negative" in msg and "head_relu: false" in msg and "\n" not in msg
+    assert "cannot go negative" in msg and "standardize: true" in msg and "head_relu: false" in msg
+    assert "\n" not in msg
     assert nonnegative_logits_warning(relu, x, "squeezenet1_1", []) is None  # hard labels only: fine
     plain = students.create_model("squeezenet1_1", num_classes=10, in_chans=3, variant="cifar", head_relu=False)
     assert nonnegative_output(plain, x) is None
