@@ -155,16 +155,6 @@ def plot(summary: list[dict], path: Path = PLOT) -> None:
     fig.savefig(path, dpi=120)
 
 
-def write_markdown(path: Path, text: str) -> None:
-    """Replace what lies between ``<!-- methods:table -->`` and ``<!-- /methods:table -->``."""
-    doc = path.read_text()
-    start, end = "<!-- methods:table -->", "<!-- /methods:table -->"
-    if start not in doc or end not in doc:
-        raise SystemExit(f"{path}: no {start} ... {end} markers to fill")
-    head, rest = doc.split(start, 1)
-    path.write_text(f"{head}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -204,8 +194,10 @@ def main() -> None:
     for row in summary:
         print(json.dumps(row))
     if args.write:
+        from benchmarks.cifar10_report import fill
+
         plot(summary)
-        write_markdown(args.write, table(summary))
+        fill(args.write, "methods", table(summary))
 
 
 if __name__ == "__main__":

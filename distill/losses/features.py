@@ -10,7 +10,7 @@ did not compute, and it is linear, so it commutes with a 1x1 regressor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,16 @@ def parse_shape(term: str, field: str, value: Sequence[int]) -> tuple[int, ...]:
     if len(shape) not in (1, 3) or min(shape) < 1:
         raise ValueError(f"loss term {term!r}: {field} must be [C, H, W] or [C] with positive sizes, "
                          f"got {list(shape)}")
+    return shape
+
+
+def map_shape(term: str, shapes: Mapping[str, Sequence[int]], path: str, field: str, method: str) -> tuple[int, ...]:
+    """``shapes[path]`` as a ``(C, H, W)`` map shape, or a one-line error naming the term and field."""
+    if path not in shapes:
+        raise ValueError(f"loss term {term!r}: {field} has no entry for {path!r}")
+    shape = parse_shape(term, f"{field}[{path!r}]", shapes[path])
+    if len(shape) != 3:
+        raise ValueError(f"loss term {term!r}: {method} needs [C, H, W] maps, {field}[{path!r}] is {list(shape)}")
     return shape
 
 

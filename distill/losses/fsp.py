@@ -39,8 +39,8 @@ from .base import LossInputs, LossTerm
 from .features import (
     apply_regressor,
     loss_dtype,
+    map_shape,
     parse_pairs,
-    parse_shape,
     pool_to_smaller,
     require_teacher,
     student_feature,
@@ -78,19 +78,10 @@ class FSPTerm(LossTerm):
         if student_shapes is not None and teacher_shapes is not None:
             for k, (sp, tp) in enumerate(zip(self.student_pairs, self.teacher_pairs, strict=True)):
                 for side in (0, 1):
-                    cs = self._channels(student_shapes, sp[side], "student_shapes")
-                    ct = self._channels(teacher_shapes, tp[side], "teacher_shapes")
+                    cs = map_shape(name, student_shapes, sp[side], "student_shapes", "FSP")[0]
+                    ct = map_shape(name, teacher_shapes, tp[side], "teacher_shapes", "FSP")[0]
                     if cs != ct:
                         self.regressors[f"{k}_{side}"] = nn.Conv2d(cs, ct, kernel_size=1)
-
-    def _channels(self, shapes: Mapping[str, Sequence[int]], path: str, field: str) -> int:
-        if path not in shapes:
-            raise ValueError(f"loss term {self.name!r}: {field} has no entry for {path!r}")
-        shape = parse_shape(self.name, f"{field}[{path!r}]", shapes[path])
-        if len(shape) != 3:
-            raise ValueError(f"loss term {self.name!r}: FSP needs [C, H, W] maps, {field}[{path!r}] "
-                             f"is {list(shape)}")
-        return shape[0]
 
     def student_hint_paths(self) -> list[str]:
         return list(dict.fromkeys(p for pair in self.student_pairs for p in pair))

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LossInputs, LossTerm
-from .features import loss_dtype, parse_shape, pool_to_smaller, require_teacher, student_feature, teacher_feature
+from .features import loss_dtype, map_shape, pool_to_smaller, require_teacher, student_feature, teacher_feature
 
 HCL_SIZES = (4, 2, 1)
 
@@ -89,18 +89,9 @@ class ReviewKDTerm(LossTerm):
         self.levels = nn.ModuleList()
         if student_shapes is not None and teacher_shapes is not None:
             for i, (sp, tp) in enumerate(zip(self.student_paths, self.teacher_paths, strict=True)):
-                cs = self._map_shape(student_shapes, sp, "student_shapes")[0]
-                ct = self._map_shape(teacher_shapes, tp, "teacher_shapes")[0]
+                cs = map_shape(name, student_shapes, sp, "student_shapes", "ReviewKD")[0]
+                ct = map_shape(name, teacher_shapes, tp, "teacher_shapes", "ReviewKD")[0]
                 self.levels.append(ABF(cs, mid, ct, fuse=i < len(self.student_paths) - 1))
-
-    def _map_shape(self, shapes: Mapping[str, Sequence[int]], path: str, field: str) -> tuple[int, ...]:
-        if path not in shapes:
-            raise ValueError(f"loss term {self.name!r}: {field} has no entry for {path!r}")
-        shape = parse_shape(self.name, f"{field}[{path!r}]", shapes[path])
-        if len(shape) != 3:
-            raise ValueError(f"loss term {self.name!r}: ReviewKD needs [C, H, W] maps, {field}[{path!r}] "
-                             f"is {list(shape)}")
-        return shape
 
     def student_hint_paths(self) -> list[str]:
         return list(dict.fromkeys(self.student_paths))
