@@ -322,7 +322,7 @@ def test_nonnegative_logits_are_found():
 
 # --- every method through the real path ------------------------------------------------------------------
 
-# Two short real jobs (Ray Train, Lightning under DeepSpeed, in-process teachers), each with one family of
+# Two short real jobs (Ray Train with 2 workers, Lightning under DeepSpeed, in-process teachers), each with one family of
 # methods side by side: every term must be computed, logged, and trained on without error or NaN.
 E2E = {
     "logit": [
@@ -357,7 +357,6 @@ def test_methods_run_end_to_end(family, tmp_path, digits_root, ray_session):
 
     doc = tiny_job(tmp_path, digits_root, epochs=2, steps_per_epoch=3, batch_size=16)
     doc["teachers"]["mode"] = "inprocess"
-    doc["cluster"]["num_workers"] = 1
     doc["loss"]["terms"] = E2E[family]
     spec = parse_spec(doc)
     root, meta = prepare_data(spec)
