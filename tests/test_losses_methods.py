@@ -235,6 +235,13 @@ def test_crd_by_hand_and_memory_bank():
     # logits (1, 0, 1, 0) -> -log(e / (2e + 2)) = log(2 + 2/e).
     assert int(term.bank_fill) == 2
     assert term(inp).item() == pytest.approx(math.log(2 + 2 * math.exp(-1)), abs=1e-12)
+    # Training steps backpropagate through the bank they read while the forward wrote the next batch in.
+    for _ in range(2):
+        s = e.clone().requires_grad_(True)
+        term(feats_inputs({"s": s}, {"t": e})).backward()
+        assert s.grad is not None and torch.isfinite(s.grad).all()
+    term.bank_fill.fill_(4)
+    term.bank_next.fill_(4)
     term.eval()  # evaluation reads the bank and never writes it
     term(inp)
     assert int(term.bank_fill) == 4 and int(term.bank_next) == 4

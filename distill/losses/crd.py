@@ -95,7 +95,8 @@ class CRDTerm(LossTerm):
         s = F.normalize(apply_regressor(self.heads["student"], s), dim=1)
         t = F.normalize(apply_regressor(self.heads["teacher"], t), dim=1)
         fill = int(self.bank_fill)
-        bank_s, bank_t = self.bank_s[:fill].to(s.dtype), self.bank_t[:fill].to(s.dtype)
+        # Copies: the bank is written below, after this forward, but before the backward that reads it.
+        bank_s, bank_t = self.bank_s[:fill].to(s.dtype, copy=True), self.bank_t[:fill].to(s.dtype, copy=True)
         loss = (info_nce(s, t, bank_t, self.tau) + info_nce(t, s, bank_s, self.tau)) / 2
         if self.training:
             self._enqueue(s, t)
