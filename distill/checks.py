@@ -8,6 +8,7 @@ differs from the data's, a student that cannot be built. Each raises
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -60,8 +61,24 @@ def check_student(spec: JobSpec, meta: DatasetMeta) -> nn.Module:
     return model
 
 
+def warn_logit_terms(spec: JobSpec, meta: DatasetMeta, student: nn.Module) -> str | None:
+    """Print (and return) a warning when logit terms distill into logits that cannot go negative."""
+    from distill.losses import TERM_TYPES, SoftTargetTerm
+    from distill.losses.guards import nonnegative_logits_warning
+
+    # Standardized terms compare z-scores, which a student can match with logits all >= 0.
+    terms = [t.label() for t in spec.loss.terms
+             if issubclass(TERM_TYPES[t.type], SoftTargetTerm) and not t.options().get("standardize")]
+    sample = torch.randn(2, meta.channels, meta.image_size, meta.image_size, generator=torch.Generator().manual_seed(0))
+    message = nonnegative_logits_warning(student, sample, spec.student.arch, terms) if terms else None
+    if message:
+        print(f"warning: {message}", file=sys.stderr)
+    return message
+
+
 def check_job(spec: JobSpec, meta: DatasetMeta) -> tuple[nn.Module, dict[str, nn.Module]]:
     student = check_student(spec, meta)
+    warn_logit_terms(spec, meta, student)
     teachers = check_teachers(spec, meta)
     if spec.teachers.mode == "online" and spec.cluster.num_workers < 1:
         raise SpecError("cluster.num_workers: must be at least 1")

@@ -30,6 +30,8 @@ from distill.spec import JobSpec, LossTermSpec, SpecError
 SHAPE_OPTIONS: dict[str, tuple[str, str, bool]] = {
     "hint": ("student_shape", "teacher_shape", False),
     "fsp": ("student_shapes", "teacher_shapes", True),
+    "crd": ("student_shape", "teacher_shape", False),
+    "reviewkd": ("student_shapes", "teacher_shapes", True),
 }
 
 

@@ -80,7 +80,8 @@ class DistillModule(pl.LightningModule):
                 if buf.is_floating_point() and buf.dtype != dtype:
                     setattr(module, name, buf.to(dtype))
 
-    def _inputs(self, logits: torch.Tensor, targets: torch.Tensor, teacher_out: Any) -> LossInputs:
+    def _inputs(self, logits: torch.Tensor, targets: torch.Tensor, teacher_out: Any,
+                progress: float | None = None) -> LossInputs:
         return LossInputs(
             student_logits=logits, targets=targets,
             teacher_logits=[z.to(logits.device) for z in teacher_out.logits] if teacher_out else [],
@@ -88,12 +89,13 @@ class DistillModule(pl.LightningModule):
             student_feats=self.tap.pop() if self.tap else {},
             teacher_feats=[{k: v.to(logits.device).float() for k, v in h.items()} for h in teacher_out.hints]
             if teacher_out else [],
-            epoch=self.current_epoch)
+            epoch=self.current_epoch, progress=progress)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         (x, y, _keys), teacher_out = batch
         logits = self.student(x)
-        inputs = self._inputs(logits, y, teacher_out)
+        # Fractional epochs at the end of this step: the terms' warm-up ramps step by step.
+        inputs = self._inputs(logits, y, teacher_out, self.current_epoch + (batch_idx + 1) / self.steps_per_epoch)
         total = logits.new_zeros(())
         for term, weight in zip(self.terms, self.term_weights, strict=True):
             if not term.active(self.current_epoch):
@@ -104,6 +106,13 @@ class DistillModule(pl.LightningModule):
             total = total + weight * value
         self.log("loss/total", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x),
                  sync_dist=True)
+        # Logit spread (std over classes): KD asks the student for the teacher's; a gap that stays wide
+        # is what a BN-free or ReLU-headed student cannot close (distill.losses.guards).
+        self.log("logits/student_std", logits.detach().float().std(dim=1).mean(), on_step=False, on_epoch=True,
+                 batch_size=len(x), sync_dist=True)
+        if inputs.teacher_logits:
+            self.log("logits/teacher_std", torch.stack(inputs.teacher_logits).float().std(dim=2).mean(), on_step=False,
+                     on_epoch=True, batch_size=len(x), sync_dist=True)
         hard = y if y.dim() == 1 else y.argmax(dim=1)
         self.log("train/top1", accuracy(logits.detach(), hard), on_step=False, on_epoch=True, batch_size=len(x),
                  sync_dist=True)

@@ -350,7 +350,8 @@ def test_logit_terms_gradcheck(type_name, options):
 
 
 def test_registry_and_build_errors():
-    assert set(TERM_TYPES) == {"ce", "kd", "hint", "at", "fsp", "dkd"}
+    assert set(TERM_TYPES) == {"ce", "kd", "hint", "at", "fsp", "dkd", "dist", "mlkd", "crd", "rkd", "pkt", "sp", "nst",
+                               "reviewkd"}
     with pytest.raises(ValueError, match=r"^loss term 'x': unknown type 'mse'; known: \[") as e:
         build_term("mse", "x")
     assert "\n" not in str(e.value)

@@ -14,10 +14,17 @@ from typing import Any
 
 from .attention import AttentionTransferTerm
 from .base import LossInputs, LossTerm
+from .crd import CRDTerm
+from .dist import DISTTerm
 from .dkd import DKDTerm
 from .fitnets import FitNetsTerm
 from .fsp import FSPTerm
 from .kd import CrossEntropyTerm, KDTerm
+from .mlkd import MLKDTerm
+from .nst import NSTTerm
+from .relation import PKTTerm, RKDTerm, SPTerm
+from .reviewkd import ReviewKDTerm
+from .soft_targets import SoftTargetTerm
 
 TERM_TYPES: dict[str, type[LossTerm]] = {
     "ce": CrossEntropyTerm,
@@ -26,7 +33,17 @@ TERM_TYPES: dict[str, type[LossTerm]] = {
     "at": AttentionTransferTerm,
     "fsp": FSPTerm,
     "dkd": DKDTerm,
+    "dist": DISTTerm,
+    "mlkd": MLKDTerm,
+    "crd": CRDTerm,
+    "rkd": RKDTerm,
+    "pkt": PKTTerm,
+    "sp": SPTerm,
+    "nst": NSTTerm,
+    "reviewkd": ReviewKDTerm,
 }
+# Options every term takes on top of its own (``LossTerm.set_warmup``).
+COMMON_OPTIONS = ("warmup_epochs",)
 
 
 def term_options(type_name: str) -> tuple[list[str], list[str]]:
@@ -34,7 +51,7 @@ def term_options(type_name: str) -> tuple[list[str], list[str]]:
     params = list(inspect.signature(TERM_TYPES[type_name].__init__).parameters.values())[2:]
     required = [p.name for p in params if p.default is inspect.Parameter.empty]
     optional = [p.name for p in params if p.default is not inspect.Parameter.empty]
-    return required, optional
+    return required, optional + [o for o in COMMON_OPTIONS if o not in optional]
 
 
 def build_term(type_name: str, name: str, **kwargs: Any) -> LossTerm:
@@ -49,19 +66,33 @@ def build_term(type_name: str, name: str, **kwargs: Any) -> LossTerm:
     missing = [k for k in required if k not in kwargs]
     if missing:
         raise ValueError(f"loss term {name!r} ({type_name}): missing option(s) {missing}")
-    return TERM_TYPES[type_name](name, **kwargs)
+    own = set(required) | set(inspect.signature(TERM_TYPES[type_name].__init__).parameters)
+    common = {k: kwargs.pop(k) for k in COMMON_OPTIONS if k in kwargs and k not in own}
+    term = TERM_TYPES[type_name](name, **kwargs)
+    if "warmup_epochs" in common:
+        term.set_warmup(common["warmup_epochs"])
+    return term
 
 
 __all__ = [
     "TERM_TYPES",
     "AttentionTransferTerm",
+    "CRDTerm",
     "CrossEntropyTerm",
+    "DISTTerm",
     "DKDTerm",
     "FSPTerm",
     "FitNetsTerm",
     "KDTerm",
     "LossInputs",
     "LossTerm",
+    "MLKDTerm",
+    "NSTTerm",
+    "PKTTerm",
+    "RKDTerm",
+    "ReviewKDTerm",
+    "SPTerm",
+    "SoftTargetTerm",
     "build_term",
     "term_options",
 ]

@@ -26,8 +26,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .base import LossInputs, LossTerm
-from .features import loss_dtype, pool_to_smaller, require_teacher, student_feature, teacher_feature
+from .features import FeaturePairsTerm, pool_to_smaller
 
 
 def attention_map(feat: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -43,38 +42,20 @@ def at_distance(student_feat: torch.Tensor, teacher_feat: torch.Tensor, p: float
     return torch.linalg.vector_norm(qs - qt, ord=2, dim=1).mean()
 
 
-class AttentionTransferTerm(LossTerm):
+class AttentionTransferTerm(FeaturePairsTerm):
     """Attention transfer from one teacher over pairs ``[[student_path, teacher_path], ...]``."""
 
     def __init__(self, name: str, teacher: str | None, pairs: Sequence[Sequence[str]],
                  beta: float = 1.0, p: float = 2.0, start_epoch: int = 0,
                  stage_epochs: int | None = None) -> None:
-        super().__init__(name)
-        self.teacher = require_teacher(name, teacher)
-        if isinstance(pairs, str) or not pairs or any(isinstance(x, str) or len(x) != 2 for x in pairs):
-            raise ValueError(f"loss term {name!r}: pairs must be a non-empty list of "
-                             f"[student_path, teacher_path], got {pairs!r}")
+        super().__init__(name, teacher, pairs, start_epoch, stage_epochs)
         if p <= 0:
             raise ValueError(f"loss term {name!r}: p must be > 0, got {p}")
-        self.pairs = [(str(s), str(t)) for s, t in pairs]
         self.beta = float(beta)
         self.p = float(p)
-        self.set_epochs(start_epoch, stage_epochs)
 
-    def student_hint_paths(self) -> list[str]:
-        return list(dict.fromkeys(s for s, _ in self.pairs))
-
-    def teacher_hint_paths(self) -> list[tuple[str, str]]:
-        return [(self.teacher, t) for t in dict.fromkeys(t for _, t in self.pairs)]
-
-    def forward(self, inp: LossInputs) -> torch.Tensor:
-        total = 0.0
-        for s_path, t_path in self.pairs:
-            s = student_feature(self, inp, s_path)
-            t = teacher_feature(self, inp, self.teacher, t_path)
-            if s.dim() != 4 or t.dim() != 4:
-                raise ValueError(f"loss term {self.name!r}: attention transfer needs [B, C, H, W] maps, got "
-                                 f"student {s_path!r} {list(s.shape)} / teacher {t_path!r} {list(t.shape)}")
-            dtype = loss_dtype(s)
-            total = total + at_distance(s.to(dtype), t.detach().to(dtype), self.p)
-        return self.beta / 2 * total
+    def pair_loss(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if s.dim() != 4 or t.dim() != 4:
+            raise ValueError(f"loss term {self.name!r}: attention transfer needs [B, C, H, W] maps, got "
+                             f"student {list(s.shape)} / teacher {list(t.shape)}")
+        return self.beta / 2 * at_distance(s, t, self.p)

@@ -25,7 +25,9 @@ class LossInputs:
     Ensemble-target terms (KD, DKD with ``teacher: null``) combine the logits
     themselves at their own temperature with ``teachers.ensemble.combine_probs``.
     Features are keyed by module path: ``student_feats[path]`` and
-    ``teacher_feats[i][path]`` for teacher ``i``; ``epoch`` is 0-based.
+    ``teacher_feats[i][path]`` for teacher ``i``; ``epoch`` is 0-based. ``progress`` is the
+    training time in epochs at the end of this step (``epoch + (step_in_epoch + 1) / steps_per_epoch``);
+    None means "the end of ``epoch``", which is what a caller without steps gets.
     """
 
     student_logits: torch.Tensor
@@ -36,6 +38,7 @@ class LossInputs:
     student_feats: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_feats: list[dict[str, torch.Tensor]] = field(default_factory=list)
     epoch: int = 0
+    progress: float | None = None
 
 
 class LossTerm(nn.Module):
@@ -45,11 +48,21 @@ class LossTerm(nn.Module):
     Every term contributes for epochs in ``[start_epoch, stop_epoch)``; the
     defaults (0, None) mean always. FitNets' two-stage schedule is a hint term
     with ``stop_epoch = N`` next to KD/CE terms with ``start_epoch = N``.
+
+    Warm-up (every term, the ``warmup_epochs`` option ``build_term`` takes for any type):
+    the term's value is multiplied by
+
+        w = min(1, (progress - start_epoch) / warmup_epochs)        (w = 1 when warmup_epochs = 0)
+
+    a linear ramp over the first ``warmup_epochs`` epochs the term is active, step by step when
+    the module passes ``progress`` (DKD's paper ramps its term over 20 epochs; a distillation
+    term whose gradients dwarf the hard labels' at init can be ramped the same way).
     """
 
     needs_teacher: bool = True
     start_epoch: int = 0
     stop_epoch: int | None = None
+    warmup_epochs: float = 0.0
 
     def __init__(self, name: str) -> None:
         super().__init__()
@@ -75,6 +88,22 @@ class LossTerm(nn.Module):
                              f"(start_epoch={start_epoch}, stop epoch={stop_epoch})")
         self.start_epoch = int(start_epoch)
         self.stop_epoch = None if stop_epoch is None else int(stop_epoch)
+
+    def set_warmup(self, warmup_epochs: float = 0.0) -> None:
+        if not float(warmup_epochs) >= 0:
+            raise ValueError(f"loss term {self.name!r}: warmup_epochs must be >= 0, got {warmup_epochs}")
+        self.warmup_epochs = float(warmup_epochs)
+
+    def warmup(self, inp: LossInputs) -> float:
+        """The warm-up factor w at this step (see the class docstring)."""
+        if self.warmup_epochs == 0:
+            return 1.0
+        progress = inp.epoch + 1.0 if inp.progress is None else float(inp.progress)
+        return max(0.0, min(1.0, (progress - self.start_epoch) / self.warmup_epochs))
+
+    def __call__(self, inp: LossInputs) -> torch.Tensor:
+        value = super().__call__(inp)
+        return value if self.warmup_epochs == 0 else value * self.warmup(inp)
 
     def teacher_index(self, inp: LossInputs, teacher: str) -> int:
         """Position of ``teacher`` in ``inp.teacher_names``, or a one-line error naming this term."""

@@ -16,9 +16,11 @@ probabilities (p_hat_T = p_{j != t} / sum_{j != t} p_j), which equals the
 softmax over non-target logits for one teacher and also works for the
 combined ensemble (``teacher=None``).
 
-Warm-up: w(epoch) = min(1, (epoch + 1) / warmup_epochs) with 0-based epochs, so
-epoch 0 already gets 1/warmup_epochs; warmup_epochs=0 means w = 1 (the paper
-ramps linearly over its first 20 epochs).
+Warm-up: w(epoch) = min(1, (epoch + 1) / warmup_epochs) with 0-based epochs at the
+end of each epoch, ramped step by step in training; warmup_epochs=0 means w = 1 (the paper
+ramps linearly over its first 20 epochs). Every term takes this option now (``base.LossTerm``);
+DKD keeps it as a named argument because its paper needs it. Target options (one teacher, the
+ensemble, ``per_teacher``, ``standardize``) are those of every logit term (``soft_targets``).
 
 DKD needs class-index targets: with mixup/cutmix probability targets the
 "target class" is undefined and the term raises instead of guessing.
@@ -29,8 +31,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import LossInputs, LossTerm
-from .kd import check_soft_target_options, student_logits, teacher_probs
+from .base import LossInputs
+from .soft_targets import SoftTargetTerm, Target
 
 
 def dkd_parts(z_s: torch.Tensor, p_t: torch.Tensor, target: torch.Tensor,
@@ -56,34 +58,28 @@ def dkd_parts(z_s: torch.Tensor, p_t: torch.Tensor, target: torch.Tensor,
     return tckd, nckd
 
 
-class DKDTerm(LossTerm):
-    """alpha * TCKD + beta * NCKD to one teacher or the combined ensemble."""
+class DKDTerm(SoftTargetTerm):
+    """alpha * TCKD + beta * NCKD to one teacher, the combined ensemble, or each teacher."""
 
     def __init__(self, name: str, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
-                 teacher: str | None = None, combine: str = "mean_probs", warmup_epochs: int = 0,
-                 start_epoch: int = 0) -> None:
-        super().__init__(name)
-        check_soft_target_options(name, temperature, combine)
+                 teacher: str | None = None, combine: str = "mean_probs", warmup_epochs: float = 0,
+                 standardize: bool = False, per_teacher: bool = False, start_epoch: int = 0) -> None:
+        super().__init__(name, temperature, teacher, combine, standardize, per_teacher, start_epoch)
         if alpha < 0 or beta < 0 or warmup_epochs < 0:
             raise ValueError(f"loss term {name!r}: alpha, beta and warmup_epochs must be >= 0, "
                              f"got {alpha}, {beta}, {warmup_epochs}")
         self.alpha, self.beta = float(alpha), float(beta)
-        self.temperature = float(temperature)
-        self.teacher = teacher
-        self.combine = combine
-        self.warmup_epochs = int(warmup_epochs)
-        self.set_epochs(start_epoch)
-
-    def warmup(self, epoch: int) -> float:
-        return 1.0 if self.warmup_epochs == 0 else min(1.0, (epoch + 1) / self.warmup_epochs)
+        self.set_warmup(warmup_epochs)
 
     def forward(self, inp: LossInputs) -> torch.Tensor:
         if inp.targets.dim() != 1:
             raise ValueError(f"loss term {self.name!r}: DKD needs class-index targets; mixup/cutmix "
                              f"give probability targets")
-        z = student_logits(inp)
-        if z.shape[1] < 2:
-            raise ValueError(f"loss term {self.name!r}: DKD needs at least 2 classes, got {z.shape[1]}")
-        p = teacher_probs(self, inp, self.teacher, self.temperature, self.combine).to(z.dtype)
-        tckd, nckd = dkd_parts(z, p, inp.targets, self.temperature)
-        return self.warmup(inp.epoch) * (self.alpha * tckd + self.beta * nckd)
+        if inp.student_logits.shape[1] < 2:
+            raise ValueError(f"loss term {self.name!r}: DKD needs at least 2 classes, got "
+                             f"{inp.student_logits.shape[1]}")
+        return super().forward(inp)
+
+    def soft_loss(self, z_s: torch.Tensor, target: Target, inp: LossInputs) -> torch.Tensor:
+        tckd, nckd = dkd_parts(z_s, target(self.temperature), inp.targets, self.temperature)
+        return self.alpha * tckd + self.beta * nckd

@@ -10,7 +10,7 @@ did not compute, and it is linear, so it commutes with a 1x1 regressor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,16 @@ def parse_shape(term: str, field: str, value: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
+def map_shape(term: str, shapes: Mapping[str, Sequence[int]], path: str, field: str, method: str) -> tuple[int, ...]:
+    """``shapes[path]`` as a ``(C, H, W)`` map shape, or a one-line error naming the term and field."""
+    if path not in shapes:
+        raise ValueError(f"loss term {term!r}: {field} has no entry for {path!r}")
+    shape = parse_shape(term, f"{field}[{path!r}]", shapes[path])
+    if len(shape) != 3:
+        raise ValueError(f"loss term {term!r}: {method} needs [C, H, W] maps, {field}[{path!r}] is {list(shape)}")
+    return shape
+
+
 def require_teacher(term: str, teacher: str | None) -> str:
     """Feature terms compare with one named teacher: hint layers of different teachers have
     different shapes and meanings, so there is no ensemble feature to compare with."""
@@ -38,6 +48,50 @@ def require_teacher(term: str, teacher: str | None) -> str:
         raise ValueError(f"loss term {term!r}: feature terms need `teacher: <name>` (one term per "
                          f"teacher); the combined ensemble has no features")
     return teacher
+
+
+def parse_pairs(term: str, field: str, value: Sequence[Sequence[str]]) -> list[tuple[str, str]]:
+    """A spec's ``[[a, b], ...]`` list of layer pairs, or a one-line error naming the field."""
+    if isinstance(value, str) or not value or any(isinstance(x, str) or len(x) != 2 for x in value):
+        raise ValueError(f"loss term {term!r}: {field} must be a non-empty list of [path_a, path_b], "
+                         f"got {value!r}")
+    return [(str(a), str(b)) for a, b in value]
+
+
+def as_vectors(x: torch.Tensor) -> torch.Tensor:
+    """``[B, D]`` embeddings: maps ``[B, C, H, W]`` are globally average-pooled, vectors pass."""
+    return x.mean(dim=(2, 3)) if x.dim() == 4 else x.flatten(1)
+
+
+class FeaturePairsTerm(LossTerm):
+    """A term over ``pairs = [[student_path, teacher_path], ...]`` of one teacher: the sum over the
+    pairs of ``pair_loss(student_feature, teacher_feature)`` (the teacher's detached, both in the
+    loss dtype). Relation terms (RKD, PKT, SP) and NST are this shape."""
+
+    def __init__(self, name: str, teacher: str | None, pairs: Sequence[Sequence[str]], start_epoch: int = 0,
+                 stage_epochs: int | None = None) -> None:
+        super().__init__(name)
+        self.teacher = require_teacher(name, teacher)
+        self.pairs = parse_pairs(name, "pairs", pairs)
+        self.set_epochs(start_epoch, stage_epochs)
+
+    def student_hint_paths(self) -> list[str]:
+        return list(dict.fromkeys(s for s, _ in self.pairs))
+
+    def teacher_hint_paths(self) -> list[tuple[str, str]]:
+        return [(self.teacher, t) for t in dict.fromkeys(t for _, t in self.pairs)]
+
+    def pair_loss(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, inp: LossInputs) -> torch.Tensor:
+        total = 0.0
+        for s_path, t_path in self.pairs:
+            s = student_feature(self, inp, s_path)
+            t = teacher_feature(self, inp, self.teacher, t_path)
+            dtype = loss_dtype(s)
+            total = total + self.pair_loss(s.to(dtype), t.detach().to(dtype))
+        return total
 
 
 def teacher_feature(term: LossTerm, inp: LossInputs, teacher: str, path: str) -> torch.Tensor:

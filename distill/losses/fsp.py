@@ -39,7 +39,8 @@ from .base import LossInputs, LossTerm
 from .features import (
     apply_regressor,
     loss_dtype,
-    parse_shape,
+    map_shape,
+    parse_pairs,
     pool_to_smaller,
     require_teacher,
     student_feature,
@@ -54,13 +55,6 @@ def fsp_matrix(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bihw,bjhw->bij", f1, f2) / hw
 
 
-def _pairs(term: str, field: str, value: Sequence[Sequence[str]]) -> list[tuple[str, str]]:
-    if isinstance(value, str) or not value or any(isinstance(x, str) or len(x) != 2 for x in value):
-        raise ValueError(f"loss term {term!r}: {field} must be a non-empty list of [path_a, path_b], "
-                         f"got {value!r}")
-    return [(str(a), str(b)) for a, b in value]
-
-
 class FSPTerm(LossTerm):
     """FSP matrices of ``student_pairs[k]`` against the teacher's ``teacher_pairs[k]``."""
 
@@ -71,8 +65,8 @@ class FSPTerm(LossTerm):
                  stage_epochs: int | None = None, start_epoch: int = 0) -> None:
         super().__init__(name)
         self.teacher = require_teacher(name, teacher)
-        self.student_pairs = _pairs(name, "student_pairs", student_pairs)
-        self.teacher_pairs = _pairs(name, "teacher_pairs", teacher_pairs)
+        self.student_pairs = parse_pairs(name, "student_pairs", student_pairs)
+        self.teacher_pairs = parse_pairs(name, "teacher_pairs", teacher_pairs)
         if len(self.student_pairs) != len(self.teacher_pairs):
             raise ValueError(f"loss term {name!r}: {len(self.student_pairs)} student_pairs but "
                              f"{len(self.teacher_pairs)} teacher_pairs; they are matched in order")
@@ -84,19 +78,10 @@ class FSPTerm(LossTerm):
         if student_shapes is not None and teacher_shapes is not None:
             for k, (sp, tp) in enumerate(zip(self.student_pairs, self.teacher_pairs, strict=True)):
                 for side in (0, 1):
-                    cs = self._channels(student_shapes, sp[side], "student_shapes")
-                    ct = self._channels(teacher_shapes, tp[side], "teacher_shapes")
+                    cs = map_shape(name, student_shapes, sp[side], "student_shapes", "FSP")[0]
+                    ct = map_shape(name, teacher_shapes, tp[side], "teacher_shapes", "FSP")[0]
                     if cs != ct:
                         self.regressors[f"{k}_{side}"] = nn.Conv2d(cs, ct, kernel_size=1)
-
-    def _channels(self, shapes: Mapping[str, Sequence[int]], path: str, field: str) -> int:
-        if path not in shapes:
-            raise ValueError(f"loss term {self.name!r}: {field} has no entry for {path!r}")
-        shape = parse_shape(self.name, f"{field}[{path!r}]", shapes[path])
-        if len(shape) != 3:
-            raise ValueError(f"loss term {self.name!r}: FSP needs [C, H, W] maps, {field}[{path!r}] "
-                             f"is {list(shape)}")
-        return shape[0]
 
     def student_hint_paths(self) -> list[str]:
         return list(dict.fromkeys(p for pair in self.student_pairs for p in pair))

@@ -9,7 +9,8 @@ CE term:   L_ce = -sum_c y_c log softmax(z_s)_c  (y one-hot or mixed).
 The job spec weighs them: total = w_ce * L_ce + w_kd * L_kd.
 
 Both take ``start_epoch`` so that, after a FitNets hint stage of N epochs,
-KD and CE start at epoch N.
+KD and CE start at epoch N. KD's target options (one teacher, the ensemble by a combine rule,
+each teacher in turn, logit standardization) are those of every logit term: ``soft_targets``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from teachers.ensemble import COMBINE_RULES, combine_probs
-
 from .base import LossInputs, LossTerm
+from .soft_targets import SoftTargetTerm, Target, student_logits
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -34,33 +34,6 @@ def kd_kl(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature:
     log_q = F.log_softmax(student_logits / temperature, dim=1)
     kl = F.kl_div(log_q, target_probs, reduction="batchmean")
     return kl * temperature**2
-
-
-def check_soft_target_options(name: str, temperature: float, combine: str) -> None:
-    """One-line errors for the options KD-like terms share."""
-    if not float(temperature) > 0:
-        raise ValueError(f"loss term {name!r}: temperature must be > 0, got {temperature}")
-    if combine not in COMBINE_RULES:
-        raise ValueError(f"loss term {name!r}: combine must be one of {list(COMBINE_RULES)}, got {combine!r}")
-
-
-def teacher_probs(term: LossTerm, inp: LossInputs, teacher: str | None, temperature: float,
-                  combine: str) -> torch.Tensor:
-    """Softened target ``[B, C]``: one named teacher's, or the weighted ensemble's (``teacher=None``)."""
-    if teacher is not None:
-        logits, weights = [inp.teacher_logits[term.teacher_index(inp, teacher)]], [1.0]
-    else:
-        if not inp.teacher_logits:
-            raise ValueError(f"loss term {term.name!r}: needs teacher outputs, but the batch has none")
-        logits = inp.teacher_logits
-        weights = inp.teacher_weights or [1.0] * len(logits)
-    return combine_probs([z.detach() for z in logits], weights, temperature, combine)
-
-
-def student_logits(inp: LossInputs) -> torch.Tensor:
-    """Student logits in at least fp32 (bf16/fp16 under mixed precision; float64 stays float64)."""
-    z = inp.student_logits
-    return z.to(torch.promote_types(z.dtype, torch.float32))
 
 
 class CrossEntropyTerm(LossTerm):
@@ -78,19 +51,13 @@ class CrossEntropyTerm(LossTerm):
         return soft_cross_entropy(z, targets)
 
 
-class KDTerm(LossTerm):
-    """Softened KL to one teacher (``teacher`` set) or to the combined ensemble (``teacher=None``)."""
+class KDTerm(SoftTargetTerm):
+    """Softened KL to one teacher, the combined ensemble, or each teacher (``per_teacher``)."""
 
     def __init__(self, name: str, temperature: float = 4.0, teacher: str | None = None,
-                 combine: str = "mean_probs", start_epoch: int = 0) -> None:
-        super().__init__(name)
-        check_soft_target_options(name, temperature, combine)
-        self.temperature = float(temperature)
-        self.teacher = teacher
-        self.combine = combine
-        self.set_epochs(start_epoch)
+                 combine: str = "mean_probs", standardize: bool = False, per_teacher: bool = False,
+                 start_epoch: int = 0) -> None:
+        super().__init__(name, temperature, teacher, combine, standardize, per_teacher, start_epoch)
 
-    def forward(self, inp: LossInputs) -> torch.Tensor:
-        z = student_logits(inp)
-        target = teacher_probs(self, inp, self.teacher, self.temperature, self.combine)
-        return kd_kl(z, target.to(z.dtype), self.temperature)
+    def soft_loss(self, z_s: torch.Tensor, target: Target, inp: LossInputs) -> torch.Tensor:
+        return kd_kl(z_s, target(self.temperature), self.temperature)
