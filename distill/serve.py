@@ -230,30 +230,4 @@ def service_status(name: str, address: str | None, namespace: str | None = None)
     return 0
 
 
-def attach_service(spec: JobSpec) -> Any:
-    """A ``ServiceLink`` for this job, after checking the service serves what the job needs (one line if not)."""
-    import ray
-
-    from distill.feature_shapes import teacher_hint_paths
-    from teachers.controller import ServiceLink, find_service
-
-    name, ns = spec.teachers.service, spec.cluster.namespace
-    controller = find_service(name, ns)
-    if controller is None:
-        raise ClusterError(f"teachers.service: no teacher service {name!r} in namespace {ns!r} on this cluster; "
-                           f"start it with `distill serve CONFIG --name {name}` (and pass its --address)")
-    info = ray.get(controller.handles.remote(-1))
-    for member, needed in zip(spec.teachers.members, teacher_hint_paths(spec).values(), strict=True):
-        if member.name not in info["names"]:
-            raise SpecError(f"teachers.members: service {name!r} serves {info['names']}, not {member.name!r}")
-        missing = [h for h in needed if h not in info["hints"][member.name]]
-        if missing:
-            raise SpecError(f"teachers.members: service {name!r} does not return {member.name} hints {missing}; "
-                            "serve a spec that lists them")
-    if info["output"] != spec.teachers.output:
-        raise SpecError(f"teachers.output: the job wants {spec.teachers.output}, service {name!r} sends "
-                        f"{info['output']}")
-    return ServiceLink(name, controller, spec.name)
-
-
-__all__ = ["add_serve_command", "attach_service", "cmd_serve", "scaling_config", "serve", "service_status"]
+__all__ = ["add_serve_command", "cmd_serve", "scaling_config", "serve", "service_status"]

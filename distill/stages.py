@@ -18,7 +18,7 @@ from rich.console import Console
 from torch import nn
 
 from cluster import ray_env
-from cluster.placement import bundle_options, release, reserve
+from cluster.placement import ClusterError, bundle_options, release, reserve
 from distill.data import DatasetMeta, ensure_shards, load_split
 from distill.data.meta import DataError
 from distill.data.soft_labels import check_soft_labels, file_digest, soft_label_dir
@@ -72,6 +72,32 @@ def start_teachers(spec: JobSpec, meta: DatasetMeta, groups: list[Any] | None = 
     return handles
 
 
+def attach_service(spec: JobSpec) -> Any:
+    """A ``ServiceLink`` for this job, after checking the service serves what the job needs (one line if not)."""
+    import ray
+
+    from distill.feature_shapes import teacher_hint_paths
+    from teachers.controller import ServiceLink, find_service
+
+    name, ns = spec.teachers.service, spec.cluster.namespace
+    controller = find_service(name, ns)
+    if controller is None:
+        raise ClusterError(f"teachers.service: no teacher service {name!r} in namespace {ns!r} on this cluster; "
+                           f"start it with `distill serve CONFIG --name {name}` (and pass its --address)")
+    info = ray.get(controller.handles.remote(-1))
+    for member, needed in zip(spec.teachers.members, teacher_hint_paths(spec).values(), strict=True):
+        if member.name not in info["names"]:
+            raise SpecError(f"teachers.members: service {name!r} serves {info['names']}, not {member.name!r}")
+        missing = [h for h in needed if h not in info["hints"][member.name]]
+        if missing:
+            raise SpecError(f"teachers.members: service {name!r} does not return {member.name} hints {missing}; "
+                            "serve a spec that lists them")
+    if info["output"] != spec.teachers.output:
+        raise SpecError(f"teachers.output: the job wants {spec.teachers.output}, service {name!r} sends "
+                        f"{info['output']}")
+    return ServiceLink(name, controller, spec.name)
+
+
 @contextmanager
 def served_teachers(spec: JobSpec, meta: DatasetMeta, address: str | None, *, serve: bool, console: Console,
                     before_start: Callable[[], None] | None = None) -> Iterator[list[list[Any]]]:
@@ -87,8 +113,6 @@ def served_teachers(spec: JobSpec, meta: DatasetMeta, address: str | None, *, se
         if before_start is not None:
             before_start()
         if serve and spec.teachers.service:
-            from distill.serve import attach_service
-
             link = attach_service(spec)
         elif serve:
             console.print(f"starting {sum(m.replicas for m in spec.teachers.members)} teacher replica(s)")
