@@ -91,7 +91,8 @@ class _FloatTwin(nn.Module):
                                         act_scale=packed.act_scale)  # fmt: skip
             self.op.weight.data.copy_(w)
         elif conv:
-            self.op = lambda x: F.conv2d(x, w, None, packed.stride, packed.padding, packed.dilation)
+            groups = getattr(packed, "groups", 1)  # the fp32 depthwise kernel's layer is grouped
+            self.op = lambda x: F.conv2d(x, w, None, packed.stride, packed.padding, packed.dilation, groups)
         else:
             self.op = lambda x: F.linear(x, w)
 
