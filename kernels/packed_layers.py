@@ -365,6 +365,15 @@ class PackedBinaryConv2d(_ConvGeometry, _BinaryActivations, _BinaryMixin, _Packe
         )
 
 
+def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor | None]:
+    """An fp32 conv's (weight, bias) with an eval-mode BatchNorm that follows it folded in."""
+    w, b = conv.weight.detach().float(), None if conv.bias is None else conv.bias.detach().float()
+    if bn is None:
+        return w, b
+    return torch.nn.utils.fusion.fuse_conv_bn_weights(w, b, bn.running_mean, bn.running_var, bn.eps, bn.weight,
+                                                      bn.bias)  # fmt: skip
+
+
 class PackedDepthwiseConv2d(_Packed):
     """A float32 depthwise 3x3 conv on the project's NHWC kernel (ops.depthwise_conv2d), with
     its BatchNorm folded in (``from_conv``) and a following ReLU / ReLU6 fused (``fuse_activation``).
@@ -403,10 +412,7 @@ class PackedDepthwiseConv2d(_Packed):
         """From a depthwise nn.Conv2d (``supports``), folding an eval-mode BatchNorm that follows it."""
         if not cls.supports(conv):
             raise ValueError(f"PackedDepthwiseConv2d: not a depthwise 3x3 conv with stride 1/2 and padding 0/1: {conv}")
-        w, b = conv.weight.detach().float(), None if conv.bias is None else conv.bias.detach().float()
-        if bn is not None:
-            w, b = torch.nn.utils.fusion.fuse_conv_bn_weights(w, b, bn.running_mean, bn.running_var, bn.eps,
-                                                              bn.weight, bn.bias)  # fmt: skip
+        w, b = _fold_bn(conv, bn)
         layer = cls(conv.in_channels, conv.stride[0], conv.padding[0], b is not None)
         layer.weight.copy_(w.reshape(-1, 3, 3).permute(1, 2, 0))
         if b is not None:
@@ -476,10 +482,7 @@ class PackedConv3x3(_Packed):
         """From an nn.Conv2d that ``supports`` accepts, folding an eval-mode BatchNorm that follows it."""
         if not cls.supports(conv):
             raise ValueError(f"PackedConv3x3: not a dense 3x3 conv with <= {cls.MAX_IN_CHANNELS} inputs: {conv}")
-        w, b = conv.weight.detach().float(), None if conv.bias is None else conv.bias.detach().float()
-        if bn is not None:
-            w, b = torch.nn.utils.fusion.fuse_conv_bn_weights(w, b, bn.running_mean, bn.running_var, bn.eps,
-                                                              bn.weight, bn.bias)  # fmt: skip
+        w, b = _fold_bn(conv, bn)
         layer = cls(conv.in_channels, conv.out_channels, conv.stride[0], conv.padding[0], b is not None)
         layer.weight_rows.copy_(w.permute(2, 3, 1, 0).reshape(9 * conv.in_channels, -1))
         if b is not None:
