@@ -4,6 +4,8 @@
     python -m benchmarks.kernels --quick    # a subset, under a minute
     python -m benchmarks.kernels --layers   # MobileNetV2's real layer shapes vs onnxruntime
                                             # fp32 / int8 (benchmarks/kernel_layers.py)
+    python -m benchmarks.kernels --model    # the whole packed MobileNetV2 vs onnxruntime fp32 /
+                                            # int8, and its per-block profile (kernel_model.py)
 
 Prints one JSON object per line. The machines are shared and noisy, so each
 measurement interleaves the candidates (ours, fp32 nn.Linear, int8
@@ -126,9 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", nargs="+", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--layers", action="store_true", help="MobileNetV2 layer shapes against onnxruntime")
+    ap.add_argument("--model", action="store_true", help="the packed MobileNetV2 against onnxruntime")
     args = ap.parse_args(argv)
     if _cpu.backend() != "cpp":
         print("warning: compiled kernels unavailable; timing the pure-torch reference", file=sys.stderr)
+    if args.model:
+        from benchmarks import kernel_layers, kernel_model
+
+        models = ["mbv2_w0.5_32"] if args.quick else list(kernel_layers.MODELS)
+        kernel_model.run(models, args.threads or ([1] if args.quick else THREADS), args.rounds or 11)
+        return 0
     if args.layers:
         from benchmarks import kernel_layers
 

@@ -466,9 +466,10 @@ def conv1x1_direct(
     """A 1x1, stride-1, unpadded packed conv (kind: ternary, binary or xnor) on a channels-last
     ``direct`` input, called straight through ctypes; None when x is not channels-last dense
     (the caller then takes the op path). Same kernels, same bits as the ops."""
-    if not x.is_contiguous(memory_format=torch.channels_last):
-        return None
     b, k, h, w = x.shape
+    shape = (ternary_packed_shape if kind == "ternary" else binary_packed_shape)(n, k)
+    if not x.is_contiguous(memory_format=torch.channels_last) or w_packed.shape != shape:
+        return None  # the op path, which names what is wrong
     y = torch.empty(b, n, h, w, memory_format=torch.channels_last)
     lib, m, lo_hi, nth = _cpu.lib(), b * h * w, _bounds(act_min, act_max), torch.get_num_threads()
     xp, wp, yp, sp, bp = x.data_ptr(), w_packed.data_ptr(), y.data_ptr(), scale_pos.data_ptr(), _cpu.ptr(bias)
@@ -484,8 +485,9 @@ def conv1x1_direct(
 
 def depthwise_direct(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int,
                      act_min: float | None, act_max: float | None) -> Tensor | None:  # fmt: skip
-    """``depthwise_conv2d`` on a channels-last ``direct`` input through ctypes (None: not channels-last)."""
-    if not x.is_contiguous(memory_format=torch.channels_last):
+    """``depthwise_conv2d`` on a channels-last ``direct`` input through ctypes (None: not channels-last,
+    or not the weight's channel count: the op path then names what is wrong)."""
+    if not x.is_contiguous(memory_format=torch.channels_last) or x.shape[1] != weight.shape[2]:
         return None
     b, c, h, w = x.shape
     ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
@@ -513,7 +515,8 @@ def inverted_residual_direct(x: Tensor, expand: tuple | None, dw: tuple, project
     The same bits as running the three layers one after another, without the expanded tensor
     ever leaving the cache.
     """
-    if not x.is_contiguous(memory_format=torch.channels_last):
+    k = project[1] if expand is None else expand[1]
+    if not x.is_contiguous(memory_format=torch.channels_last) or x.shape[1] != k:
         return None
     b, _, h, w = x.shape
     weight, dw_bias, stride, lo, hi = dw
@@ -629,6 +632,8 @@ def conv3x3_direct(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, 
                    act_min: float | None, act_max: float | None) -> Tensor:  # fmt: skip
     """``conv3x3`` through ctypes on a float32 CPU input of any strides (``direct`` inputs)."""
     b, c, h, w = x.shape
+    if c != weight.shape[2]:
+        raise RuntimeError(f"conv3x3: expected input [B, {weight.shape[2]}, H, W], got {list(x.shape)}")
     cout = weight.shape[3]
     ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
     y = torch.empty(b, cout, ho, wo, memory_format=torch.channels_last)

@@ -290,7 +290,7 @@ class PackedTernaryConv2d(_ConvGeometry, _TernaryMixin, _Packed):
         return layer._set_ternary(codes, sp, sn, conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._pointwise and not self.use_reference and ops.direct(x):
+        if self._pointwise and not self.use_reference and x.shape[1] == self.in_channels and ops.direct(x):
             y = ops.conv1x1_direct(x, "ternary", self.weight_packed, self.out_channels, self.scale_pos,
                                    self.scale_neg, self.bias, self.act_min, self.act_max)  # fmt: skip
             if y is not None:
@@ -339,7 +339,7 @@ class PackedBinaryConv2d(_ConvGeometry, _BinaryActivations, _BinaryMixin, _Packe
         return layer._set_binary(signs, scale, conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._pointwise and not self.use_reference and ops.direct(x):
+        if self._pointwise and not self.use_reference and x.shape[1] == self.in_channels and ops.direct(x):
             y = ops.conv1x1_direct(x, "xnor" if self.binary_activations else "binary", self.weight_packed,
                                    self.out_channels, self.scale_pos, None, self.bias, self.act_min, self.act_max,
                                    self.act_scale)  # fmt: skip
@@ -365,6 +365,15 @@ class PackedBinaryConv2d(_ConvGeometry, _BinaryActivations, _BinaryMixin, _Packe
         )
 
 
+def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor | None]:
+    """An fp32 conv's (weight, bias) with an eval-mode BatchNorm that follows it folded in."""
+    w, b = conv.weight.detach().float(), None if conv.bias is None else conv.bias.detach().float()
+    if bn is None:
+        return w, b
+    return torch.nn.utils.fusion.fuse_conv_bn_weights(w, b, bn.running_mean, bn.running_var, bn.eps, bn.weight,
+                                                      bn.bias)  # fmt: skip
+
+
 class PackedDepthwiseConv2d(_Packed):
     """A float32 depthwise 3x3 conv on the project's NHWC kernel (ops.depthwise_conv2d), with
     its BatchNorm folded in (``from_conv``) and a following ReLU / ReLU6 fused (``fuse_activation``).
@@ -381,6 +390,8 @@ class PackedDepthwiseConv2d(_Packed):
                  act_min: float | None = None, act_max: float | None = None):  # fmt: skip
         super().__init__()
         self.channels, self.stride, self.padding = channels, int(stride), int(padding)
+        self.in_channels = self.out_channels = self.groups = channels  # a conv's geometry, for readers
+        self.kernel_size, self.dilation = (3, 3), (1, 1)
         self._init_clamp(act_min, act_max)
         self.register_buffer("weight", torch.zeros(3, 3, channels))
         self.register_buffer("bias", torch.zeros(channels) if bias else None)
@@ -401,10 +412,7 @@ class PackedDepthwiseConv2d(_Packed):
         """From a depthwise nn.Conv2d (``supports``), folding an eval-mode BatchNorm that follows it."""
         if not cls.supports(conv):
             raise ValueError(f"PackedDepthwiseConv2d: not a depthwise 3x3 conv with stride 1/2 and padding 0/1: {conv}")
-        w, b = conv.weight.detach().float(), None if conv.bias is None else conv.bias.detach().float()
-        if bn is not None:
-            w, b = torch.nn.utils.fusion.fuse_conv_bn_weights(w, b, bn.running_mean, bn.running_var, bn.eps,
-                                                              bn.weight, bn.bias)  # fmt: skip
+        w, b = _fold_bn(conv, bn)
         layer = cls(conv.in_channels, conv.stride[0], conv.padding[0], b is not None)
         layer.weight.copy_(w.reshape(-1, 3, 3).permute(1, 2, 0))
         if b is not None:
@@ -439,7 +447,8 @@ class PackedConv3x3(_Packed):
 
     Why: it reads the NCHW network input through its strides and writes the channels-last
     tensor the packed layers read; torch's conv on that mix of layouts took the slow im2col
-    path (1.5 ms of an 8 ms MobileNetV2 at 224). Weight buffer [3, 3, Cin, Cout].
+    path (1.5 ms of an 8 ms MobileNetV2 at 224). Weight buffer ``weight_rows`` [9 * Cin, Cout]
+    (``weight``: its [3, 3, Cin, Cout] view).
     """
 
     kind = "conv3x3"
@@ -450,8 +459,11 @@ class PackedConv3x3(_Packed):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stride, self.padding = int(stride), int(padding)
+        self.kernel_size, self.dilation, self.groups = (3, 3), (1, 1), 1  # a conv's geometry, for readers
         self._init_clamp(act_min, act_max)
-        self.register_buffer("weight", torch.zeros(3, 3, in_channels, out_channels))
+        # kept 2-D ([3 * 3 * Cin, Cout]): a model's .to(memory_format=channels_last) would
+        # otherwise restride a 4-D buffer, and the kernel reads it densely
+        self.register_buffer("weight_rows", torch.zeros(9 * in_channels, out_channels))
         self.register_buffer("bias", torch.zeros(out_channels) if bias else None)
 
     @classmethod
@@ -470,15 +482,17 @@ class PackedConv3x3(_Packed):
         """From an nn.Conv2d that ``supports`` accepts, folding an eval-mode BatchNorm that follows it."""
         if not cls.supports(conv):
             raise ValueError(f"PackedConv3x3: not a dense 3x3 conv with <= {cls.MAX_IN_CHANNELS} inputs: {conv}")
-        w, b = conv.weight.detach().float(), None if conv.bias is None else conv.bias.detach().float()
-        if bn is not None:
-            w, b = torch.nn.utils.fusion.fuse_conv_bn_weights(w, b, bn.running_mean, bn.running_var, bn.eps,
-                                                              bn.weight, bn.bias)  # fmt: skip
+        w, b = _fold_bn(conv, bn)
         layer = cls(conv.in_channels, conv.out_channels, conv.stride[0], conv.padding[0], b is not None)
-        layer.weight.copy_(w.permute(2, 3, 1, 0))
+        layer.weight_rows.copy_(w.permute(2, 3, 1, 0).reshape(9 * conv.in_channels, -1))
         if b is not None:
             layer.bias.copy_(b.reshape(-1))
         return layer.eval()
+
+    @property
+    def weight(self) -> Tensor:
+        """[3, 3, Cin, Cout], the kernel's layout."""
+        return self.weight_rows.view(3, 3, self.in_channels, self.out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.use_reference:
@@ -528,8 +542,6 @@ class PackedInvertedResidual(nn.Module):
     def __init__(self, conv: nn.Sequential, residual: bool) -> None:
         super().__init__()
         self.conv, self.use_residual = conv, residual
-        layers = [_sole_layer(s) for s in conv]  # plain references: conv owns (and moves) them
-        self._layers = (layers[0] if len(layers) == 3 else None, layers[-2], layers[-1])
 
     @staticmethod
     def fusable(conv: nn.Module) -> bool:
@@ -543,9 +555,15 @@ class PackedInvertedResidual(nn.Module):
             and (len(layers) == 2 or _pointwise_args(layers[0]) is not None)
         )  # fmt: skip
 
+    def layers(self) -> tuple[nn.Module | None, nn.Module, nn.Module]:
+        """(expand or None, depthwise, project), read from ``conv`` at each call: whoever swaps a
+        layer of ``conv`` (a test's float twin) is followed."""
+        layers = [_sole_layer(s) for s in self.conv]
+        return (layers[0] if len(layers) == 3 else None, layers[-2], layers[-1])
+
     def forward(self, x: Tensor) -> Tensor:
-        e_layer, d, p_layer = self._layers
-        if d.use_reference:  # the layers in turn, on the spec
+        e_layer, d, p_layer = self.layers()
+        if not self.fusable(self.conv) or d.use_reference:  # the layers in turn (on the spec)
             out = self.conv(x)
             return x + out if self.use_residual else out
         if ops.direct(x):

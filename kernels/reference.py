@@ -256,6 +256,12 @@ def binary_conv2d(
 # ---------------------------------------------------------------- depthwise convolution
 
 
+def _check_channels(x: torch.Tensor, c: int, name: str) -> None:
+    """A RuntimeError, as torch's own convs raise for a wrong input width."""
+    if x.dim() != 4 or x.shape[1] != c:
+        raise RuntimeError(f"{name}: expected input [B, {c}, H, W], got {list(x.shape)}")
+
+
 def depthwise3x3(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -275,6 +281,7 @@ def depthwise3x3(
     result can differ from F.conv2d by float rounding. Returns NCHW in channels-last memory.
     """
     b, c, h, w = x.shape
+    _check_channels(x, weight.shape[2], "depthwise3x3")
     ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
     xp = F.pad(x.float(), (padding,) * 4)
     acc = torch.zeros(b, c, ho, wo).contiguous(memory_format=torch.channels_last)
@@ -327,6 +334,7 @@ def conv3x3(
     fused multiply-add. Returns NCHW in channels-last memory.
     """
     b, cin, h, w = x.shape
+    _check_channels(x, weight.shape[2], "conv3x3")
     cout = weight.shape[3]
     ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
     xp = F.pad(x.float(), (padding,) * 4)

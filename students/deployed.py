@@ -4,6 +4,9 @@ Both ``students.export`` (which converts a copy of the model once) and ``student
 (which swaps these modules in for each eval forward of the trained model) build on it, so the
 two cannot compute different things. Each quantized layer becomes its scheme's ``packed``
 form; a BatchNorm after it is folded in and a ReLU / ReLU6 fused into a packed layer's epilogue.
+fp32 depthwise 3x3 convs and small stems become the project's fp32 kernels
+(PackedDepthwiseConv2d, PackedConv3x3: exact specs in kernels.reference, so simulate's eval
+stays bit-identical to the export).
 """
 
 from __future__ import annotations
@@ -13,7 +16,13 @@ from collections.abc import Callable
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from kernels.packed_layers import PACKED_LAYERS, fold_batchnorm, fuse_activation
+from kernels.packed_layers import (
+    PACKED_LAYERS,
+    PackedConv3x3,
+    PackedDepthwiseConv2d,
+    fold_batchnorm,
+    fuse_activation,
+)
 
 from .qlayers import QConv2d, QLinear
 
@@ -76,6 +85,12 @@ def _convert(layer: nn.Module, bn: nn.BatchNorm2d | nn.BatchNorm1d | None) -> nn
     new = layer.scheme.packed(layer) if isinstance(layer, QConv2d | QLinear) else layer
     if isinstance(new, PACKED):
         return (new if bn is None else fold_batchnorm(new, bn)).eval()
+    # fp32 depthwise 3x3 and stem convs run on the project's channels-last kernels (BN folded
+    # in, a ReLU / ReLU6 fused next, as for packed layers): oneDNN's layout changes between
+    # them and the packed layers cost more than the convs themselves.
+    for fp_kernel in (PackedDepthwiseConv2d, PackedConv3x3):
+        if fp_kernel.supports(new):
+            return fp_kernel.from_conv(new, bn)
     if bn is None:
         return new
     return fuse_conv_bn_eval(new, bn) if isinstance(new, nn.Conv2d) else fuse_linear_bn_eval(new, bn)

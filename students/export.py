@@ -23,7 +23,12 @@ What ``export(model, "packed")`` does to a model trained with ``quantize(model, 
   nn.Conv2d with the dequantized weight, which is exactly what they computed;
   xnor ones become ``BinaryInputConv2d`` (sign of the input, XNOR-Net's K).
 - full-precision layers (``keep_first`` / ``keep_last``, skip_depthwise) stay fp32.
-- fp conv weights are made channels-last: the packed convs' output layout.
+- fp32 depthwise 3x3 convs (BN folded, ReLU6 fused) and a 3x3 stem with few input channels
+  run on the project's fp32 NHWC kernels (kernels.packed_layers.PackedDepthwiseConv2d,
+  PackedConv3x3); other fp conv weights are made channels-last: the packed convs' output layout.
+- a MobileNetV2 block whose expand / depthwise / project all became packed kernels runs as
+  one fused call (kernels.packed_layers.PackedInvertedResidual: the same bits as its layers,
+  the expanded tensor never leaves the cache); its state-dict keys do not change.
 
 ``format="export"`` / ``"torchscript"`` run ``torch.export.export`` (dynamic batch) /
 ``torch.jit.trace`` on that module (they need ``example_input``; the packed ops must be
@@ -46,7 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kernels.packed_layers import load_packed, save_packed
+from kernels.packed_layers import fuse_inverted_residuals, load_packed, save_packed
 
 from .deployed import deployed_children
 from .qlayers import QConv2d, QLinear
@@ -104,7 +109,8 @@ def _to_packed(model: nn.Module) -> nn.Module:
             setattr(parent, name, new)
     # Packed convs return channels-last tensors; fp convs with channels-last weights keep
     # the whole net in that layout (no NCHW <-> NHWC copies, and oneDNN is faster in it).
-    return model.to(memory_format=torch.channels_last).eval()
+    # MobileNetV2 blocks whose layers all became packed kernels run as one fused call.
+    return fuse_inverted_residuals(model.to(memory_format=torch.channels_last)).eval()
 
 
 # ---------------------------------------------------------------- one file
@@ -162,4 +168,4 @@ def load_exported(path: str | Path, build: Callable[[dict[str, Any] | None], nn.
                     _MAKERS[spec["kind"]](**spec.get("config", {})))  # fmt: skip
         return model
 
-    return load_packed(path, build=skeleton).to(memory_format=torch.channels_last).eval()
+    return fuse_inverted_residuals(load_packed(path, build=skeleton).to(memory_format=torch.channels_last)).eval()

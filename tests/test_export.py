@@ -23,7 +23,7 @@ from torch import nn
 import students
 from distill.data import load_split
 from distill.data.meta import load_meta
-from kernels.packed_layers import PACKED_LAYERS, load_packed
+from kernels.packed_layers import PACKED_LAYERS, PackedInvertedResidual, load_packed
 from students.export import BinaryInputConv2d
 
 ARCH = {"name": "mobilenet_v2", "num_classes": 10, "in_chans": 1, "variant": "cifar", "width_mult": 0.25}
@@ -91,7 +91,8 @@ class _FloatTwin(nn.Module):
                                         act_scale=packed.act_scale)  # fmt: skip
             self.op.weight.data.copy_(w)
         elif conv:
-            self.op = lambda x: F.conv2d(x, w, None, packed.stride, packed.padding, packed.dilation)
+            groups = getattr(packed, "groups", 1)  # the fp32 depthwise kernel's layer is grouped
+            self.op = lambda x: F.conv2d(x, w, None, packed.stride, packed.padding, packed.dilation, groups)
         else:
             self.op = lambda x: F.linear(x, w)
 
@@ -204,9 +205,12 @@ def test_relu6_fused_into_packed_layers(trained):
     assert (expand[0].act_min, expand[0].act_max) == (0.0, 6.0)
     assert isinstance(expand[1], nn.Identity) and isinstance(expand[2], nn.Identity)
     depthwise = deployed.stages[1][0].conv[1]
-    assert type(depthwise[0]) is nn.Conv2d and depthwise[0].groups > 1  # fp32, ReLU6 kept
-    assert isinstance(depthwise[2], nn.ReLU6)
-    assert type(deployed.stem[0]) is nn.Conv2d and type(deployed.head.fc) is nn.Linear  # keep_first/last
+    # fp32 on the NHWC depthwise kernel, BN folded and ReLU6 fused there too
+    assert isinstance(depthwise[0], PACKED_LAYERS["depthwise_conv2d"]) and depthwise[0].groups > 1
+    assert (depthwise[0].act_min, depthwise[0].act_max) == (0.0, 6.0) and isinstance(depthwise[2], nn.Identity)
+    assert isinstance(deployed.stages[1][0], PackedInvertedResidual)  # the block: one fused call
+    # keep_first: the fp32 stem on the stem kernel; keep_last: the fp32 classifier
+    assert isinstance(deployed.stem[0], PACKED_LAYERS["conv3x3"]) and type(deployed.head.fc) is nn.Linear
 
 
 def test_xnor_depthwise_runs_binary_input_conv(trained, digits):

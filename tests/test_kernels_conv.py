@@ -175,7 +175,7 @@ def test_fused_block_equals_its_layers(isa, cin, cmid, cout, s, h, w, expand, re
         out = conv(x)
         want = x + out if residual else out
         assert torch.equal(block(x), want)  # the direct C call
-        e, d, p = block._layers
+        e, d, p = block.layers()
         layers = [e, d, p] if e is not None else [d, p]
         for m in layers:
             m.use_reference = True
@@ -191,7 +191,8 @@ def test_fused_block_op_and_export():
     g = _gen(3)
     block = PackedInvertedResidual(_block(16, 64, 16, 1, True, False, g), True)
     x = torch.randn(1, 16, 5, 5, generator=g)
-    e, d, p = (_pointwise_args(block._layers[0]), block._layers[1], _pointwise_args(block._layers[2]))
+    e, d, p = block.layers()
+    e, p = _pointwise_args(e), _pointwise_args(p)
     args = (x, e[0], e[3], e[4], e[5], e[6], e[7], d.weight, d.bias, d.stride, d.act_min, d.act_max,
             p[0], p[3], p[4], p[5], p[6], p[7], True)  # fmt: skip
     torch.library.opcheck(ops.inverted_residual, args)
@@ -225,7 +226,7 @@ def test_stem_layer_and_opcheck(tmp_path):
     with torch.no_grad():
         bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
     assert PackedConv3x3.supports(conv) and not PackedConv3x3.supports(nn.Conv2d(16, 16, 3))
-    layer = PackedConv3x3.from_conv(conv, bn)
+    layer = PackedConv3x3.from_conv(conv, bn).to(memory_format=torch.channels_last)  # as export does
     x = torch.randn(2, 3, 15, 15)
     with torch.no_grad():
         got = layer(x)

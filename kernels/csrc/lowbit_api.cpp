@@ -270,6 +270,17 @@ int mm_i8(const int8_t* xq, int64_t M, int64_t K, const uint8_t* w, int64_t N, i
   return 0;
 }
 
+// Runs fn(args, r0, r1) over output rows [0, rows): on this thread, or in about 4 runs of rows
+// per thread handed out dynamically (a late thread's share is taken by the others).
+template <class Args>
+void split_rows(void (*fn)(const Args*, int64_t, int64_t), const Args* args, int64_t rows, int nthreads) {
+  const int nth = nthreads < 1 || rows < 2 ? 1 : nthreads;
+  if (nth == 1) return fn(args, 0, rows);
+  const int64_t step = (rows + 4 * nth - 1) / (4 * nth);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
+  for (int64_t r = 0; r < rows; r += step) fn(args, r, r + step < rows ? r + step : rows);
+}
+
 // ---------------------------------------------------------------- fused inverted residual
 
 thread_local Scratch t_block_scratch;
@@ -437,17 +448,8 @@ int dl_depthwise3x3_nhwc(const float* x, int64_t B, int64_t H, int64_t W, int64_
   if (H + 2 * pad < 3 || W + 2 * pad < 3) return -2;
   d.clamp = act_lo > -INFINITY || act_hi < INFINITY;
   d.act_lo = act_lo, d.act_hi = act_hi;
-  const DlDepthwiseFn fn = kernels()->depthwise3x3;
-  const int64_t rows = B * d.Ho;
-  int nth = nthreads < 1 ? 1 : nthreads;
-  if (rows * d.Wo * C * 9 < (int64_t)1 << 19 || rows < 2) nth = 1;  // ~0.5M multiply-adds: one thread
-  if (nth == 1) {
-    fn(&d, 0, rows);
-    return 0;
-  }
-  const int64_t step = (rows + 4 * nth - 1) / (4 * nth);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
-  for (int64_t r = 0; r < rows; r += step) fn(&d, r, r + step < rows ? r + step : rows);
+  // ~0.5M multiply-adds and less: one thread
+  split_rows(kernels()->depthwise3x3, &d, B * d.Ho, B * d.Ho * d.Wo * C * 9 >= (int64_t)1 << 19 ? nthreads : 1);
   return 0;
 }
 
@@ -463,17 +465,7 @@ int dl_conv3x3_nhwc(const float* x, int64_t B, int64_t H, int64_t W, int64_t Cin
   c.Ho = (H + 2 * pad - 3) / stride + 1, c.Wo = (W + 2 * pad - 3) / stride + 1;
   c.clamp = act_lo > -INFINITY || act_hi < INFINITY;
   c.act_lo = act_lo, c.act_hi = act_hi;
-  const DlConv3x3Fn fn = kernels()->conv3x3;
-  const int64_t rows = B * c.Ho;
-  int nth = nthreads < 1 ? 1 : nthreads;
-  if (rows * c.Wo * Cout * Cin * 9 < (int64_t)1 << 21 || rows < 2) nth = 1;
-  if (nth == 1) {
-    fn(&c, 0, rows);
-    return 0;
-  }
-  const int64_t step = (rows + 4 * nth - 1) / (4 * nth);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
-  for (int64_t r = 0; r < rows; r += step) fn(&c, r, r + step < rows ? r + step : rows);
+  split_rows(kernels()->conv3x3, &c, B * c.Ho, B * c.Ho * c.Wo * Cout * Cin * 9 >= (int64_t)1 << 21 ? nthreads : 1);
   return 0;
 }
 
