@@ -115,9 +115,9 @@ class AllOps(nn.Module):
 def all_ops_pte(tmp_path_factory):
     model = AllOps().eval()
     xs = model.inputs()
-    import kernels.executorch.ops  # noqa: F401
-
     from executorch.exir import EdgeCompileConfig, to_edge
+
+    import kernels.executorch.ops  # noqa: F401
 
     ep = torch.export.export(model, tuple(xs))
     program = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False)).to_executorch()
