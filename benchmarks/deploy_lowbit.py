@@ -145,7 +145,9 @@ def measure(fns: dict[str, Any], rounds: int, reps: int) -> dict[str, float]:
 
 
 def profile(path: Path, x: torch.Tensor, runs: int = 20) -> dict[str, float]:
-    """Mean microseconds per inference by event (custom op, DELEGATE_CALL, ...), from an ETDump."""
+    """Mean microseconds per inference by event, from an ETDump: Method::execute (the whole run),
+    each custom op, DELEGATE_CALL (all XNNPACK calls) and inside them XNNPACK's ops by kind (a
+    layout change there would show as a Transpose), OPERATOR_CALL (all non-delegated ops)."""
     from executorch.devtools import Inspector
     from executorch.runtime import Runtime
 
@@ -161,9 +163,13 @@ def profile(path: Path, x: torch.Tensor, runs: int = 20) -> dict[str, float]:
     totals: dict[str, float] = {}
     for block in inspector.event_blocks:
         for event in block.events:
-            if event.perf_data is None:
+            if event.perf_data is None or event.name in ("Program::load_method", "Method::init"):
                 continue
-            key = event.name if "distill" not in event.name else event.name.split("::")[-1]
+            # custom ops by name; XNNPACK's own ops (delegate debug events) by kind, e.g.
+            # "Convolution (NHWC, F32) DWConv #3" -> "xnnpack: Convolution (NHWC, F32) DWConv"
+            key = event.name.split("::")[-1] if "distill" in event.name else event.name
+            if event.is_delegated_op or "#" in key:
+                key = "xnnpack: " + key.split(" #")[0]
             totals[key] = totals.get(key, 0.0) + sum(event.perf_data.raw)
     return {k: round(1000 * v / runs, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
