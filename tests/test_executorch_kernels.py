@@ -23,6 +23,7 @@ from kernels import _cpu, reference  # noqa: E402
 from kernels.executorch import build, runtime  # noqa: E402
 from kernels.packing import pack_binary, pack_ternary  # noqa: E402
 from students.deploy.executorch_lowbit import (  # noqa: E402
+    export_lowbit,
     load_lowbit,
     lowbit_program,
     program_summary,
@@ -175,6 +176,12 @@ def test_build_errors_are_one_line(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(build.BuildError, match="not an executorch wheel"):
         build.build_library(root=tmp_path)
+
+
+def test_unknown_delegate_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown delegate 'gpu'"):
+        export_lowbit(nn.Linear(2, 2), torch.randn(1, 2), tmp_path / "x.pte", delegate="gpu")
+    assert not (tmp_path / "x.pte").exists()
 
 
 def test_second_library_is_refused(all_ops_pte, tmp_path):
