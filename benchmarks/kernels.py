@@ -2,6 +2,8 @@
 
     python -m benchmarks.kernels            # the full set
     python -m benchmarks.kernels --quick    # a subset, under a minute
+    python -m benchmarks.kernels --layers   # MobileNetV2's real layer shapes vs onnxruntime
+                                            # fp32 / int8 (benchmarks/kernel_layers.py)
 
 Prints one JSON object per line. The machines are shared and noisy, so each
 measurement interleaves the candidates (ours, fp32 nn.Linear, int8
@@ -123,9 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ops", nargs="+", choices=OPS, default=None)
     ap.add_argument("--threads", nargs="+", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--layers", action="store_true", help="MobileNetV2 layer shapes against onnxruntime")
     args = ap.parse_args(argv)
     if _cpu.backend() != "cpp":
         print("warning: compiled kernels unavailable; timing the pure-torch reference", file=sys.stderr)
+    if args.layers:
+        from benchmarks import kernel_layers
+
+        models = ["mbv2_w0.5_32"] if args.quick else list(kernel_layers.MODELS)
+        threads = args.threads or ([1] if args.quick else THREADS)
+        kernel_layers.run(models, threads, args.rounds or (7 if args.quick else 11), 0.004)
+        return 0
     if args.quick:
         ops_, shapes, ms, threads, rounds, target = (
             ["ternary_linear", "xnor_linear"],

@@ -2,7 +2,7 @@
 
 The library has a plain C interface and no torch headers, so the first build
 takes seconds. It is cached under ``$DISTILL_KERNELS_BUILD_DIR`` (default
-``~/.cache/distill/kernels/<platform>``) and rebuilt when any source changes.
+``~/.cache/distill/kernels/<platform>/<source hash>``) and rebuilt when any source changes.
 
 Policy (see ``backend()``):
 - a C++ compiler is present -> build; if that fails, raise. A broken build must
@@ -43,6 +43,16 @@ _backend: str | None = None
 build_seconds: float | None = None  # wall time of this process's build (None if loaded from cache)
 
 _p, _i64, _i32, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+
+
+class Pointwise(ctypes.Structure):
+    """lowbit.h's DlPointwise: one 1x1 ternary conv of a fused block."""
+
+    _fields_ = [("w", _p), ("K", _i64), ("N", _i64), ("scale_pos", _p), ("scale_neg", _p), ("bias", _p),
+                ("act_lo", _f32), ("act_hi", _f32)]  # fmt: skip
+
+
+_pw = ctypes.POINTER(Pointwise)
 _SIGNATURES = {
     "dl_isa_supported": [_i32],
     "dl_get_isa": [],
@@ -55,6 +65,8 @@ _SIGNATURES = {
     "dl_binary_mm": [_p, _i64, _i64, _p, _i64, _p, _i32],
     "dl_xnor_linear": [_p, _i64, _i64, _p, _i64, _p, _p, _i32, _p, _i32, _f32, _f32],
     "dl_xnor_mm": [_p, _i64, _i64, _p, _i64, _p, _i32],
+    "dl_depthwise3x3_nhwc": [_p, _i64, _i64, _i64, _i64, _i32, _i32, _p, _p, _p, _i32, _f32, _f32],
+    "dl_inverted_residual_nhwc": [_p, _i64, _i64, _i64, _pw, _p, _p, _i32, _f32, _f32, _pw, _i32, _p, _i32],
 }
 
 
@@ -64,9 +76,12 @@ def compiler_available() -> bool:
 
 
 def build_dir() -> Path:
+    """One folder per source version: checkouts of different versions on one machine (worktrees,
+    CI jobs) would otherwise rebuild one shared library under each other's feet."""
     default = (
-        Path.home() / ".cache" / "distill" / "kernels" / f"{platform.system()}-{platform.machine()}".lower()
-    )
+        Path.home() / ".cache" / "distill" / "kernels"
+        / f"{platform.system()}-{platform.machine()}".lower() / _source_hash()
+    )  # fmt: skip
     return Path(os.environ.get("DISTILL_KERNELS_BUILD_DIR", default))
 
 
@@ -176,5 +191,7 @@ def ptr(t: torch.Tensor | None) -> int | None:
 
 
 def check(rc: int, what: str) -> None:
+    if rc == -2:
+        raise ValueError(f"{what}: the C++ kernel does not support these arguments")
     if rc != 0:
         raise MemoryError(f"{what}: the C++ kernel could not allocate its work buffers")

@@ -13,6 +13,8 @@ returned in x's dtype). Weights are packed as in kernels/packing.py; scales are
 float32 [N]. Threads: ``torch.get_num_threads()``.
 """
 
+import ctypes
+
 import torch
 from torch import Tensor
 
@@ -30,6 +32,7 @@ __all__ = [
     "xnor_linear",
     "ternary_conv2d",
     "binary_conv2d",
+    "depthwise_conv2d",
 ]
 
 
@@ -385,3 +388,140 @@ def binary_conv2d(
     else:
         y = binary_linear(rows, w_packed, rows.shape[1], scale, bias, act_min, act_max)
     return reference.rows_to_nchw(y, shape)
+
+
+# ---------------------------------------------------------------- depthwise convolution
+
+
+@torch.library.custom_op("distill::depthwise_conv2d", mutates_args=())
+def depthwise_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int = 1,
+    padding: int = 1,
+    act_min: float | None = None,
+    act_max: float | None = None,
+) -> Tensor:
+    """Depthwise 3x3 conv, float32, channels last, BatchNorm folded, ReLU / ReLU6 fused
+    (spec: reference.depthwise3x3). weight [3, 3, C]; stride 1 or 2; padding 0 or 1.
+    Returns NCHW in channels-last memory (what the next packed layer reads without a copy)."""
+    name = "depthwise_conv2d"
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"{name}: expected a float [B, C, H, W] input, got {x.dtype} {list(x.shape)}")
+    b, c, h, w = x.shape
+    if weight.shape != (3, 3, c):
+        raise ValueError(f"{name}: weight must be [3, 3, {c}] (kh, kw, C), got {list(weight.shape)}")
+    if stride not in (1, 2) or padding not in (0, 1) or h + 2 * padding < 3 or w + 2 * padding < 3:
+        raise ValueError(f"{name}: supports stride 1/2, padding 0/1 and inputs of at least 3x3 padded "
+                         f"(got stride {stride}, padding {padding}, {h}x{w})")  # fmt: skip
+    bv = _check_vec(bias, c, name, "bias")
+    if not _use_cpp(x):
+        return reference.depthwise3x3(x, weight, bv, stride, padding, act_min, act_max).to(x.dtype)
+    xc = x.float().contiguous(memory_format=torch.channels_last)
+    wc = weight.float().contiguous()
+    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    y = torch.empty(b, c, ho, wo, memory_format=torch.channels_last)
+    rc = _cpu.lib().dl_depthwise3x3_nhwc(
+        xc.data_ptr(), b, h, w, c, stride, padding, wc.data_ptr(), _cpu.ptr(bv), y.data_ptr(),
+        torch.get_num_threads(), *_bounds(act_min, act_max),
+    )  # fmt: skip
+    _cpu.check(rc, name)
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+@depthwise_conv2d.register_fake
+def _(x, weight, bias=None, stride=1, padding=1, act_min=None, act_max=None):
+    b, c, h, w = x.shape
+    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    return x.new_empty((b, c, ho, wo)).contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------- eager calls without the dispatcher
+
+
+def direct(x: Tensor) -> bool:
+    """True when ``x`` is a plain eager CPU float32 tensor that the C kernels can take straight
+    through ctypes, skipping the torch.library dispatcher.
+
+    Why: a custom-op call costs ~15 us in eager mode, a ctypes call ~3 us, and a batch-1
+    MobileNet makes 50 of them; at 32x32 that overhead was larger than all its kernels.
+    Anything that must see the ops (torch.compile, torch.export's fake tensors, jit tracing,
+    dispatch or function modes such as FlopCounterMode, autograd) takes the op path instead.
+    """
+    return (
+        type(x) is Tensor and x.dtype == torch.float32 and x.is_cpu and not x.requires_grad
+        and (_cpu._backend or _cpu.backend()) == "cpp" and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._is_torch_function_mode_enabled()
+    )  # fmt: skip
+
+
+def conv1x1_direct(
+    x: Tensor, kind: str, w_packed: Tensor, n: int, scale_pos: Tensor, scale_neg: Tensor | None,
+    bias: Tensor | None, act_min: float | None, act_max: float | None, act_scale: bool = True,
+) -> Tensor | None:  # fmt: skip
+    """A 1x1, stride-1, unpadded packed conv (kind: ternary, binary or xnor) on a channels-last
+    ``direct`` input, called straight through ctypes; None when x is not channels-last dense
+    (the caller then takes the op path). Same kernels, same bits as the ops."""
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return None
+    b, k, h, w = x.shape
+    y = torch.empty(b, n, h, w, memory_format=torch.channels_last)
+    lib, m, lo_hi, nth = _cpu.lib(), b * h * w, _bounds(act_min, act_max), torch.get_num_threads()
+    xp, wp, yp, sp, bp = x.data_ptr(), w_packed.data_ptr(), y.data_ptr(), scale_pos.data_ptr(), _cpu.ptr(bias)
+    if kind == "ternary":
+        rc = lib.dl_ternary_linear(xp, m, k, wp, n, sp, _cpu.ptr(scale_neg), bp, yp, nth, *lo_hi)
+    elif kind == "binary":
+        rc = lib.dl_binary_linear(xp, m, k, wp, n, sp, bp, yp, nth, *lo_hi)
+    else:
+        rc = lib.dl_xnor_linear(xp, m, k, wp, n, sp, bp, int(act_scale), yp, nth, *lo_hi)
+    _cpu.check(rc, f"{kind} conv 1x1")
+    return y
+
+
+def depthwise_direct(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int,
+                     act_min: float | None, act_max: float | None) -> Tensor | None:  # fmt: skip
+    """``depthwise_conv2d`` on a channels-last ``direct`` input through ctypes (None: not channels-last)."""
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return None
+    b, c, h, w = x.shape
+    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    y = torch.empty(b, c, ho, wo, memory_format=torch.channels_last)
+    rc = _cpu.lib().dl_depthwise3x3_nhwc(
+        x.data_ptr(), b, h, w, c, stride, padding, weight.data_ptr(), _cpu.ptr(bias), y.data_ptr(),
+        torch.get_num_threads(), *_bounds(act_min, act_max),
+    )  # fmt: skip
+    _cpu.check(rc, "depthwise_conv2d")
+    return y
+
+
+def _pointwise(w_packed: Tensor, k: int, n: int, scale_pos: Tensor, scale_neg: Tensor | None, bias: Tensor | None,
+               act_min: float | None, act_max: float | None) -> _cpu.Pointwise:  # fmt: skip
+    return _cpu.Pointwise(w_packed.data_ptr(), k, n, scale_pos.data_ptr(), _cpu.ptr(scale_neg), _cpu.ptr(bias),
+                          *_bounds(act_min, act_max))  # fmt: skip
+
+
+def inverted_residual_direct(x: Tensor, expand: tuple | None, dw: tuple, project: tuple, residual: bool) -> Tensor | None:
+    """A whole MobileNetV2 block in one C call (lowbit.h, dl_inverted_residual_nhwc) on a
+    channels-last ``direct`` input; None when x is not channels-last dense.
+
+    expand / project: (w_packed, K, N, scale_pos, scale_neg, bias, act_min, act_max) of a 1x1
+    ternary conv (expand None: no expansion); dw: (weight [3, 3, C], bias, stride, act_min, act_max).
+    The same bits as running the three layers one after another, without the expanded tensor
+    ever leaving the cache.
+    """
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return None
+    b, _, h, w = x.shape
+    weight, dw_bias, stride, lo, hi = dw
+    n = project[2]
+    y = torch.empty(b, n, (h - 1) // stride + 1, (w - 1) // stride + 1, memory_format=torch.channels_last)
+    e = None if expand is None else _pointwise(*expand)
+    p = _pointwise(*project)
+    rc = _cpu.lib().dl_inverted_residual_nhwc(
+        x.data_ptr(), b, h, w, None if e is None else ctypes.byref(e), weight.data_ptr(), _cpu.ptr(dw_bias), stride,
+        *_bounds(lo, hi), ctypes.byref(p), int(residual), y.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    _cpu.check(rc, "inverted_residual")
+    return y

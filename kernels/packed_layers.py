@@ -12,7 +12,8 @@ so ``torch.export`` / ``torch.compile`` trace through it.
   XNOR-Net: sgn(x) = +1 if x > 0 else -1, times the mean |x| of each row or
   patch unless ``act_scale=False``).
 
-Convolutions cover groups=1 (depthwise layers stay fp32). Their weights are
+Convolutions cover groups=1; depthwise 3x3 convs run in fp32 on the project's NHWC kernel
+(PackedDepthwiseConv2d). Their weights are
 packed as [O, kh*kw*C] (``reference.conv_weight_rows``), the column order of
 the channels-last im2col rows, and they return NCHW tensors in channels-last
 memory, which the next packed conv reads without a copy. ``fold_batchnorm``
@@ -242,6 +243,8 @@ class _ConvGeometry:
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
         self.k = in_channels * self.kernel_size[0] * self.kernel_size[1]
+        # 1x1, stride 1, unpadded: the conv is the GEMM on the channels-last input itself
+        self._pointwise = self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
 
     def _geometry(self) -> dict[str, Any]:
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
@@ -287,6 +290,11 @@ class PackedTernaryConv2d(_ConvGeometry, _TernaryMixin, _Packed):
         return layer._set_ternary(codes, sp, sn, conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._pointwise and not self.use_reference and ops.direct(x):
+            y = ops.conv1x1_direct(x, "ternary", self.weight_packed, self.out_channels, self.scale_pos,
+                                   self.scale_neg, self.bias, self.act_min, self.act_max)  # fmt: skip
+            if y is not None:
+                return y
         return self._impl.ternary_conv2d(x, self.weight_packed, self.kernel_size, self.scale_pos, self.scale_neg,
                                   self.bias, self.stride, self.padding, self.dilation, self.act_min,
                                   self.act_max)  # fmt: skip
@@ -331,6 +339,12 @@ class PackedBinaryConv2d(_ConvGeometry, _BinaryActivations, _BinaryMixin, _Packe
         return layer._set_binary(signs, scale, conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._pointwise and not self.use_reference and ops.direct(x):
+            y = ops.conv1x1_direct(x, "xnor" if self.binary_activations else "binary", self.weight_packed,
+                                   self.out_channels, self.scale_pos, None, self.bias, self.act_min, self.act_max,
+                                   self.act_scale)  # fmt: skip
+            if y is not None:
+                return y
         return self._impl.binary_conv2d(
             x, self.weight_packed, self.kernel_size, self.scale_pos, self.bias, self.stride, self.padding,
             self.dilation, xnor=self.binary_activations, act_scale=self.act_scale, act_min=self.act_min,
@@ -351,10 +365,151 @@ class PackedBinaryConv2d(_ConvGeometry, _BinaryActivations, _BinaryMixin, _Packe
         )
 
 
+class PackedDepthwiseConv2d(_Packed):
+    """A float32 depthwise 3x3 conv on the project's NHWC kernel (ops.depthwise_conv2d), with
+    its BatchNorm folded in (``from_conv``) and a following ReLU / ReLU6 fused (``fuse_activation``).
+
+    Why not nn.Conv2d: the depthwise convs of a MobileNet are memory-bound, and oneDNN's
+    channels-last depthwise path took 22-29% of the packed model's time; this kernel reads
+    the packed 1x1 convs' channels-last output directly and writes what the next one reads.
+    Weight buffer: [3, 3, C] (kh, kw, C), the kernel's layout.
+    """
+
+    kind = "depthwise_conv2d"
+
+    def __init__(self, channels: int, stride: int = 1, padding: int = 1, bias: bool = True,
+                 act_min: float | None = None, act_max: float | None = None):  # fmt: skip
+        super().__init__()
+        self.channels, self.stride, self.padding = channels, int(stride), int(padding)
+        self._init_clamp(act_min, act_max)
+        self.register_buffer("weight", torch.zeros(3, 3, channels))
+        self.register_buffer("bias", torch.zeros(channels) if bias else None)
+
+    @staticmethod
+    def supports(conv: nn.Module) -> bool:
+        """True for the convs this kernel runs: depthwise 3x3, stride 1/2, padding 0/1, no dilation."""
+        return (
+            type(conv) is nn.Conv2d and conv.groups == conv.in_channels == conv.out_channels
+            and conv.kernel_size == (3, 3) and conv.stride[0] == conv.stride[1] in (1, 2)
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+            and conv.padding[0] == conv.padding[1] in (0, 1) and conv.dilation == (1, 1)
+        )  # fmt: skip
+
+    @classmethod
+    @torch.no_grad()
+    def from_conv(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None) -> PackedDepthwiseConv2d:
+        """From a depthwise nn.Conv2d (``supports``), folding an eval-mode BatchNorm that follows it."""
+        if not cls.supports(conv):
+            raise ValueError(f"PackedDepthwiseConv2d: not a depthwise 3x3 conv with stride 1/2 and padding 0/1: {conv}")
+        w, b = conv.weight.detach().float(), None if conv.bias is None else conv.bias.detach().float()
+        if bn is not None:
+            w, b = torch.nn.utils.fusion.fuse_conv_bn_weights(w, b, bn.running_mean, bn.running_var, bn.eps,
+                                                              bn.weight, bn.bias)  # fmt: skip
+        layer = cls(conv.in_channels, conv.stride[0], conv.padding[0], b is not None)
+        layer.weight.copy_(w.reshape(-1, 3, 3).permute(1, 2, 0))
+        if b is not None:
+            layer.bias.copy_(b.reshape(-1))
+        return layer.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.use_reference and ops.direct(x):
+            y = ops.depthwise_direct(x, self.weight, self.bias, self.stride, self.padding, self.act_min, self.act_max)
+            if y is not None:
+                return y
+        impl = reference.depthwise3x3 if self.use_reference else ops.depthwise_conv2d
+        return impl(x, self.weight, self.bias, self.stride, self.padding, self.act_min, self.act_max)
+
+    def dequantize(self) -> Tensor:
+        """The torch depthwise weight [C, 1, 3, 3]."""
+        return self.weight.permute(2, 0, 1).unsqueeze(1)
+
+    def config(self) -> dict[str, Any]:
+        return {"channels": self.channels, "stride": self.stride, "padding": self.padding,
+                "bias": self.bias is not None, **self._clamp()}  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, stride={self.stride}, padding={self.padding}, bias={self.bias is not None}" + (
+            self._clamp_repr()
+        )
+
+
+def _sole_layer(stage: nn.Module) -> nn.Module:
+    """The one non-Identity module of a conv-bn-act stage after export (the layer itself)."""
+    if not isinstance(stage, nn.Sequential):
+        return stage
+    rest = [m for m in stage if type(m) is not nn.Identity]
+    return rest[0] if len(rest) == 1 else stage
+
+
+def _pointwise_args(layer: nn.Module) -> tuple | None:
+    ok = isinstance(layer, PackedTernaryConv2d) and layer._pointwise
+    return (layer.weight_packed, layer.in_channels, layer.out_channels, layer.scale_pos, layer.scale_neg,
+            layer.bias, layer.act_min, layer.act_max) if ok else None  # fmt: skip
+
+
+class PackedInvertedResidual(nn.Module):
+    """A MobileNetV2 block whose layers are packed, run as one C call (ops.inverted_residual_direct).
+
+    ``conv`` is the block's own nn.Sequential, kept as it is (so state-dict keys do not change
+    and a saved file loads into the zoo's skeleton): [expand 1x1 ternary,] depthwise 3x3
+    (PackedDepthwiseConv2d, padding 1), project 1x1 ternary, each possibly wrapped with the
+    Identity modules export leaves behind. The fused call gives the same bits as running them
+    in turn (which is what the op path, torch.export and ``use_reference`` do), without the
+    expanded tensor, the block's largest, ever leaving the cache.
+    """
+
+    def __init__(self, conv: nn.Sequential, residual: bool) -> None:
+        super().__init__()
+        self.conv, self.use_residual = conv, residual
+        layers = [_sole_layer(s) for s in conv]
+        self._expand = _pointwise_args(layers[0]) if len(layers) == 3 else None
+        self._dw, self._project = layers[-2], _pointwise_args(layers[-1])
+
+    @staticmethod
+    def fusable(conv: nn.Module) -> bool:
+        """True when ``conv`` is [expand,] depthwise, project with packed ternary 1x1s and our depthwise."""
+        if not isinstance(conv, nn.Sequential) or len(conv) not in (2, 3):
+            return False
+        layers = [_sole_layer(s) for s in conv]
+        dw = layers[-2]
+        return (
+            isinstance(dw, PackedDepthwiseConv2d) and dw.padding == 1 and _pointwise_args(layers[-1]) is not None
+            and (len(layers) == 2 or _pointwise_args(layers[0]) is not None)
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._dw.use_reference and ops.direct(x):
+            dw = (self._dw.weight, self._dw.bias, self._dw.stride, self._dw.act_min, self._dw.act_max)
+            y = ops.inverted_residual_direct(x, self._expand, dw, self._project, self.use_residual)
+            if y is not None:
+                return y
+        out = self.conv(x)
+        return x + out if self.use_residual else out
+
+
+def fuse_inverted_residuals(model: nn.Module) -> nn.Module:
+    """Wrap every MobileNetV2-style block of an exported model in PackedInvertedResidual (in place).
+
+    A block is any module with an nn.Sequential ``conv`` that ``PackedInvertedResidual.fusable``
+    accepts and a bool ``use_residual`` (the zoo's InvertedResidual: forward = [x +] conv(x)).
+    Returns the model.
+    """
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            conv = getattr(child, "conv", None)
+            residual = getattr(child, "use_residual", None)
+            if isinstance(residual, bool) and not isinstance(child, PackedInvertedResidual) and (
+                PackedInvertedResidual.fusable(conv)
+            ):
+                parent._modules[name] = PackedInvertedResidual(conv, residual)
+    return model
+
+
 PACKED_LAYERS: dict[str, type[_Packed]] = {
     cls.kind: cls
-    for cls in (PackedTernaryLinear, PackedBinaryLinear, PackedTernaryConv2d, PackedBinaryConv2d)
-}
+    for cls in (PackedTernaryLinear, PackedBinaryLinear, PackedTernaryConv2d, PackedBinaryConv2d,
+                PackedDepthwiseConv2d)
+}  # fmt: skip
 
 
 # ---------------------------------------------------------------- BatchNorm folding

@@ -251,3 +251,37 @@ def binary_conv2d(
     else:
         y = binary_linear(rows, w_packed, rows.shape[1], scale, bias, act_min, act_max)
     return rows_to_nchw(y, shape)
+
+
+# ---------------------------------------------------------------- depthwise convolution
+
+
+def depthwise3x3(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int = 1,
+    padding: int = 1,
+    act_min: float | None = None,
+    act_max: float | None = None,
+) -> torch.Tensor:
+    """Depthwise 3x3 conv (groups = channels) in float32, in the kernels' exact arithmetic.
+
+    x: [B, C, H, W]; weight: [3, 3, C] (a torch depthwise weight [C, 1, 3, 3] permuted to
+    (kh, kw, C), BatchNorm folded in); bias [C] or None. Each output is
+    acc = 0; acc = acc + x_tap * w_tap over the taps in (kh, kw) order; y = acc + bias, then
+    clamped (a fused ReLU / ReLU6). Every product and sum is rounded on its own (no fused
+    multiply-add), so the C kernels (lowbit.h, DlDepthwise) give these bits exactly, and a
+    result can differ from F.conv2d by float rounding. Returns NCHW in channels-last memory.
+    """
+    b, c, h, w = x.shape
+    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    xp = F.pad(x.float(), (padding,) * 4)
+    acc = torch.zeros(b, c, ho, wo).contiguous(memory_format=torch.channels_last)
+    for i in range(3):
+        for j in range(3):
+            xs = xp[:, :, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
+            acc = acc + xs * weight[i, j].float().view(1, c, 1, 1)
+    if bias is not None:
+        acc = acc + bias.float().view(1, c, 1, 1)
+    return clamp_output(acc, act_min, act_max).contiguous(memory_format=torch.channels_last)

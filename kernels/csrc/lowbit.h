@@ -53,12 +53,40 @@ typedef struct DlGemm {
 // work across threads.
 typedef void (*DlGemmFn)(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t b1);
 
+// Arguments of one depthwise 3x3 convolution (stride 1 or 2, zero padding 0 or 1), channels
+// last, float32, BatchNorm already folded into w and bias. kernels/reference.py
+// (depthwise3x3) is the spec: each output is
+//   acc = +0; for kh in 0..2, for kw in 0..2: acc = acc + x[ih][iw][c] * w[kh][kw][c]
+//   y = clamp(acc + bias[c])
+// in exactly that order, products and sums rounded separately (no FMA); taps that fall on
+// the zero padding are skipped, which gives the same float (acc + (+-0) == acc for acc != -0,
+// and acc, starting at +0, is never -0).
+typedef struct DlDepthwise {
+  const float* x;     // [B, H, W, C]
+  int64_t B, H, W, C, Ho, Wo;
+  int stride, pad;
+  const float* w;     // [3, 3, C]
+  const float* bias;  // [C] or NULL (0)
+  int clamp;          // 1: clamp to [act_lo, act_hi], as DlGemm
+  float act_lo, act_hi;
+  float* y;           // [B, Ho, Wo, C]
+} DlDepthwise;
+
+// Computes output rows r in [r0, r1) of the B * Ho rows (r = b * Ho + oh).
+typedef void (*DlDepthwiseFn)(const DlDepthwise* d, int64_t r0, int64_t r1);
+// Computes one output row (of output row index oh, which sets the valid taps) into yrow from
+// input rows in[kh] (column 0 of input row oh * stride - pad + kh; d->x is not read): what a
+// fused block calls on rows it keeps in cache.
+typedef void (*DlDepthwiseRowFn)(const DlDepthwise* d, int64_t oh, const float* const* in, float* yrow);
+
 typedef struct DlKernels {
   void (*quantize_row)(const float* x, int64_t K, int64_t Kp, int8_t* q, float* scale, int32_t* sum);
   void (*binarize_row)(const float* x, int64_t K, int64_t Kp, uint8_t* bits, float* beta);
   DlGemmFn ternary;
   DlGemmFn binary_i8;
   DlGemmFn xnor;
+  DlDepthwiseFn depthwise3x3;
+  DlDepthwiseRowFn depthwise3x3_row;
 } DlKernels;
 
 // Each returns NULL when the compiler could not build that instruction set.
@@ -131,3 +159,94 @@ static inline uint32_t dl_load_u32(const void* p) {
   memcpy(&v, p, 4);
   return v;
 }
+
+// ================================================================= public C entry points
+//
+// The contract of the library (lowbit_api.cpp), for every caller: the ctypes binding
+// (kernels/_cpu.py) and the ExecuTorch op library, which compiles these same sources.
+//
+// - Every entry returns 0 on success, -1 when a work buffer could not be allocated, -2 for
+//   arguments it does not support (named per entry). It never keeps a pointer it was given.
+// - The caller allocates every input and output; all are dense, row-major (C order), with
+//   the shapes given, and need no particular alignment. Work buffers are the library's own
+//   (cached per calling thread, reused by later calls on that thread; freed at its exit).
+// - nthreads: the most threads the call may use (OpenMP, a parallel region inside the call;
+//   1 runs on the calling thread only). Small problems use fewer. Results do not depend on
+//   it, bit for bit. Calls from different threads may run at once.
+// - act_lo, act_hi: every float output is clamped to [act_lo, act_hi], as torch.clamp (NaN
+//   passes); -INFINITY, +INFINITY: no clamp. A fused ReLU is (0, +inf), ReLU6 (0, 6).
+// - Instruction set: the best the CPU has, chosen at the first call; dl_set_isa pins one.
+//   Every ISA gives the same bits (kernels/reference.py is the spec).
+// - Packed weights are as described at the top of this file (kernels/packing.py),
+//   [ceil(N/16), kblocks, 64] bytes with kblocks = ceil(K/16) (ternary) or ceil(K/32) (binary).
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ISA codes are enum DlIsa. dl_set_isa(-1): the best one. Returns the ISA in use, or -1.
+int dl_isa_supported(int isa);
+int dl_get_isa(void);
+int dl_set_isa(int isa);
+
+// Per-row int8 quantization (reference.quantize_rows_int8): q [M, K] int8, scale [M].
+int dl_quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* scale, int nthreads);
+// XNOR activations: sign bits [M, ceil(K/32)*4] in the tile order, beta [M] = mean |x|.
+int dl_binarize_rows(const float* x, int64_t M, int64_t K, uint8_t* bits, float* beta, int nthreads);
+
+// y [M, N] = clamp(((dot(q(x[m]), codes[n]) * scale) * xscale[m]) + bias[n]) with x [M, K]
+// float, quantized per row to int8 inside the call (reference.ternary_linear). scale_neg
+// NULL: TWN (scale = scale_pos); else TTQ (pos * scale_pos - neg * scale_neg). bias may be
+// NULL. A 1x1 convolution in channels-last layout is this with M = B*H*W, K = C_in,
+// N = C_out: x is the NHWC input and y the NHWC output. Large M runs row panels that are
+// quantized and consumed in L1 (lowbit_api.cpp, run_panels).
+int dl_ternary_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, const float* scale_pos,
+                      const float* scale_neg, const float* bias, float* y, int nthreads, float act_lo, float act_hi);
+// Exact int32 y [M, N] of given int8 activations xq [M, K] times the ternary codes.
+int dl_ternary_mm(const int8_t* xq, int64_t M, int64_t K, const uint8_t* w, int64_t N, int32_t* y, int nthreads);
+// Binary weights (+-1 * scale[n]) on int8 activations, as dl_ternary_linear.
+int dl_binary_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, const float* scale,
+                     const float* bias, float* y, int nthreads, float act_lo, float act_hi);
+int dl_binary_mm(const int8_t* xq, int64_t M, int64_t K, const uint8_t* w, int64_t N, int32_t* y, int nthreads);
+// XNOR-Net: binary activations (sign of x) times binary weights; act_scale != 0 multiplies
+// each row by its mean |x| (reference.xnor_linear).
+int dl_xnor_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, const float* scale,
+                   const float* bias, int act_scale, float* y, int nthreads, float act_lo, float act_hi);
+int dl_xnor_mm(const uint8_t* xbits, int64_t M, int64_t K, const uint8_t* w, int64_t N, int32_t* y, int nthreads);
+
+// Depthwise 3x3 convolution, float32, channels last (reference.depthwise3x3; DlDepthwise
+// above gives the exact arithmetic). x [B, H, W, C], w [3, 3, C] (the torch weight
+// [C, 1, 3, 3] permuted to kh, kw, C), bias [C] or NULL, y [B, Ho, Wo, C] with
+// Ho = (H + 2*pad - 3) / stride + 1 (Wo likewise). stride 1 or 2, pad 0 or 1, dilation 1;
+// else -2 (also when the padded image is smaller than 3x3). Threads split output rows.
+int dl_depthwise3x3_nhwc(const float* x, int64_t B, int64_t H, int64_t W, int64_t C, int stride, int pad,
+                         const float* w, const float* bias, float* y, int nthreads, float act_lo, float act_hi);
+
+// One 1x1 ternary conv of a fused block: dl_ternary_linear's arguments without x, M and y
+// (w, scale_pos, scale_neg, bias as there; act_lo / act_hi: its clamp, +-INFINITY for none).
+typedef struct DlPointwise {
+  const uint8_t* w;
+  int64_t K, N;
+  const float* scale_pos;
+  const float* scale_neg;
+  const float* bias;
+  float act_lo, act_hi;
+} DlPointwise;
+
+// A MobileNetV2 inverted residual block in one call, channels last:
+//   e = expand(x)            1x1 ternary, [B, H, W, Cin] -> [B, H, W, Cmid]  (expand NULL: e = x)
+//   d = depthwise3x3(e)      stride 1 or 2, pad 1, w [3, 3, Cmid], bias [Cmid] or NULL, clamp dw_lo/hi
+//   y = project(d)           1x1 ternary, -> [B, Ho, Wo, Cout]
+//   y = x + y                when residual (needs stride 1 and Cin == Cout)
+// Each stage computes exactly what its own entry point (dl_ternary_linear, dl_depthwise3x3_nhwc)
+// computes, so the result equals the three calls bit for bit; but the expanded tensor e (the
+// largest of the block) only ever exists as the three rows the depthwise window needs, and d as
+// one row, both in cache: the block reads x and writes y, nothing else goes to memory.
+// Cin = expand ? expand->K : project->K; Cmid = expand ? expand->N : Cin; project->K must be
+// Cmid (else -2). Threads take bands of output rows (a band recomputes its first expand rows).
+int dl_inverted_residual_nhwc(const float* x, int64_t B, int64_t H, int64_t W, const DlPointwise* expand,
+                              const float* dw_w, const float* dw_bias, int stride, float dw_lo, float dw_hi,
+                              const DlPointwise* project, int residual, float* y, int nthreads);
+
+#ifdef __cplusplus
+}
+#endif

@@ -4,8 +4,8 @@
 //
 // The library is loaded with ctypes (kernels/_cpu.py) and deliberately
 // includes no torch headers, so a build takes seconds rather than minutes.
-// Every entry returns 0 on success and -1 when a work buffer could not be
-// allocated.
+// The entry points' contract (layouts, who allocates, threads, return codes) is in
+// lowbit.h.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +61,24 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 void* alloc(int64_t bytes) { return aligned_alloc(64, (size_t)round_up(bytes > 0 ? bytes : 1, 64)); }
 
+// A grow-only work buffer per calling thread: a layer called once per image would otherwise
+// map and fault in fresh pages on every call (glibc serves large blocks with mmap), which
+// cost more than the GEMM itself for the small layers of a MobileNet.
+struct Scratch {
+  void* p = nullptr;
+  int64_t bytes = 0;
+  ~Scratch() { free(p); }
+  void* get(int64_t n) {
+    if (n > bytes) {
+      free(p);
+      p = alloc(n);
+      bytes = p ? round_up(n, 64) : 0;
+    }
+    return p;
+  }
+};
+thread_local Scratch t_scratch;
+
 // The work is cut into tasks handed out dynamically: on a busy machine a thread
 // may start late, and the others then take its share instead of waiting for it.
 // Tasks are runs of output blocks when there are enough of them, else runs of
@@ -91,6 +109,8 @@ void run_task(const DlGemm* g, DlGemmFn gemm, const Tasks& t, int64_t i) {
 }
 
 enum Prep { PREP_NONE, PREP_QUANTIZE, PREP_BINARIZE };
+bool use_panels(const DlGemm* g, Prep prep);
+void run_panels(const DlGemm* g, const float* x, DlGemmFn gemm, int nth);
 
 // Prepares the activations (quantize or binarize each row of x) and runs the
 // GEMM, in one parallel region.
@@ -111,6 +131,7 @@ void run(DlGemm* g, const float* x, Prep prep, DlGemmFn gemm, int nthreads, bool
   // Below ~4M multiply-adds (about 10 us on one core) waking and joining a second
   // thread costs more than it saves, more so on busy shared machines.
   if (g->M * g->N * g->Kp < (int64_t)1 << 22) nth = 1;
+  if (use_panels(g, prep)) return run_panels(g, x, gemm, nth);
   const bool parallel_prep = nth > 1 && g->M >= 64;
   if (!parallel_prep)
     for (int64_t m = 0; m < g->M; ++m) prepare(m);
@@ -128,6 +149,40 @@ void run(DlGemm* g, const float* x, Prep prep, DlGemmFn gemm, int nthreads, bool
 #pragma omp for schedule(dynamic, 1) nowait
     for (int64_t i = 0; i < tasks.count; ++i) run_task(g, gemm, tasks, i);
   }
+}
+
+// Many rows, few weights (the 1x1 convolutions of a CNN): the rows are cut into panels of
+// at most kPanelBytes of int8 activations. Each panel is quantized into a buffer on the
+// thread's stack, where it stays in L1 while every output block consumes it, and the
+// weights (at most kPanelWeights bytes) stay in L2 across panels. Threads take panels.
+constexpr int64_t kPanelBytes = 16384, kPanelWeights = 1 << 19;
+
+bool use_panels(const DlGemm* g, Prep prep) {
+  const int64_t weights = (g->N + DL_NB - 1) / DL_NB * g->kblocks * 64;
+  return prep == PREP_QUANTIZE && g->M >= 32 && g->Kp * 8 <= kPanelBytes && weights <= kPanelWeights;
+}
+
+void run_panels(const DlGemm* g, const float* x, DlGemmFn gemm, int nth) {
+  const DlKernels* kt = kernels();
+  int64_t rows = kPanelBytes / g->Kp / 8 * 8;
+  if (rows > 256) rows = 256;
+  const int64_t panels = (g->M + rows - 1) / rows, blocks = (g->N + DL_NB - 1) / DL_NB;
+  auto panel = [&](int64_t i) {
+    alignas(64) int8_t xq[kPanelBytes];
+    alignas(64) int32_t sums[256];
+    alignas(64) float scales[256];
+    const int64_t m0 = i * rows, n = m0 + rows < g->M ? rows : g->M - m0;
+    for (int64_t m = 0; m < n; ++m) kt->quantize_row(x + (m0 + m) * g->K, g->K, g->Kp, xq + m * g->Kp, scales + m, sums + m);
+    DlGemm h = *g;
+    h.M = n, h.xq = xq, h.xsum = sums, h.xscale = scales, h.y = g->y + m0 * g->N;
+    gemm(&h, 0, n, 0, blocks);
+  };
+  if (nth == 1 || panels == 1) {
+    for (int64_t i = 0; i < panels; ++i) panel(i);
+    return;
+  }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
+  for (int64_t i = 0; i < panels; ++i) panel(i);
 }
 
 // Output clamp [lo, hi] (a fused ReLU / ReLU6); -inf, +inf: none.
@@ -150,17 +205,17 @@ int linear_i8(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N,
               const float* sn, const float* bias, float* y, DlGemmFn gemm, int nthreads, float lo, float hi) {
   DlGemm g = make_gemm(M, K, tile_k, w, N);
   set_clamp(&g, lo, hi);
-  int8_t* xq = (int8_t*)alloc(M * g.Kp);
-  int32_t* sums = (int32_t*)alloc(M * 4);
-  float* scales = (float*)alloc(M * 4);
-  if (!xq || !sums || !scales) {
-    free(xq), free(sums), free(scales);
-    return -1;
-  }
-  g.xq = xq, g.xsum = sums, g.xscale = scales;
   g.scale_pos = sp, g.scale_neg = sn, g.bias = bias, g.y = y;
+  if (use_panels(&g, PREP_QUANTIZE)) {
+    g.xscale = sp;  // any non-NULL pointer: float output (run_panels gives each panel its own)
+    run(&g, x, PREP_QUANTIZE, gemm, nthreads);
+    return 0;
+  }
+  const int64_t kq = round_up(M * g.Kp, 64), ks = round_up(M * 4, 64);
+  int8_t* xq = (int8_t*)t_scratch.get(kq + 2 * ks);
+  if (!xq) return -1;
+  g.xq = xq, g.xsum = (int32_t*)(xq + kq), g.xscale = (float*)(xq + kq + ks);
   run(&g, x, PREP_QUANTIZE, gemm, nthreads);
-  free(xq), free(sums), free(scales);
   return 0;
 }
 
@@ -185,6 +240,73 @@ int mm_i8(const int8_t* xq, int64_t M, int64_t K, const uint8_t* w, int64_t N, i
   run(&g, nullptr, PREP_NONE, gemm, nthreads);
   free(xp), free(sums);
   return 0;
+}
+
+// ---------------------------------------------------------------- fused inverted residual
+
+thread_local Scratch t_block_scratch;
+
+// Work space of one band of a fused block: three expanded rows (a ring indexed by input row
+// mod 3), one depthwise output row, and the int8 rows of one GEMM.
+struct BlockBufs {
+  float *ring, *dwrow, *scales;
+  int8_t* xq;
+  int32_t* sums;
+};
+
+bool block_bufs(int64_t W, int64_t Wo, int64_t cmid, int64_t kmax, BlockBufs* b) {
+  const int64_t rows = W > Wo ? W : Wo;
+  const int64_t ring = round_up(3 * W * cmid * 4, 64), dw = round_up(Wo * cmid * 4, 64);
+  const int64_t xq = round_up(rows * round_up(kmax, DL_TK), 64), vec = round_up(rows * 4, 64);
+  char* p = (char*)t_block_scratch.get(ring + dw + xq + 2 * vec);
+  if (!p) return false;
+  b->ring = (float*)p, b->dwrow = (float*)(p + ring), b->xq = (int8_t*)(p + ring + dw);
+  b->sums = (int32_t*)(p + ring + dw + xq), b->scales = (float*)(p + ring + dw + xq + vec);
+  return true;
+}
+
+// A 1x1 layer on n rows in cache: quantize them, then the GEMM, on this thread.
+void pointwise_rows(const DlPointwise* p, const float* x, int64_t n, float* y, const BlockBufs& b) {
+  const DlKernels* kt = kernels();
+  DlGemm g = make_gemm(n, p->K, DL_TK, p->w, p->N);
+  set_clamp(&g, p->act_lo, p->act_hi);
+  for (int64_t m = 0; m < n; ++m) kt->quantize_row(x + m * p->K, p->K, g.Kp, b.xq + m * g.Kp, b.scales + m, b.sums + m);
+  g.xq = b.xq, g.xsum = b.sums, g.xscale = b.scales;
+  g.scale_pos = p->scale_pos, g.scale_neg = p->scale_neg, g.bias = p->bias, g.y = y;
+  kt->ternary(&g, 0, n, 0, (p->N + DL_NB - 1) / DL_NB);
+}
+
+// Output rows [oh0, oh1) of image b.
+bool block_band(const float* x, int64_t b, int64_t oh0, int64_t oh1, const DlPointwise* expand, const DlDepthwise& d,
+                const DlPointwise* project, int residual, float* y) {
+  const int64_t H = d.H, W = d.W, cin = expand ? expand->K : d.C, cmid = d.C, cout = project->N;
+  const int64_t kmax = expand && expand->K > project->K ? expand->K : project->K;
+  BlockBufs bufs;
+  if (!block_bufs(W, d.Wo, cmid, kmax, &bufs)) return false;
+  int64_t tag[3] = {-1, -1, -1};
+  for (int64_t oh = oh0; oh < oh1; ++oh) {
+    const float* in[3] = {nullptr, nullptr, nullptr};
+    for (int kh = 0; kh < 3; ++kh) {
+      const int64_t ih = oh * d.stride - d.pad + kh;
+      if (ih < 0 || ih >= H) continue;
+      const float* xrow = x + (b * H + ih) * W * cin;
+      if (!expand) {
+        in[kh] = xrow;
+        continue;
+      }
+      float* slot = bufs.ring + (ih % 3) * W * cmid;
+      if (tag[ih % 3] != ih) pointwise_rows(expand, xrow, W, slot, bufs), tag[ih % 3] = ih;
+      in[kh] = slot;
+    }
+    kernels()->depthwise3x3_row(&d, oh, in, bufs.dwrow);
+    float* yrow = y + (b * d.Ho + oh) * d.Wo * cout;
+    pointwise_rows(project, bufs.dwrow, d.Wo, yrow, bufs);
+    if (residual) {  // y = x + y, as the block's forward adds them (float addition commutes)
+      const float* xrow = x + (b * H + oh) * W * cin;
+      for (int64_t i = 0; i < d.Wo * cout; ++i) yrow[i] = xrow[i] + yrow[i];
+    }
+  }
+  return true;
 }
 
 }  // namespace
@@ -276,6 +398,63 @@ int dl_xnor_mm(const uint8_t* xbits, int64_t M, int64_t K, const uint8_t* w, int
   g.xbits = xbits, g.yi = y;
   run(&g, nullptr, PREP_NONE, kernels()->xnor, nthreads);
   return 0;
+}
+
+int dl_depthwise3x3_nhwc(const float* x, int64_t B, int64_t H, int64_t W, int64_t C, int stride, int pad,
+                         const float* w, const float* bias, float* y, int nthreads, float act_lo, float act_hi) {
+  if (B < 0 || H < 1 || W < 1 || C < 1 || (stride != 1 && stride != 2) || (pad != 0 && pad != 1)) return -2;
+  DlDepthwise d;
+  d.x = x, d.B = B, d.H = H, d.W = W, d.C = C, d.stride = stride, d.pad = pad, d.w = w, d.bias = bias, d.y = y;
+  d.Ho = (H + 2 * pad - 3) / stride + 1, d.Wo = (W + 2 * pad - 3) / stride + 1;
+  if (H + 2 * pad < 3 || W + 2 * pad < 3) return -2;
+  d.clamp = act_lo > -INFINITY || act_hi < INFINITY;
+  d.act_lo = act_lo, d.act_hi = act_hi;
+  const DlDepthwiseFn fn = kernels()->depthwise3x3;
+  const int64_t rows = B * d.Ho;
+  int nth = nthreads < 1 ? 1 : nthreads;
+  if (rows * d.Wo * C * 9 < (int64_t)1 << 19 || rows < 2) nth = 1;  // ~0.5M multiply-adds: one thread
+  if (nth == 1) {
+    fn(&d, 0, rows);
+    return 0;
+  }
+  const int64_t step = (rows + 4 * nth - 1) / (4 * nth);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
+  for (int64_t r = 0; r < rows; r += step) fn(&d, r, r + step < rows ? r + step : rows);
+  return 0;
+}
+
+int dl_inverted_residual_nhwc(const float* x, int64_t B, int64_t H, int64_t W, const DlPointwise* expand,
+                              const float* dw_w, const float* dw_bias, int stride, float dw_lo, float dw_hi,
+                              const DlPointwise* project, int residual, float* y, int nthreads) {
+  const int64_t cin = expand ? expand->K : project->K, cmid = expand ? expand->N : cin;
+  if (B < 0 || H < 1 || W < 1 || (stride != 1 && stride != 2) || project->K != cmid ||
+      (residual && (stride != 1 || project->N != cin)))
+    return -2;
+  DlDepthwise d;
+  memset(&d, 0, sizeof(d));
+  d.B = B, d.H = H, d.W = W, d.C = cmid, d.stride = stride, d.pad = 1, d.w = dw_w, d.bias = dw_bias;
+  d.Ho = (H - 1) / stride + 1, d.Wo = (W - 1) / stride + 1;
+  d.clamp = dw_lo > -INFINITY || dw_hi < INFINITY;
+  d.act_lo = dw_lo, d.act_hi = dw_hi;
+  int nth = nthreads < 1 ? 1 : nthreads;
+  const int64_t macs = B * H * W * (expand ? cin * cmid : 0) + B * d.Ho * d.Wo * cmid * (9 + project->N);
+  if (macs < (int64_t)1 << 22) nth = 1;
+  // Bands: one per image on one thread; else about 2 per thread, at least 4 rows each.
+  int64_t per = nth == 1 ? d.Ho : (d.Ho + 2 * nth - 1) / (2 * nth);
+  if (per < 4) per = 4;
+  const int64_t bands = (d.Ho + per - 1) / per, tasks = B * bands;
+  int failed = 0;
+  auto task = [&](int64_t t) {
+    const int64_t b = t / bands, oh0 = (t % bands) * per, oh1 = oh0 + per < d.Ho ? oh0 + per : d.Ho;
+    if (!block_band(x, b, oh0, oh1, expand, d, project, residual, y)) failed = 1;
+  };
+  if (nth == 1 || tasks == 1) {
+    for (int64_t t = 0; t < tasks; ++t) task(t);
+  } else {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
+    for (int64_t t = 0; t < tasks; ++t) task(t);
+  }
+  return failed ? -1 : 0;
 }
 
 }  // extern "C"

@@ -81,10 +81,14 @@ TGT void quantize_row_z(const float* x, int64_t K, int64_t Kp, int8_t* q, float*
 template <bool TTQ>
 struct TernaryZ {
   template <int MT, int NB>
-  TGT static void block(const DlGemm* g, int64_t m0, int64_t b0) {
+  TGT static void block(const DlGemm* gp, int64_t m0, int64_t b0) {
+    const DlGemm gl = *gp;  // a local copy: stores to the output cannot alias it
+    const DlGemm* g = &gl;
     const __m512i mask3 = _mm512_set1_epi8(3), mask2 = _mm512_set1_epi8(2);
     __m512i acc[MT][NB], acc2[MT][NB];  // acc2 (TTQ only): sum of (code & 2) * x = 2 * pos
+#pragma GCC unroll 16
     for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 16
       for (int j = 0; j < NB; ++j) acc[i][j] = acc2[i][j] = _mm512_setzero_si512();
     const int8_t* x = g->xq + m0 * g->Kp;
     for (int64_t kb = 0; kb < g->kblocks; ++kb) {
@@ -108,8 +112,10 @@ struct TernaryZ {
         }
       }
     }
+#pragma GCC unroll 16
     for (int i = 0; i < MT; ++i) {
       const __m512i xsum = _mm512_set1_epi32(g->xsum[m0 + i]);
+#pragma GCC unroll 16
       for (int j = 0; j < NB; ++j) {
         const __m512i dot = _mm512_sub_epi32(acc[i][j], xsum);
         const __m512i pos = TTQ ? _mm512_srai_epi32(acc2[i][j], 1) : dot;
@@ -124,17 +130,21 @@ TGT void ternary_z(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t 
   if (g->scale_neg && g->xscale)
     few ? drive<TernaryZ<true>, 1, 4>(g, m0, m1, b0, b1) : drive<TernaryZ<true>, 4, 2>(g, m0, m1, b0, b1);
   else
-    few ? drive<TernaryZ<false>, 1, 8>(g, m0, m1, b0, b1) : drive<TernaryZ<false>, 4, 4>(g, m0, m1, b0, b1);
+    few ? drive<TernaryZ<false>, 1, 8>(g, m0, m1, b0, b1) : drive<TernaryZ<false>, 4, 4, 8>(g, m0, m1, b0, b1);
 }
 
 // ---------------------------------------------------------------- binary x int8
 
 struct BinaryI8Z {
   template <int MT, int NB>
-  TGT static void block(const DlGemm* g, int64_t m0, int64_t b0) {
+  TGT static void block(const DlGemm* gp, int64_t m0, int64_t b0) {
+    const DlGemm gl = *gp;  // a local copy: stores to the output cannot alias it
+    const DlGemm* g = &gl;
     const __m512i one = _mm512_set1_epi8(1);
     __m512i acc[MT][NB];
+#pragma GCC unroll 16
     for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 16
       for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_si512();
     const int8_t* x = g->xq + m0 * g->Kp;
     for (int64_t kb = 0; kb < g->kblocks; ++kb) {
@@ -150,8 +160,10 @@ struct BinaryI8Z {
         }
       }
     }
+#pragma GCC unroll 16
     for (int i = 0; i < MT; ++i) {
       const __m512i xsum = _mm512_set1_epi32(g->xsum[m0 + i]);
+#pragma GCC unroll 16
       for (int j = 0; j < NB; ++j) {
         const __m512i dot = _mm512_sub_epi32(_mm512_slli_epi32(acc[i][j], 1), xsum);
         store16<false>(g, m0 + i, (b0 + j) * DL_NB, dot, dot);
@@ -171,9 +183,13 @@ TGT void binary_i8_z(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_
 
 struct XnorZ {
   template <int MT, int NB>
-  TGT static void block(const DlGemm* g, int64_t m0, int64_t b0) {
+  TGT static void block(const DlGemm* gp, int64_t m0, int64_t b0) {
+    const DlGemm gl = *gp;  // a local copy: stores to the output cannot alias it
+    const DlGemm* g = &gl;
     __m512i acc[MT][NB];
+#pragma GCC unroll 16
     for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 16
       for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_si512();
     const uint8_t* x = g->xbits + m0 * (g->Kp / 8);
     for (int64_t kb = 0; kb < g->kblocks; ++kb) {
@@ -188,7 +204,9 @@ struct XnorZ {
       }
     }
     const __m512i kk = _mm512_set1_epi32((int)g->K);
+#pragma GCC unroll 16
     for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 16
       for (int j = 0; j < NB; ++j) {
         const __m512i dot = _mm512_sub_epi32(kk, _mm512_slli_epi32(acc[i][j], 1));
         store16<false>(g, m0 + i, (b0 + j) * DL_NB, dot, dot);
@@ -203,7 +221,30 @@ TGT void xnor_z(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t b1)
     drive<XnorZ, 4, 4>(g, m0, m1, b0, b1);
 }
 
-const DlKernels kTable = {quantize_row_z, binarize_row, ternary_z, binary_i8_z, xnor_z};
+// ---------------------------------------------------------------- depthwise
+
+struct VDw16 {
+  using T = __m512;
+  using Mask = __mmask16;
+  static constexpr int N = 16;
+  TGT ALWAYS_INLINE static Mask mask(int n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
+  TGT ALWAYS_INLINE static T load(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
+  TGT ALWAYS_INLINE static void store(float* p, T v, Mask m) { _mm512_mask_storeu_ps(p, m, v); }
+  TGT ALWAYS_INLINE static T zero() { return _mm512_setzero_ps(); }
+  TGT ALWAYS_INLINE static T set1(float v) { return _mm512_set1_ps(v); }
+  TGT ALWAYS_INLINE static T add(T a, T b) { return _mm512_add_ps(a, b); }
+  TGT ALWAYS_INLINE static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
+  TGT ALWAYS_INLINE static T clamp(T v, T lo, T hi) { return _mm512_min_ps(hi, _mm512_max_ps(lo, v)); }
+};
+
+TGT void depthwise3x3_z(const DlDepthwise* d, int64_t r0, int64_t r1) { dw3x3_rows<VDw16>(d, r0, r1); }
+TGT void depthwise3x3_z_row(const DlDepthwise* d, int64_t oh, const float* const* in, float* yrow) {
+  int kh0, kh1;
+  dw_taps(d, oh, &kh0, &kh1);
+  dw3x3_row<VDw16>(d, in, kh0, kh1, yrow);
+}
+
+const DlKernels kTable = {quantize_row_z, binarize_row, ternary_z, binary_i8_z, xnor_z, depthwise3x3_z, depthwise3x3_z_row};
 
 }  // namespace
 

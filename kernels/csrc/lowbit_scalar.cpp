@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "lowbit.h"
+#include "lowbit_dw.h"
 
 namespace {
 
@@ -96,7 +97,32 @@ void xnor(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
     }
 }
 
-const DlKernels kTable = {quantize_row, binarize_row, ternary, binary_i8, xnor};
+// One channel per "vector".
+struct V1 {
+  using T = float;
+  using Mask = int;
+  static constexpr int N = 1;
+  static Mask mask(int) { return 1; }
+  static T load(const float* p, Mask) { return *p; }
+  static void store(float* p, T v, Mask) { *p = v; }
+  static T zero() { return 0.0f; }
+  static T set1(float v) { return v; }
+  static T add(T a, T b) { return a + b; }
+  static T mul(T a, T b) { return a * b; }
+  static T clamp(T v, T lo, T hi) {
+    v = lo > v ? lo : v;
+    return hi < v ? hi : v;
+  }
+};
+
+void depthwise3x3(const DlDepthwise* d, int64_t r0, int64_t r1) { dw3x3_rows<V1>(d, r0, r1); }
+void depthwise3x3_row(const DlDepthwise* d, int64_t oh, const float* const* in, float* yrow) {
+  int kh0, kh1;
+  dw_taps(d, oh, &kh0, &kh1);
+  dw3x3_row<V1>(d, in, kh0, kh1, yrow);
+}
+
+const DlKernels kTable = {quantize_row, binarize_row, ternary, binary_i8, xnor, depthwise3x3, depthwise3x3_row};
 
 }  // namespace
 

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "lowbit.h"
+#include "lowbit_dw.h"
 
 #define TGT __attribute__((target(DL_TARGET)))
 #define ALWAYS_INLINE __attribute__((always_inline)) inline
@@ -149,11 +150,15 @@ TGT void binarize_row(const float* x, int64_t K, int64_t Kp, uint8_t* bits, floa
 // ---------------------------------------------------------------- driver
 
 // Runs Kern::block<MT, NB>(g, m, b) over rows [m0, m1) and blocks [b0, b1):
-// NB blocks at a time (then single blocks), MT rows at a time (then the rest).
+// NB blocks at a time, MT rows at a time (then 4, 3, 2, 1 rows). The 1 or 2 blocks left
+// over (all of a narrow layer: 16 or 32 output channels) run MTN rows at a time, so that
+// they still keep MTN * NB accumulators in flight.
 template <class Kern, int MT, int NB>
 TGT void drive_rows(const DlGemm* g, int64_t m0, int64_t m1, int64_t b) {
   int64_t m = m0;
   for (; m + MT <= m1; m += MT) Kern::template block<MT, NB>(g, m, b);
+  if constexpr (MT > 4)
+    if (m1 - m >= 4) Kern::template block<4, NB>(g, m, b), m += 4;
   if constexpr (MT > 3)
     if (m1 - m == 3) return Kern::template block<3, NB>(g, m, b);
   if constexpr (MT > 2)
@@ -162,14 +167,52 @@ TGT void drive_rows(const DlGemm* g, int64_t m0, int64_t m1, int64_t b) {
     if (m1 - m == 1) return Kern::template block<1, NB>(g, m, b);
 }
 
-template <class Kern, int MT, int NB>
+template <class Kern, int MT, int NB, int MTN = MT>
 TGT void drive(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
   int64_t b = b0;
   for (; b + NB <= b1; b += NB) drive_rows<Kern, MT, NB>(g, m0, m1, b);
-  for (; b < b1; ++b) drive_rows<Kern, MT, 1>(g, m0, m1, b);
+  if constexpr (NB > 2)
+    if (b + 2 <= b1) drive_rows<Kern, MTN, 2>(g, m0, m1, b), b += 2;
+  for (; b < b1; ++b) drive_rows<Kern, MTN, 1>(g, m0, m1, b);
 }
 
 #ifndef DL_OWN_TABLE  // the includer has its own GEMM kernels
+
+// ---------------------------------------------------------------- depthwise
+
+// 8 channels per vector; full chunks use plain loads and stores (masked stores are slow on
+// some AVX2 CPUs), the tail chunk masked ones.
+struct VDw8 {
+  using T = __m256;
+  struct Mask {
+    __m256i v;
+    bool full;
+  };
+  static constexpr int N = 8;
+  TGT ALWAYS_INLINE static Mask mask(int n) {
+    return {_mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), n == 8};
+  }
+  TGT ALWAYS_INLINE static T load(const float* p, Mask m) { return m.full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m.v); }
+  TGT ALWAYS_INLINE static void store(float* p, T v, Mask m) {
+    if (m.full)
+      _mm256_storeu_ps(p, v);
+    else
+      _mm256_maskstore_ps(p, m.v, v);
+  }
+  TGT ALWAYS_INLINE static T zero() { return _mm256_setzero_ps(); }
+  TGT ALWAYS_INLINE static T set1(float v) { return _mm256_set1_ps(v); }
+  TGT ALWAYS_INLINE static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  TGT ALWAYS_INLINE static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
+  // max(lo, v) returns v when v is NaN: NaN passes, as in dl_clamp
+  TGT ALWAYS_INLINE static T clamp(T v, T lo, T hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
+};
+
+TGT void depthwise3x3(const DlDepthwise* d, int64_t r0, int64_t r1) { dw3x3_rows<VDw8>(d, r0, r1); }
+TGT void depthwise3x3_row(const DlDepthwise* d, int64_t oh, const float* const* in, float* yrow) {
+  int kh0, kh1;
+  dw_taps(d, oh, &kh0, &kh1);
+  dw3x3_row<VDw8>(d, in, kh0, kh1, yrow);
+}
 
 // Stores 8 outputs (m, n .. n+7), skipping columns past N. `dot` is sum w*x;
 // for TTQ, `pos` is the sum of x over the +1 weights.
@@ -218,11 +261,16 @@ TGT ALWAYS_INLINE void store8(const DlGemm* g, int64_t m, int64_t n, __m256i dot
 template <bool TTQ>
 struct Ternary {
   template <int MT, int NB>
-  TGT static void block(const DlGemm* g, int64_t m0, int64_t b0) {
+  TGT static void block(const DlGemm* gp, int64_t m0, int64_t b0) {
+    const DlGemm gl = *gp;  // a local copy: stores to the output cannot alias it
+    const DlGemm* g = &gl;
     const __m256i mask3 = _mm256_set1_epi8(3), mask2 = _mm256_set1_epi8(2);
     __m256i acc[MT][NB][2], acc2[MT][NB][2];  // acc2 (TTQ only): sum of (code & 2) * x = 2 * pos
+#pragma GCC unroll 16
     for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 16
       for (int j = 0; j < NB; ++j)
+#pragma GCC unroll 16
         for (int h = 0; h < 2; ++h) acc[i][j][h] = acc2[i][j][h] = _mm256_setzero_si256();
     const int8_t* x = g->xq + m0 * g->Kp;
     for (int64_t kb = 0; kb < g->kblocks; ++kb) {
@@ -248,9 +296,12 @@ struct Ternary {
         }
       }
     }
+#pragma GCC unroll 16
     for (int i = 0; i < MT; ++i) {
       const __m256i xsum = _mm256_set1_epi32(g->xsum[m0 + i]);
+#pragma GCC unroll 16
       for (int j = 0; j < NB; ++j)
+#pragma GCC unroll 16
         for (int h = 0; h < 2; ++h) {
           const __m256i dot = _mm256_sub_epi32(acc[i][j][h], xsum);
           const __m256i pos = TTQ ? _mm256_srai_epi32(acc2[i][j][h], 1) : dot;
@@ -272,11 +323,16 @@ TGT void ternary(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t b1
 
 struct BinaryI8 {
   template <int MT, int NB>
-  TGT static void block(const DlGemm* g, int64_t m0, int64_t b0) {
+  TGT static void block(const DlGemm* gp, int64_t m0, int64_t b0) {
+    const DlGemm gl = *gp;  // a local copy: stores to the output cannot alias it
+    const DlGemm* g = &gl;
     const __m256i one = _mm256_set1_epi8(1);
     __m256i acc[MT][NB][2];
+#pragma GCC unroll 16
     for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 16
       for (int j = 0; j < NB; ++j)
+#pragma GCC unroll 16
         for (int h = 0; h < 2; ++h) acc[i][j][h] = _mm256_setzero_si256();
     const int8_t* x = g->xq + m0 * g->Kp;
     for (int64_t kb = 0; kb < g->kblocks; ++kb) {
@@ -302,9 +358,12 @@ struct BinaryI8 {
         }
       }
     }
+#pragma GCC unroll 16
     for (int i = 0; i < MT; ++i) {
       const __m256i xsum = _mm256_set1_epi32(g->xsum[m0 + i]);
+#pragma GCC unroll 16
       for (int j = 0; j < NB; ++j)
+#pragma GCC unroll 16
         for (int h = 0; h < 2; ++h) {
           const __m256i dot = _mm256_sub_epi32(_mm256_slli_epi32(acc[i][j][h], 1), xsum);
           store8<false>(g, m0 + i, (b0 + j) * DL_NB + 8 * h, dot, dot);
@@ -326,18 +385,26 @@ TGT void binary_i8(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t 
 // are widened to int32 every 1024 tiles, well before they could overflow.
 struct Xnor {
   template <int MT, int NB>
-  TGT static void block(const DlGemm* g, int64_t m0, int64_t b0) {
+  TGT static void block(const DlGemm* gp, int64_t m0, int64_t b0) {
+    const DlGemm gl = *gp;  // a local copy: stores to the output cannot alias it
+    const DlGemm* g = &gl;
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
     __m256i acc[MT][NB][2];
+#pragma GCC unroll 16
     for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 16
       for (int j = 0; j < NB; ++j)
+#pragma GCC unroll 16
         for (int h = 0; h < 2; ++h) acc[i][j][h] = _mm256_setzero_si256();
     const uint8_t* x = g->xbits + m0 * (g->Kp / 8);
     for (int64_t k0 = 0; k0 < g->kblocks; k0 += 1024) {
       const int64_t k1 = k0 + 1024 < g->kblocks ? k0 + 1024 : g->kblocks;
       __m256i acc16[MT][NB][2];
+#pragma GCC unroll 16
       for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 16
         for (int j = 0; j < NB; ++j)
+#pragma GCC unroll 16
           for (int h = 0; h < 2; ++h) acc16[i][j][h] = _mm256_setzero_si256();
       for (int64_t kb = k0; kb < k1; ++kb) {
 #pragma GCC unroll 8
@@ -355,14 +422,20 @@ struct Xnor {
           }
         }
       }
+#pragma GCC unroll 16
       for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 16
         for (int j = 0; j < NB; ++j)
+#pragma GCC unroll 16
           for (int h = 0; h < 2; ++h)
             acc[i][j][h] = _mm256_add_epi32(acc[i][j][h], _mm256_madd_epi16(acc16[i][j][h], ones16));
     }
     const __m256i kk = _mm256_set1_epi32((int)g->K);
+#pragma GCC unroll 16
     for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 16
       for (int j = 0; j < NB; ++j)
+#pragma GCC unroll 16
         for (int h = 0; h < 2; ++h) {
           const __m256i dot = _mm256_sub_epi32(kk, _mm256_slli_epi32(acc[i][j][h], 1));
           store8<false>(g, m0 + i, (b0 + j) * DL_NB + 8 * h, dot, dot);
@@ -377,7 +450,7 @@ TGT void xnor(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
     drive<Xnor, 4, 1>(g, m0, m1, b0, b1);
 }
 
-const DlKernels kTable = {quantize_row, binarize_row, ternary, binary_i8, xnor};
+const DlKernels kTable = {quantize_row, binarize_row, ternary, binary_i8, xnor, depthwise3x3, depthwise3x3_row};
 #endif  // DL_OWN_TABLE
 
 }  // namespace

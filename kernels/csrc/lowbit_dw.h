@@ -1,0 +1,97 @@
+// The depthwise 3x3 convolution (DlDepthwise in lowbit.h), written once for any vector
+// width. An includer defines a traits struct V and instantiates dw3x3<V>:
+//   V::N                  floats per vector
+//   V::Mask, V::mask(n)   a mask of the first n lanes (n <= N)
+//   V::load(p, m), V::store(p, v, m), V::zero(), V::set1(f), V::add(a, b), V::mul(a, b)
+//   V::clamp(v, lo, hi)   min(hi, max(lo, v)), NaN passing through (as dl_clamp)
+// Channels are the vector lanes (NHWC): one output row at a time, one chunk of N channels
+// at a time, with that chunk's nine weight vectors held in registers across the row.
+// An SIMD includer defines DL_TARGET first: these templates then carry that target
+// attribute, so each ISA's copy is compiled for (and runs on) that ISA only.
+#pragma once
+#include "lowbit.h"
+
+#ifdef DL_TARGET
+#define DL_DW_INLINE __attribute__((target(DL_TARGET), always_inline)) inline
+#else
+#define DL_DW_INLINE __attribute__((always_inline)) inline
+#endif
+
+namespace {
+
+// One output pixel: the taps kh in [kh0, kh1) of input rows `rows` (rows[kh] points at
+// column 0, channel c0 of input row ih0 + kh), columns iw0 + kw for kw in [kw0, kw1).
+template <class V>
+DL_DW_INLINE typename V::T dw_pixel(const float* const* rows, int kh0, int kh1, int64_t iw0, int kw0, int kw1,
+                                    int64_t C, const typename V::T* wv, typename V::Mask m) {
+  typename V::T acc = V::zero();
+  for (int kh = kh0; kh < kh1; ++kh)
+    for (int kw = kw0; kw < kw1; ++kw) acc = V::add(acc, V::mul(V::load(rows[kh] + (iw0 + kw) * C, m), wv[3 * kh + kw]));
+  return acc;
+}
+
+// Adds the bias, clamps and stores one output pixel's chunk.
+template <class V>
+DL_DW_INLINE void dw_finish(const DlDepthwise* d, float* out, typename V::T acc, typename V::T bias, typename V::T lo,
+                            typename V::T hi, typename V::Mask m) {
+  acc = V::add(acc, bias);
+  if (d->clamp) acc = V::clamp(acc, lo, hi);
+  V::store(out, acc, m);
+}
+
+// One output row from input rows `in` (in[kh] points at column 0, channel 0 of input row
+// ih0 + kh; only kh in [kh0, kh1) are read: the others fall on the zero padding).
+template <class V>
+DL_DW_INLINE void dw3x3_row(const DlDepthwise* d, const float* const* in, int kh0, int kh1, float* yrow) {
+  const int64_t C = d->C, W = d->W, s = d->stride, p = d->pad;
+  // Output columns whose three input columns are all inside the image: [ow_lo, ow_hi).
+  int64_t ow_lo = (p + s - 1) / s, ow_hi = W - 3 + p >= 0 ? (W - 3 + p) / s + 1 : 0;
+  if (ow_hi > d->Wo) ow_hi = d->Wo;
+  if (ow_lo > ow_hi) ow_lo = ow_hi;
+  const typename V::T lo = V::set1(d->act_lo), hi = V::set1(d->act_hi);
+  for (int64_t c0 = 0; c0 < C; c0 += V::N) {
+    const typename V::Mask m = V::mask(C - c0 < V::N ? (int)(C - c0) : V::N);
+    typename V::T wv[9];
+    for (int t = 0; t < 9; ++t) wv[t] = V::load(d->w + t * C + c0, m);
+    const typename V::T bias = d->bias ? V::load(d->bias + c0, m) : V::zero();
+    const float* rows[3];
+    for (int kh = 0; kh < 3; ++kh) rows[kh] = kh >= kh0 && kh < kh1 ? in[kh] + c0 : nullptr;
+    for (int64_t ow = 0; ow < d->Wo; ++ow) {
+      if (ow == ow_lo && ow_lo < ow_hi) {  // the interior: all three columns inside
+        if (kh0 == 0 && kh1 == 3)
+          for (; ow < ow_hi; ++ow)
+            dw_finish<V>(d, yrow + ow * C + c0, dw_pixel<V>(rows, 0, 3, ow * s - p, 0, 3, C, wv, m), bias, lo, hi, m);
+        else
+          for (; ow < ow_hi; ++ow)
+            dw_finish<V>(d, yrow + ow * C + c0, dw_pixel<V>(rows, kh0, kh1, ow * s - p, 0, 3, C, wv, m), bias, lo, hi,
+                         m);
+        if (ow == d->Wo) break;
+      }
+      // a column whose window crosses the left or right border
+      const int64_t iw0 = ow * s - p;
+      const int kw0 = iw0 < 0 ? (int)-iw0 : 0, kw1 = iw0 + 3 > W ? (int)(W - iw0) : 3;
+      dw_finish<V>(d, yrow + ow * C + c0, dw_pixel<V>(rows, kh0, kh1, iw0, kw0, kw1, C, wv, m), bias, lo, hi, m);
+    }
+  }
+}
+
+// The valid taps [kh0, kh1) of output row oh.
+static inline void dw_taps(const DlDepthwise* d, int64_t oh, int* kh0, int* kh1) {
+  const int64_t ih0 = oh * d->stride - d->pad;
+  *kh0 = ih0 < 0 ? (int)-ih0 : 0;
+  *kh1 = ih0 + 3 > d->H ? (int)(d->H - ih0) : 3;
+}
+
+template <class V>
+DL_DW_INLINE void dw3x3_rows(const DlDepthwise* d, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t b = r / d->Ho, oh = r % d->Ho, ih0 = oh * d->stride - d->pad;
+    int kh0, kh1;
+    dw_taps(d, oh, &kh0, &kh1);
+    const float* in[3];
+    for (int kh = 0; kh < 3; ++kh) in[kh] = d->x + (b * d->H + ih0 + kh) * d->W * d->C;
+    dw3x3_row<V>(d, in, kh0, kh1, d->y + r * d->Wo * d->C);
+  }
+}
+
+}  // namespace
