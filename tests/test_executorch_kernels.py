@@ -63,13 +63,31 @@ class AllOps(nn.Module):
             ("binary_conv2d_cl", 20, 31, dict(ks=3, stride=1, pad=1, xnor=False, bias=True)),
             ("binary_conv2d_cl", 16, 19, dict(ks=3, stride=1, pad=1, xnor=True, bias=False)),
             ("binary_conv2d_cl", 24, 9, dict(ks=1, stride=2, pad=0, xnor=True, bias=True, act_max=1.5)),
+            ("depthwise_conv2d", 24, 24, dict(stride=1, pad=1, bias=True, act_min=0.0, act_max=6.0)),
+            ("depthwise_conv2d", 13, 13, dict(stride=2, pad=0, bias=False)),
+            # MobileNetV2 blocks: expand + residual (TTQ project), and no expand with stride 2
+            ("inverted_residual_cl", 16, 16, dict(mid=40, stride=1, residual=True, scale_neg=True, bias=True)),
+            ("inverted_residual_cl", 24, 20, dict(mid=None, stride=2, residual=False, bias=False)),
         ]
         for i, (op, c, n, kw) in enumerate(self.calls):
-            k = c * kw.get("ks", 1) ** 2
-            w = _ternary(n, k, g) if op.startswith("ternary") else _binary(n, k, g)
-            self.register_buffer(f"w{i}", w)
-            self.register_buffer(f"s{i}", pos(n))
-            if kw.get("scale_neg"):  # (torch.export refuses None buffers)
+            # (torch.export refuses None buffers: absent ones are simply not registered)
+            if op == "depthwise_conv2d":
+                self.register_buffer(f"w{i}", torch.randn(3, 3, c, generator=g))
+            elif op == "inverted_residual_cl":
+                mid = kw["mid"] or c
+                if kw["mid"]:
+                    self.register_buffer(f"ew{i}", _ternary(mid, c, g))
+                    self.register_buffer(f"es{i}", pos(mid) / c)
+                    self.register_buffer(f"eb{i}", torch.randn(mid, generator=g))
+                self.register_buffer(f"dw{i}", torch.randn(3, 3, mid, generator=g))
+                self.register_buffer(f"db{i}", torch.randn(mid, generator=g))
+                self.register_buffer(f"w{i}", _ternary(n, mid, g))
+            else:
+                k = c * kw.get("ks", 1) ** 2
+                self.register_buffer(f"w{i}", _ternary(n, k, g) if op.startswith("ternary") else _binary(n, k, g))
+            if op != "depthwise_conv2d":
+                self.register_buffer(f"s{i}", pos(n))
+            if kw.get("scale_neg"):
                 self.register_buffer(f"n{i}", pos(n))
             if kw.get("bias"):
                 self.register_buffer(f"b{i}", torch.randn(n, generator=g))
@@ -85,8 +103,8 @@ class AllOps(nn.Module):
                 xs.append(x.contiguous(memory_format=torch.channels_last) if i % 2 else x)
         return xs
 
-    def _args(self, i: int):
-        return tuple(getattr(self, f"{p}{i}", None) for p in "wsnb")
+    def _args(self, i: int, names: str = "wsnb"):
+        return tuple(getattr(self, f"{p}{i}", None) for p in names)
 
     def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(self.call(i, x, torch.ops.distill) for i, x in enumerate(xs))
@@ -103,6 +121,18 @@ class AllOps(nn.Module):
             return impl.binary_linear(x, w, c, s, b, lo, hi)
         if op == "xnor_linear":
             return impl.xnor_linear(x, w, c, s, b, kw["act_scale"], lo, hi)
+        if op == "depthwise_conv2d":
+            f = reference.depthwise3x3 if spec else impl.depthwise_conv2d
+            return f(x, w, b, kw["stride"], kw["pad"], lo, hi)
+        if op == "inverted_residual_cl":
+            ew, es, eb, dw, db = (getattr(self, f"{p}{i}", None) for p in ("ew", "es", "eb", "dw", "db"))
+            if not spec:
+                return impl.inverted_residual_cl(x, ew, es, None, eb, 0.0, 6.0, dw, db, kw["stride"], 0.0, 6.0,
+                                                 w, s, sn, b, None, None, kw["residual"])  # fmt: skip
+            y = x if ew is None else reference.ternary_conv2d(x, ew, 1, es, None, eb, act_min=0.0, act_max=6.0)
+            y = reference.depthwise3x3(y, dw, db, kw["stride"], 1, 0.0, 6.0)
+            y = reference.ternary_conv2d(y, w, 1, s, sn, b)
+            return x + y if kw["residual"] else y
         ks, st, pad = [kw["ks"]] * 2, [kw["stride"]] * 2, [kw["pad"]] * 2
         if op == "ternary_conv2d_cl":
             f = reference.ternary_conv2d if spec else impl.ternary_conv2d_cl

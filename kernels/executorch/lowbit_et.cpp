@@ -7,6 +7,9 @@
 // libexecutorch.so whose operator registry the Python runtime uses) by
 // kernels/executorch/build.py; loaded once by kernels/executorch/runtime.py.
 //
+// Kernels: ternary/binary/xnor linears, ternary/binary(-xnor) convolutions, the depthwise 3x3
+// conv and the fused MobileNetV2 block (dl_depthwise3x3_nhwc, dl_inverted_residual_nhwc).
+//
 // Layout: the conv kernels take NCHW tensors in either dim order. A channels-last
 // input (what the packed convs and XNNPACK's convs produce) is already the rows of
 // a 1x1 convolution, so it needs no copy; k x k convolutions gather their
@@ -23,16 +26,8 @@
 #include <atomic>
 #include <optional>
 
-extern "C" {
-int dl_set_isa(int isa);
-int dl_get_isa(void);
-int dl_ternary_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, const float* scale_pos,
-                      const float* scale_neg, const float* bias, float* y, int nthreads, float act_lo, float act_hi);
-int dl_binary_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, const float* scale,
-                     const float* bias, float* y, int nthreads, float act_lo, float act_hi);
-int dl_xnor_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, const float* scale,
-                   const float* bias, int act_scale, float* y, int nthreads, float act_lo, float act_hi);
-}
+
+#include "lowbit.h"  // the C contract of kernels/csrc
 
 namespace distill_et {
 
@@ -234,6 +229,89 @@ Tensor& binary_conv2d_out(KernelRuntimeContext& ctx, const Tensor& x, const Tens
   return conv2d(ctx, x, kernel_size, stride, padding, dilation, g, out);
 }
 
+// ---------------------------------------------------------------- depthwise and fused MobileNetV2 blocks
+
+// x as NHWC floats: x itself when channels-last (or 1x1), else a transposed copy in *scratch.
+const float* nhwc(const Tensor& x, float** scratch) {
+  *scratch = nullptr;
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  if (channels_last(x) || (H == 1 && W == 1) || C == 1) return x.const_data_ptr<float>();
+  float* t = (float*)malloc((size_t)(B * C * H * W) * sizeof(float));
+  if (!t) return nullptr;
+  const float* s = x.const_data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t p = 0; p < H * W; ++p) t[(b * H * W + p) * C + c] = s[(b * C + c) * H * W + p];
+  return *scratch = t;
+}
+
+// The output resized to [B, C, Ho, Wo]; false (and the context failed) unless it is NHWC in memory.
+bool nhwc_out(KernelRuntimeContext& ctx, Tensor& out, int64_t B, int64_t C, int64_t Ho, int64_t Wo) {
+  executorch::aten::SizesType sizes[4] = {(executorch::aten::SizesType)B, (executorch::aten::SizesType)C,
+                                          (executorch::aten::SizesType)Ho, (executorch::aten::SizesType)Wo};
+  if (executorch::runtime::resize_tensor(out, {sizes, 4}) != Error::Ok ||
+      !(channels_last(out) || (Ho == 1 && Wo == 1) || C == 1)) {
+    ET_LOG(Error, "distill: the output of a channels-last kernel must be channels-last");
+    ctx.fail(Error::InvalidArgument);
+    return false;
+  }
+  return true;
+}
+
+void fail_rc(KernelRuntimeContext& ctx, int rc) {
+  if (rc != 0) ctx.fail(rc == -1 ? Error::MemoryAllocationFailed : Error::InvalidArgument);
+}
+
+Tensor& depthwise_conv2d_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& weight, const OptTensor& bias,
+                             int64_t stride, int64_t padding, OptDouble act_min, OptDouble act_max, Tensor& out) {
+  ET_KERNEL_CHECK(ctx, x.dim() == 4 && x.scalar_type() == ScalarType::Float &&
+                           weight.scalar_type() == ScalarType::Float && is_f32(bias), InvalidArgument, out);
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Ho = (H + 2 * padding - 3) / stride + 1, Wo = (W + 2 * padding - 3) / stride + 1;
+  if (!nhwc_out(ctx, out, B, C, Ho, Wo)) return out;
+  float* scratch;
+  const float* xs = nhwc(x, &scratch);
+  const int rc = xs ? dl_depthwise3x3_nhwc(xs, B, H, W, C, (int)stride, (int)padding, weight.const_data_ptr<float>(),
+                                           fptr(bias), out.mutable_data_ptr<float>(), g_threads.load(),
+                                           lo_of(act_min), hi_of(act_max))
+                    : -1;
+  free(scratch);
+  fail_rc(ctx, rc);
+  return out;
+}
+
+DlPointwise pointwise(const Tensor& w, int64_t k, const Tensor& scale_pos, const OptTensor& scale_neg,
+                      const OptTensor& bias, OptDouble lo, OptDouble hi) {
+  return DlPointwise{w.const_data_ptr<uint8_t>(), k, (int64_t)scale_pos.size(0), scale_pos.const_data_ptr<float>(),
+                     fptr(scale_neg), fptr(bias), lo_of(lo), hi_of(hi)};
+}
+
+Tensor& inverted_residual_out(KernelRuntimeContext& ctx, const Tensor& x, const OptTensor& e_w,
+                              const OptTensor& e_scale_pos, const OptTensor& e_scale_neg, const OptTensor& e_bias,
+                              OptDouble e_min, OptDouble e_max, const Tensor& dw_w, const OptTensor& dw_bias,
+                              int64_t stride, OptDouble dw_min, OptDouble dw_max, const Tensor& p_w,
+                              const Tensor& p_scale_pos, const OptTensor& p_scale_neg, const OptTensor& p_bias,
+                              OptDouble p_min, OptDouble p_max, bool residual, Tensor& out) {
+  ET_KERNEL_CHECK(ctx, x.dim() == 4 && x.scalar_type() == ScalarType::Float && e_w.has_value() == e_scale_pos.has_value(),
+                  InvalidArgument, out);
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t mid = e_w.has_value() ? e_scale_pos->size(0) : C;
+  const DlPointwise project = pointwise(p_w, mid, p_scale_pos, p_scale_neg, p_bias, p_min, p_max);
+  if (!nhwc_out(ctx, out, B, project.N, (H - 1) / stride + 1, (W - 1) / stride + 1)) return out;
+  DlPointwise expand;
+  if (e_w.has_value()) expand = pointwise(*e_w, C, *e_scale_pos, e_scale_neg, e_bias, e_min, e_max);
+  float* scratch;
+  const float* xs = nhwc(x, &scratch);
+  const int rc = xs ? dl_inverted_residual_nhwc(xs, B, H, W, e_w.has_value() ? &expand : nullptr,
+                                                dw_w.const_data_ptr<float>(), fptr(dw_bias), (int)stride,
+                                                lo_of(dw_min), hi_of(dw_max), &project, residual ? 1 : 0,
+                                                out.mutable_data_ptr<float>(), g_threads.load())
+                    : -1;
+  free(scratch);
+  fail_rc(ctx, rc);
+  return out;
+}
+
 }  // namespace distill_et
 
 EXECUTORCH_LIBRARY(distill, "ternary_linear.out", distill_et::ternary_linear_out);
@@ -241,6 +319,8 @@ EXECUTORCH_LIBRARY(distill, "binary_linear.out", distill_et::binary_linear_out);
 EXECUTORCH_LIBRARY(distill, "xnor_linear.out", distill_et::xnor_linear_out);
 EXECUTORCH_LIBRARY(distill, "ternary_conv2d_cl.out", distill_et::ternary_conv2d_out);
 EXECUTORCH_LIBRARY(distill, "binary_conv2d_cl.out", distill_et::binary_conv2d_out);
+EXECUTORCH_LIBRARY(distill, "depthwise_conv2d.out", distill_et::depthwise_conv2d_out);
+EXECUTORCH_LIBRARY(distill, "inverted_residual_cl.out", distill_et::inverted_residual_out);
 
 // Controls for Python (ctypes): the kernels' thread count (XNNPACK has its own
 // threadpool) and instruction set (this library's own copy of kernels/csrc).
