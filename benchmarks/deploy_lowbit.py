@@ -15,8 +15,9 @@ statistics are drawn at random so that int8 calibration sees realistic ranges (a
 unit statistics make XNNPACK refuse the int8 program).
 
 Forms: ``fp32`` (onnxruntime; ExecuTorch XNNPACK), ``int8`` (ExecuTorch XNNPACK, PT2E static,
-calibrated on random batches), ``lowbit`` (students.deploy.executorch_lowbit, XNNPACK for the
-rest) and ``lowbit-portable`` (the rest on ExecuTorch's portable kernels; --quick student only).
+calibrated on random batches), ``lowbit`` (students.deploy.executorch_lowbit: packed layers,
+depthwise convs and fused MobileNetV2 blocks on the project's kernels, stem / pooling / fp32
+head on XNNPACK) and ``lowbit-dw-xnnpack`` (the depthwise convs on XNNPACK instead).
 """
 
 from __future__ import annotations
@@ -114,8 +115,8 @@ def executorch_fp32(model: nn.Module, x: torch.Tensor, path: Path, int8: bool = 
     return _et_runner(path, x)
 
 
-def executorch_lowbit(qmodel: nn.Module, x: torch.Tensor, path: Path, delegate: str = "xnnpack"):
-    export_lowbit(qmodel, x, path, delegate=delegate)
+def executorch_lowbit(qmodel: nn.Module, x: torch.Tensor, path: Path, depthwise: str = "project"):
+    export_lowbit(qmodel, x, path, depthwise=depthwise)
     return _et_runner(path, x)
 
 
@@ -174,7 +175,7 @@ def profile(path: Path, x: torch.Tensor, runs: int = 20) -> dict[str, float]:
     return {k: round(1000 * v / runs, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
-def bench_student(key: str, threads: list[int], rounds: int, reps: int, portable: bool, prof: bool) -> None:
+def bench_student(key: str, threads: list[int], rounds: int, reps: int, prof: bool) -> None:
     arch, size, scheme = STUDENTS[key]
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     fp32 = fp32_student(arch)
@@ -186,9 +187,8 @@ def bench_student(key: str, threads: list[int], rounds: int, reps: int, portable
             ("executorch-xnnpack", "fp32"): (executorch_fp32, (fp32, x, d / "fp32.pte")),
             ("executorch-xnnpack", "int8"): (executorch_fp32, (fp32, x, d / "int8.pte", True)),
             ("executorch-xnnpack", "lowbit"): (executorch_lowbit, (qmodel, x, d / "lowbit.pte")),
+            ("executorch-xnnpack", "lowbit-dw-xnnpack"): (executorch_lowbit, (qmodel, x, d / "dwx.pte", "xnnpack")),
         }
-        if portable:
-            forms[("executorch-portable", "lowbit")] = (executorch_lowbit, (qmodel, x, d / "portable.pte", "portable"))
         runners, sizes = {}, {}
         for name, (make, args) in forms.items():
             t0 = time.perf_counter()
@@ -213,7 +213,9 @@ def bench_student(key: str, threads: list[int], rounds: int, reps: int, portable
                 }), flush=True)  # fmt: skip
         if prof:
             set_threads(threads[0])
-            print(json.dumps({"student": key, "profile_us": profile(d / "lowbit.pte", x), "threads": threads[0]}))
+            for form in ("lowbit", "dwx"):
+                us = profile(d / f"{form}.pte", x)
+                print(json.dumps({"student": key, "form": form, "threads": threads[0], "profile_us": us}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     for key in keys:
         size = STUDENTS[key][1]
         reps = 5 if size >= 224 else 30
-        bench_student(key, threads, rounds, reps, portable=key == "mobilenet_v2_32", prof=a.profile)
+        bench_student(key, threads, rounds, reps, prof=a.profile)
 
 
 if __name__ == "__main__":

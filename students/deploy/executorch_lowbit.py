@@ -29,7 +29,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kernels.packed_layers import PackedBinaryConv2d, PackedTernaryConv2d
+from kernels.packed_layers import (
+    PackedBinaryConv2d,
+    PackedDepthwiseConv2d,
+    PackedInvertedResidual,
+    PackedTernaryConv2d,
+    fuse_activation,
+)
 
 from ..export import export
 from ..qlayers import QConv2d, QLinear
@@ -37,6 +43,7 @@ from ..qlayers import QConv2d, QLinear
 __all__ = ["DELEGATES", "export_lowbit", "load_lowbit", "lowbit_module", "program_summary", "run_lowbit"]
 
 DELEGATES = ("xnnpack", "portable")
+DEPTHWISE = ("project", "xnnpack")  # who runs the depthwise convs (default: the first)
 
 
 class _TernaryConvOp(nn.Module):
@@ -69,20 +76,77 @@ class _BinaryConvOp(nn.Module):
         )  # fmt: skip
 
 
-def lowbit_module(model: nn.Module) -> nn.Module:
+class _InvertedResidualOp(nn.Module):
+    """A MobileNetV2 block of packed layers ([expand,] depthwise, project [+ x]) as the single op
+    ``distill::inverted_residual_cl`` (one dl_inverted_residual_nhwc call in the runtime)."""
+
+    def __init__(self, conv: nn.Sequential, residual: bool) -> None:
+        super().__init__()
+        self.conv, self.residual = conv, residual
+        # each stage of the exported block is its layer, possibly with the Identity modules export left
+        self.layers = [next(m for m in (s if isinstance(s, nn.Sequential) else [s]) if type(m) is not nn.Identity)
+                       for s in conv]  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        *expand, dw, p = self.layers
+        e = expand[0] if expand else None
+        e_args = (None,) * 6 if e is None else (e.weight_packed, e.scale_pos, e.scale_neg, e.bias, e.act_min,
+                                                  e.act_max)  # fmt: skip
+        return torch.ops.distill.inverted_residual_cl(
+            x, *e_args, dw.weight, dw.bias, dw.stride, dw.act_min, dw.act_max, p.weight_packed, p.scale_pos,
+            p.scale_neg, p.bias, p.act_min, p.act_max, self.residual,
+        )  # fmt: skip
+
+
+def _project_depthwise(model: nn.Module) -> None:
+    """Depthwise 3x3 convs onto the project's kernel (PackedDepthwiseConv2d, the ReLU / ReLU6 after
+    each fused in), then each MobileNetV2 block of packed layers into one fused op (in place)."""
+    for parent in list(model.modules()):
+        if not isinstance(parent, nn.Sequential):
+            continue
+        names = list(parent._modules)
+        for i, name in enumerate(names):
+            conv = parent._modules[name]
+            if not PackedDepthwiseConv2d.supports(conv):
+                continue
+            dw = parent._modules[name] = PackedDepthwiseConv2d.from_conv(conv)
+            after = [n for n in names[i + 1 :] if type(parent._modules[n]) is not nn.Identity][:1]
+            if after and type(parent._modules[after[0]]) in (nn.ReLU, nn.ReLU6, nn.Hardtanh):
+                fuse_activation(dw, parent._modules[after[0]])
+                parent._modules[after[0]] = nn.Identity()
+    for parent in list(model.modules()):
+        for name, block in list(parent._modules.items()):
+            conv, residual = getattr(block, "conv", None), getattr(block, "use_residual", None)
+            if isinstance(residual, bool) and PackedInvertedResidual.fusable(conv):
+                parent._modules[name] = _InvertedResidualOp(conv, residual)
+
+
+def lowbit_module(model: nn.Module, depthwise: str = "project") -> nn.Module:
     """The module torch.export traces: ``students.export(model)`` (unless ``model`` is already
-    packed) with each packed conv calling its single-op form. ``model`` is untouched."""
+    packed) with each packed conv calling its single-op form, and with ``depthwise="project"``
+    the depthwise convs and MobileNetV2 blocks on the project's kernels. ``model`` is untouched."""
     import kernels.executorch.ops  # noqa: F401  (defines the ops and .out overloads)
 
+    if depthwise not in DEPTHWISE:
+        raise ValueError(f"export_lowbit: depthwise={depthwise!r}; choose one of {list(DEPTHWISE)}")
     quantized = any(isinstance(m, QConv2d | QLinear) for m in model.modules())
     deployed = export(model) if quantized else _copy_eval(model)
+    if depthwise == "project":
+        _project_depthwise(deployed)
     for name, m in list(deployed.named_modules()):
+        if isinstance(m, _InvertedResidualOp):
+            continue
         wrap = _TernaryConvOp if isinstance(m, PackedTernaryConv2d) else (
             _BinaryConvOp if isinstance(m, PackedBinaryConv2d) else None)  # fmt: skip
-        if wrap is not None:
+        if wrap is not None and not _inside_fused(deployed, name):
             parent, _, child = name.rpartition(".")
             setattr(deployed.get_submodule(parent) if parent else deployed, child, wrap(m))
     return deployed.eval()
+
+
+def _inside_fused(model: nn.Module, name: str) -> bool:
+    parts = name.split(".")
+    return any(isinstance(model.get_submodule(".".join(parts[:i])), _InvertedResidualOp) for i in range(1, len(parts)))
 
 
 def _copy_eval(model: nn.Module) -> nn.Module:
@@ -91,7 +155,7 @@ def _copy_eval(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).float().eval().to(memory_format=torch.channels_last)
 
 
-def lowbit_program(model: nn.Module, example_input: Tensor, delegate: str = "xnnpack") -> Any:
+def lowbit_program(model: nn.Module, example_input: Tensor, delegate: str = "xnnpack", depthwise: str = "project") -> Any:
     """The ExecuTorch program manager (``.buffer``, ``.exported_program()``) of ``model``."""
     if delegate not in DELEGATES:
         raise ValueError(f"export_lowbit: unknown delegate {delegate!r}; choose one of {list(DELEGATES)}")
@@ -99,7 +163,7 @@ def lowbit_program(model: nn.Module, example_input: Tensor, delegate: str = "xnn
         from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
     except ImportError as e:
         raise RuntimeError(f"export_lowbit: executorch is not installed ({e}); pip install executorch") from e
-    module = lowbit_module(model)
+    module = lowbit_module(model, depthwise)
     with torch.no_grad():
         ep = torch.export.export(module, (example_input.float(),))
     partitioners = []
@@ -113,12 +177,13 @@ def lowbit_program(model: nn.Module, example_input: Tensor, delegate: str = "xnn
     return edge.to_executorch()
 
 
-def export_lowbit(model: nn.Module, example_input: Tensor, path: str | Path, delegate: str = "xnnpack") -> Path:
+def export_lowbit(model: nn.Module, example_input: Tensor, path: str | Path, delegate: str = "xnnpack",
+                  depthwise: str = "project") -> Path:
     """Write ``model`` (a trained quantized student, or its packed export) as a .pte file.
 
     ``example_input``: a batch of the shape the program will run (shapes are static).
     """
-    program = lowbit_program(model, example_input, delegate)
+    program = lowbit_program(model, example_input, delegate, depthwise)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(program.buffer)
