@@ -29,6 +29,7 @@ from students.deploy.executorch_lowbit import (  # noqa: E402
     program_summary,
     run_lowbit,
 )
+from tests.trained_students import train_simulated  # noqa: E402
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -242,21 +243,8 @@ def trained_twn(digits_root):
     xt, yt = load_split(digits_root, meta, "train")
     xv, yv = load_split(digits_root, meta, "val")
     xt, xv = _upsample(xt), _upsample(xv)
-    torch.manual_seed(0)
-    model = students.quantize(students.create_model(**ARCH), "twn").train()
-    students.simulate_export(model)
-    opt = torch.optim.Adam(model.parameters(), LR)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, LR, total_steps=STEPS)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(STEPS):
-        idx = torch.randint(0, len(xt), (BATCH,), generator=g)
-        loss = F.cross_entropy(model(xt[idx]), yt[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        students.clip_latent_(model)
-    return model.eval(), xv, yv
+    model = train_simulated("twn", ARCH, xt, yt, STEPS, BATCH, LR)
+    return model, xv, yv
 
 
 def test_trained_ternary_student_pte_predicts_as_simulated(trained_twn, tmp_path):
