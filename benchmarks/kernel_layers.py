@@ -14,8 +14,8 @@ shapes are read from the fp32 model's own convs (forward hooks). Per distinct sh
   quantization our kernel does inside the call.
 - ``dw`` (depthwise 3x3): ours = ``ops.depthwise_direct`` (fp32, BN folded, ReLU6 fused);
   ORT as above with group = C.
-- ``stem`` (the full 3x3 conv, kept fp32 by ``keep_first``): ours = what the packed model
-  runs there, torch's channels-last conv (oneDNN).
+- ``stem`` (the full 3x3 conv, kept fp32 by ``keep_first``): ours = ``ops.conv3x3_direct``
+  (fp32, reading the NCHW network input, writing channels last, ReLU6 fused).
 
 Candidates alternate round by round (benchmarks/kernels.py says why). With one thread the
 clock is the thread's CPU time (ours and ORT's single-threaded runs execute on the calling
@@ -111,8 +111,8 @@ def _ours(kind: str, c: int, o: int, h: int, w: int, s: int, g: torch.Generator)
     if kind == "dw":
         wt = torch.randn(3, 3, c, generator=g)
         return lambda: ops.depthwise_direct(x, wt, bias, s, 1, 0.0, 6.0)
-    conv = nn.Conv2d(c, o, 3, s, 1).eval().to(memory_format=torch.channels_last)
-    return lambda: conv(x)
+    wt, xn = torch.randn(3, 3, c, o, generator=g), x.contiguous()  # the network input: NCHW
+    return lambda: ops.conv3x3_direct(xn, wt, bias, s, 1, 0.0, 6.0)
 
 
 def _rounds(fns: dict[str, Any], rounds: int, target_s: float, clock) -> dict[str, list[float]]:

@@ -66,6 +66,8 @@ _SIGNATURES = {
     "dl_xnor_linear": [_p, _i64, _i64, _p, _i64, _p, _p, _i32, _p, _i32, _f32, _f32],
     "dl_xnor_mm": [_p, _i64, _i64, _p, _i64, _p, _i32],
     "dl_depthwise3x3_nhwc": [_p, _i64, _i64, _i64, _i64, _i32, _i32, _p, _p, _p, _i32, _f32, _f32],
+    "dl_conv3x3_nhwc": [_p, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _i32, _i32, _p, _p, _p, _i32, _f32,
+                        _f32],
     "dl_inverted_residual_nhwc": [_p, _i64, _i64, _i64, _pw, _p, _p, _i32, _f32, _f32, _pw, _i32, _p, _i32],
 }
 

@@ -33,6 +33,8 @@ __all__ = [
     "ternary_conv2d",
     "binary_conv2d",
     "depthwise_conv2d",
+    "inverted_residual",
+    "conv3x3",
 ]
 
 
@@ -524,4 +526,116 @@ def inverted_residual_direct(x: Tensor, expand: tuple | None, dw: tuple, project
         *_bounds(lo, hi), ctypes.byref(p), int(residual), y.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     _cpu.check(rc, "inverted_residual")
+    return y
+
+
+@torch.library.custom_op("distill::inverted_residual", mutates_args=())
+def inverted_residual(
+    x: Tensor,
+    e_w: Tensor | None,
+    e_scale_pos: Tensor | None,
+    e_scale_neg: Tensor | None,
+    e_bias: Tensor | None,
+    e_act_min: float | None,
+    e_act_max: float | None,
+    dw_w: Tensor,
+    dw_bias: Tensor | None,
+    stride: int,
+    dw_act_min: float | None,
+    dw_act_max: float | None,
+    p_w: Tensor,
+    p_scale_pos: Tensor,
+    p_scale_neg: Tensor | None,
+    p_bias: Tensor | None,
+    p_act_min: float | None,
+    p_act_max: float | None,
+    residual: bool,
+) -> Tensor:
+    """A whole MobileNetV2 block (spec: reference.inverted_residual): [expand 1x1 ternary,]
+    depthwise 3x3 (padding 1), project 1x1 ternary, [+ x], channels last, one kernel call
+    (lowbit.h, dl_inverted_residual_nhwc). e_* None: no expansion (e_w None). Widths come from
+    the scales: Cmid = len(e_scale_pos) (or C_in), C_out = len(p_scale_pos)."""
+    name = "inverted_residual"
+    c = x.shape[1]
+    cmid = c if e_w is None else e_scale_pos.shape[0]
+    n = p_scale_pos.shape[0]
+    expand = None if e_w is None else (e_w, e_scale_pos, e_scale_neg, e_bias, e_act_min, e_act_max)
+    if expand is not None:
+        _check_weights(e_w, ternary_packed_shape(cmid, c), cmid, c, name)
+    _check_weights(p_w, ternary_packed_shape(n, cmid), n, cmid, name)
+    if dw_w.shape != (3, 3, cmid) or stride not in (1, 2) or (residual and (stride != 1 or n != c)):
+        raise ValueError(f"{name}: depthwise weight must be [3, 3, {cmid}], stride 1 or 2, and a residual "
+                         f"block stride 1 with C_out == C_in (got {list(dw_w.shape)}, {stride}, {c} -> {n})")  # fmt: skip
+    if x.is_cpu and _use_cpp(x) and x.dim() == 4:
+        xc = x.float().contiguous(memory_format=torch.channels_last)
+        vecs = lambda vs, m, what: [_check_vec(v, m, name, what) for v in vs]  # noqa: E731
+        e = None
+        if expand is not None:
+            e = (e_w.contiguous(), c, cmid, *vecs((e_scale_pos, e_scale_neg, e_bias), cmid, "an expand vector"),
+                 e_act_min, e_act_max)  # fmt: skip
+        p = (p_w.contiguous(), cmid, n, *vecs((p_scale_pos, p_scale_neg, p_bias), n, "a project vector"), p_act_min,
+             p_act_max)  # fmt: skip
+        dw = (dw_w.float().contiguous(), _check_vec(dw_bias, cmid, name, "dw_bias"), stride, dw_act_min, dw_act_max)
+        return inverted_residual_direct(xc, e, dw, p, residual).to(x.dtype)
+    project = (p_w, p_scale_pos, p_scale_neg, p_bias, p_act_min, p_act_max)
+    dw = (dw_w, dw_bias, stride, dw_act_min, dw_act_max)
+    return reference.inverted_residual(x, expand, dw, project, residual).to(x.dtype)
+
+
+@inverted_residual.register_fake
+def _(x, e_w, e_scale_pos, e_scale_neg, e_bias, e_act_min, e_act_max, dw_w, dw_bias, stride, dw_act_min, dw_act_max,
+      p_w, p_scale_pos, p_scale_neg, p_bias, p_act_min, p_act_max, residual):  # fmt: skip
+    b, _, h, w = x.shape
+    n = p_scale_pos.shape[0]
+    return x.new_empty((b, n, (h - 1) // stride + 1, (w - 1) // stride + 1)).contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("distill::conv3x3", mutates_args=())
+def conv3x3(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int = 1,
+    padding: int = 1,
+    act_min: float | None = None,
+    act_max: float | None = None,
+) -> Tensor:
+    """Dense 3x3 conv in float32 for few input channels (a stem), BN folded, clamp fused
+    (spec: reference.conv3x3). weight [3, 3, Cin, Cout]; x NCHW in any memory format (the
+    kernel reads it through its strides); returns NCHW in channels-last memory."""
+    name = "conv3x3"
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"{name}: expected a float [B, C, H, W] input, got {x.dtype} {list(x.shape)}")
+    b, c, h, w = x.shape
+    if weight.dim() != 4 or weight.shape[:3] != (3, 3, c):
+        raise ValueError(f"{name}: weight must be [3, 3, {c}, C_out], got {list(weight.shape)}")
+    if stride not in (1, 2) or padding not in (0, 1) or h + 2 * padding < 3 or w + 2 * padding < 3:
+        raise ValueError(f"{name}: supports stride 1/2, padding 0/1 and inputs of at least 3x3 padded")
+    bv = _check_vec(bias, weight.shape[3], name, "bias")
+    if not _use_cpp(x):
+        return reference.conv3x3(x, weight, bv, stride, padding, act_min, act_max).to(x.dtype)
+    y = conv3x3_direct(x.float(), weight.float().contiguous(), bv, stride, padding, act_min, act_max)
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+@conv3x3.register_fake
+def _(x, weight, bias=None, stride=1, padding=1, act_min=None, act_max=None):
+    b, c, h, w = x.shape
+    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    return x.new_empty((b, weight.shape[3], ho, wo)).contiguous(memory_format=torch.channels_last)
+
+
+def conv3x3_direct(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int,
+                   act_min: float | None, act_max: float | None) -> Tensor:  # fmt: skip
+    """``conv3x3`` through ctypes on a float32 CPU input of any strides (``direct`` inputs)."""
+    b, c, h, w = x.shape
+    cout = weight.shape[3]
+    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    y = torch.empty(b, cout, ho, wo, memory_format=torch.channels_last)
+    sb, sc, sh, sw = x.stride()
+    rc = _cpu.lib().dl_conv3x3_nhwc(
+        x.data_ptr(), b, h, w, c, sb, sh, sw, sc, cout, stride, padding, weight.data_ptr(), _cpu.ptr(bias),
+        y.data_ptr(), torch.get_num_threads(), *_bounds(act_min, act_max),
+    )  # fmt: skip
+    _cpu.check(rc, "conv3x3")
     return y

@@ -285,3 +285,57 @@ def depthwise3x3(
     if bias is not None:
         acc = acc + bias.float().view(1, c, 1, 1)
     return clamp_output(acc, act_min, act_max).contiguous(memory_format=torch.channels_last)
+
+
+def inverted_residual(
+    x: torch.Tensor,
+    expand: tuple | None,
+    dw: tuple,
+    project: tuple,
+    residual: bool,
+) -> torch.Tensor:
+    """A MobileNetV2 block as its three layers in turn: the spec of the fused kernel
+    (lowbit.h, dl_inverted_residual_nhwc), which must give exactly these bits.
+
+    expand / project: (w_packed, scale_pos, scale_neg, bias, act_min, act_max) of a 1x1
+    ternary conv (expand None: none); dw: (weight [3, 3, C], bias, stride, act_min, act_max),
+    padding 1. residual: y = x + project(...).
+    """
+    def pointwise(t, p):
+        w, sp, sn, b, lo, hi = p
+        return ternary_conv2d(t, w, 1, sp, sn, b, act_min=lo, act_max=hi)
+
+    e = x if expand is None else pointwise(x, expand)
+    weight, bias, stride, lo, hi = dw
+    out = pointwise(depthwise3x3(e, weight, bias, stride, 1, lo, hi), project)
+    return x + out if residual else out
+
+
+def conv3x3(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int = 1,
+    padding: int = 1,
+    act_min: float | None = None,
+    act_max: float | None = None,
+) -> torch.Tensor:
+    """Dense 3x3 conv in float32 in the kernels' exact arithmetic (lowbit.h, DlConv3x3): the stem.
+
+    x: [B, Cin, H, W]; weight [3, 3, Cin, Cout] (torch's [Cout, Cin, 3, 3] permuted). Each output
+    is acc = 0; acc = acc + x * w over (kh, kw, ci) in that order; y = clamp(acc + bias), no
+    fused multiply-add. Returns NCHW in channels-last memory.
+    """
+    b, cin, h, w = x.shape
+    cout = weight.shape[3]
+    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    xp = F.pad(x.float(), (padding,) * 4)
+    acc = torch.zeros(b, cout, ho, wo).contiguous(memory_format=torch.channels_last)
+    for i in range(3):
+        for j in range(3):
+            xs = xp[:, :, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
+            for ci in range(cin):
+                acc = acc + xs[:, ci : ci + 1] * weight[i, j, ci].float().view(1, cout, 1, 1)
+    if bias is not None:
+        acc = acc + bias.float().view(1, cout, 1, 1)
+    return clamp_output(acc, act_min, act_max).contiguous(memory_format=torch.channels_last)

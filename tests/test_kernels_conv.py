@@ -128,3 +128,110 @@ def test_direct_pointwise_path_equals_the_op():
                                         act_min=0.0, act_max=6.0)  # fmt: skip
         assert torch.equal(got, want) and torch.equal(layer(x), want)
     assert not ops.direct(torch.randn(2, 3, requires_grad=True))
+
+
+def _block(cin: int, cmid: int, cout: int, stride: int, expand: bool, ttq: bool, g: torch.Generator):
+    """A zoo-like inverted residual (conv Sequential of conv-bn-act stages, as export leaves them)."""
+
+    def pointwise(k, n, act):
+        conv = nn.Conv2d(k, n, 1)
+        codes = torch.randint(-1, 2, (n, k, 1, 1), generator=g).float()
+        pos, neg = torch.rand(n, 1, 1, 1, generator=g) + 0.5, torch.rand(n, 1, 1, 1, generator=g) + 0.5
+        w = torch.where(codes > 0, pos, neg if ttq else pos) * codes
+        layer = PackedTernaryConv2d.from_conv(conv, w)
+        if act:
+            layer.act_min, layer.act_max = 0.0, 6.0
+        return nn.Sequential(layer, nn.Identity(), nn.Identity())
+
+    dw = PackedDepthwiseConv2d(cmid, stride, 1)
+    with torch.no_grad():
+        dw.weight.copy_(torch.randn(3, 3, cmid, generator=g)), dw.bias.copy_(torch.randn(cmid, generator=g))
+    dw.act_min, dw.act_max = 0.0, 6.0
+    stages = ([pointwise(cin, cmid, True)] if expand else []) + [nn.Sequential(dw, nn.Identity()),
+                                                                 pointwise(cmid, cout, False)]  # fmt: skip
+    return nn.Sequential(*stages)
+
+
+# (C_in, C_mid, C_out, stride, H, W, expand, residual, ttq)
+BLOCKS = [
+    (16, 96, 16, 1, 9, 8, True, True, False), (8, 48, 24, 2, 11, 7, True, False, True),
+    (16, 16, 8, 1, 6, 6, False, False, False), (24, 144, 24, 1, 1, 1, True, True, False),
+    (40, 240, 48, 2, 2, 3, True, False, False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cin,cmid,cout,s,h,w,expand,residual,ttq", BLOCKS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_block_equals_its_layers(isa, cin, cmid, cout, s, h, w, expand, residual, ttq, threads):
+    from kernels.packed_layers import PackedInvertedResidual
+
+    g = _gen(cin + cmid + h)
+    conv = _block(cin, cmid, cout, s, expand, ttq, g)
+    assert PackedInvertedResidual.fusable(conv)
+    block = PackedInvertedResidual(conv, residual)
+    x = torch.randn(2, cin, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    torch.set_num_threads(threads)
+    with torch.no_grad():
+        out = conv(x)
+        want = x + out if residual else out
+        assert torch.equal(block(x), want)  # the direct C call
+        e, d, p = block._layers
+        layers = [e, d, p] if e is not None else [d, p]
+        for m in layers:
+            m.use_reference = True
+        assert torch.equal(block(x), want)  # the spec, layer by layer
+        for m in layers:
+            m.use_reference = False
+        assert torch.equal(block(x.contiguous()), want)  # NCHW input: the op
+
+
+def test_fused_block_op_and_export():
+    from kernels.packed_layers import PackedInvertedResidual, _pointwise_args
+
+    g = _gen(3)
+    block = PackedInvertedResidual(_block(16, 64, 16, 1, True, False, g), True)
+    x = torch.randn(1, 16, 5, 5, generator=g)
+    e, d, p = (_pointwise_args(block._layers[0]), block._layers[1], _pointwise_args(block._layers[2]))
+    args = (x, e[0], e[3], e[4], e[5], e[6], e[7], d.weight, d.bias, d.stride, d.act_min, d.act_max,
+            p[0], p[3], p[4], p[5], p[6], p[7], True)  # fmt: skip
+    torch.library.opcheck(ops.inverted_residual, args)
+    ep = torch.export.export(block, (x,))
+    assert "distill.inverted_residual" in str(ep.graph)
+    with torch.no_grad():
+        assert torch.equal(ep.module()(x), block(x))
+
+
+# (B, C_in, C_out, H, W, stride, padding): the stems (3 -> 32 / 16), one input channel, a
+# vector tail of C_out, images narrower than the 4-column steps.
+STEMS = [(1, 3, 32, 20, 18, 2, 1), (2, 3, 16, 9, 7, 1, 1), (1, 1, 5, 3, 3, 1, 0), (1, 4, 33, 1, 1, 1, 1),
+         (1, 3, 17, 6, 5, 2, 0)]  # fmt: skip
+
+
+@pytest.mark.parametrize("b,c,o,h,w,s,p", STEMS)
+def test_stem_conv_matches_reference(isa, b, c, o, h, w, s, p):
+    g = _gen(c * o + h)
+    x, wt, bias = torch.randn(b, c, h, w, generator=g), torch.randn(3, 3, c, o, generator=g), torch.randn(o, generator=g)
+    for xx in (x, x.contiguous(memory_format=torch.channels_last)):  # read through strides: either layout
+        for lo, hi in ((None, None), (0.0, 6.0)):
+            assert torch.equal(ops.conv3x3(xx, wt, bias, s, p, lo, hi), reference.conv3x3(x, wt, bias, s, p, lo, hi))
+    conv = F.conv2d(x, wt.permute(3, 2, 0, 1), bias, s, p)
+    torch.testing.assert_close(reference.conv3x3(x, wt, bias, s, p), conv, rtol=1e-5, atol=1e-5)
+
+
+def test_stem_layer_and_opcheck(tmp_path):
+    from kernels.packed_layers import PackedConv3x3
+
+    conv, bn = nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16).eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    assert PackedConv3x3.supports(conv) and not PackedConv3x3.supports(nn.Conv2d(16, 16, 3))
+    layer = PackedConv3x3.from_conv(conv, bn)
+    x = torch.randn(2, 3, 15, 15)
+    with torch.no_grad():
+        got = layer(x)
+        torch.testing.assert_close(got, bn(conv(x)), rtol=1e-5, atol=1e-5)
+        layer.use_reference = True
+        assert torch.equal(layer(x), got)
+    save_packed(layer, tmp_path / "stem.pt")
+    assert torch.equal(load_packed(tmp_path / "stem.pt")(x), got)
+    torch.library.opcheck(ops.conv3x3, (x, layer.weight, layer.bias, 2, 1, 0.0, 6.0))

@@ -79,6 +79,26 @@ typedef void (*DlDepthwiseFn)(const DlDepthwise* d, int64_t r0, int64_t r1);
 // fused block calls on rows it keeps in cache.
 typedef void (*DlDepthwiseRowFn)(const DlDepthwise* d, int64_t oh, const float* const* in, float* yrow);
 
+// Arguments of one dense (groups = 1) 3x3 convolution in float32 with few input channels (a
+// CNN's stem), BatchNorm folded, clamp fused. The input is read through element strides, so an
+// NCHW and an NHWC input both work without a copy; the output is channels last. Spec
+// (reference.conv3x3): acc = +0; for kh, for kw, for ci: acc = acc + x[ci][ih][iw] * w[kh][kw][ci][co];
+// y = clamp(acc + bias[co]), each product and sum rounded on its own; taps on the padding skipped.
+typedef struct DlConv3x3 {
+  const float* x;
+  int64_t B, H, W, Cin, Cout, Ho, Wo;
+  int64_t sb, sh, sw, sc;  // element strides of x along batch, row, column, channel
+  int stride, pad;
+  const float* w;     // [3, 3, Cin, Cout]
+  const float* bias;  // [Cout] or NULL
+  int clamp;
+  float act_lo, act_hi;
+  float* y;  // [B, Ho, Wo, Cout]
+} DlConv3x3;
+
+// Computes output rows r in [r0, r1) of the B * Ho rows.
+typedef void (*DlConv3x3Fn)(const DlConv3x3* c, int64_t r0, int64_t r1);
+
 typedef struct DlKernels {
   void (*quantize_row)(const float* x, int64_t K, int64_t Kp, int8_t* q, float* scale, int32_t* sum);
   void (*binarize_row)(const float* x, int64_t K, int64_t Kp, uint8_t* bits, float* beta);
@@ -87,6 +107,7 @@ typedef struct DlKernels {
   DlGemmFn xnor;
   DlDepthwiseFn depthwise3x3;
   DlDepthwiseRowFn depthwise3x3_row;
+  DlConv3x3Fn conv3x3;
 } DlKernels;
 
 // Each returns NULL when the compiler could not build that instruction set.
@@ -220,6 +241,15 @@ int dl_xnor_mm(const uint8_t* xbits, int64_t M, int64_t K, const uint8_t* w, int
 // else -2 (also when the padded image is smaller than 3x3). Threads split output rows.
 int dl_depthwise3x3_nhwc(const float* x, int64_t B, int64_t H, int64_t W, int64_t C, int stride, int pad,
                          const float* w, const float* bias, float* y, int nthreads, float act_lo, float act_hi);
+
+// Dense 3x3 convolution, float32 (DlConv3x3 above: the arithmetic, and the input strides in
+// elements: NCHW is (C*H*W, W, 1, H*W), NHWC (H*W*C, W*C, C, 1)). w [3, 3, Cin, Cout] (the torch
+// weight [Cout, Cin, 3, 3] permuted to kh, kw, Cin, Cout), bias [Cout] or NULL, y
+// [B, Ho, Wo, Cout] channels last. stride 1 or 2, pad 0 or 1; else -2. Meant for few input
+// channels (the stem): each tap and input channel is one broadcast times a row of weights.
+int dl_conv3x3_nhwc(const float* x, int64_t B, int64_t H, int64_t W, int64_t Cin, int64_t sb, int64_t sh, int64_t sw,
+                    int64_t sc, int64_t Cout, int stride, int pad, const float* w, const float* bias, float* y,
+                    int nthreads, float act_lo, float act_hi);
 
 // One 1x1 ternary conv of a fused block: dl_ternary_linear's arguments without x, M and y
 // (w, scale_pos, scale_neg, bias as there; act_lo / act_hi: its clamp, +-INFINITY for none).

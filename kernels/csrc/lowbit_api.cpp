@@ -423,6 +423,32 @@ int dl_depthwise3x3_nhwc(const float* x, int64_t B, int64_t H, int64_t W, int64_
   return 0;
 }
 
+int dl_conv3x3_nhwc(const float* x, int64_t B, int64_t H, int64_t W, int64_t Cin, int64_t sb, int64_t sh, int64_t sw,
+                    int64_t sc, int64_t Cout, int stride, int pad, const float* w, const float* bias, float* y,
+                    int nthreads, float act_lo, float act_hi) {
+  if (B < 0 || H < 1 || W < 1 || Cin < 1 || Cout < 1 || (stride != 1 && stride != 2) || (pad != 0 && pad != 1) ||
+      H + 2 * pad < 3 || W + 2 * pad < 3)
+    return -2;
+  DlConv3x3 c;
+  c.x = x, c.B = B, c.H = H, c.W = W, c.Cin = Cin, c.Cout = Cout, c.sb = sb, c.sh = sh, c.sw = sw, c.sc = sc;
+  c.stride = stride, c.pad = pad, c.w = w, c.bias = bias, c.y = y;
+  c.Ho = (H + 2 * pad - 3) / stride + 1, c.Wo = (W + 2 * pad - 3) / stride + 1;
+  c.clamp = act_lo > -INFINITY || act_hi < INFINITY;
+  c.act_lo = act_lo, c.act_hi = act_hi;
+  const DlConv3x3Fn fn = kernels()->conv3x3;
+  const int64_t rows = B * c.Ho;
+  int nth = nthreads < 1 ? 1 : nthreads;
+  if (rows * c.Wo * Cout * Cin * 9 < (int64_t)1 << 21 || rows < 2) nth = 1;
+  if (nth == 1) {
+    fn(&c, 0, rows);
+    return 0;
+  }
+  const int64_t step = (rows + 4 * nth - 1) / (4 * nth);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
+  for (int64_t r = 0; r < rows; r += step) fn(&c, r, r + step < rows ? r + step : rows);
+  return 0;
+}
+
 int dl_inverted_residual_nhwc(const float* x, int64_t B, int64_t H, int64_t W, const DlPointwise* expand,
                               const float* dw_w, const float* dw_bias, int stride, float dw_lo, float dw_hi,
                               const DlPointwise* project, int residual, float* y, int nthreads) {

@@ -238,13 +238,14 @@ struct VDw16 {
 };
 
 TGT void depthwise3x3_z(const DlDepthwise* d, int64_t r0, int64_t r1) { dw3x3_rows<VDw16>(d, r0, r1); }
+TGT void conv3x3_z(const DlConv3x3* c, int64_t r0, int64_t r1) { conv3x3_rows<VDw16>(c, r0, r1); }
 TGT void depthwise3x3_z_row(const DlDepthwise* d, int64_t oh, const float* const* in, float* yrow) {
   int kh0, kh1;
   dw_taps(d, oh, &kh0, &kh1);
   dw3x3_row<VDw16>(d, in, kh0, kh1, yrow);
 }
 
-const DlKernels kTable = {quantize_row_z, binarize_row, ternary_z, binary_i8_z, xnor_z, depthwise3x3_z, depthwise3x3_z_row};
+const DlKernels kTable = {quantize_row_z, binarize_row, ternary_z, binary_i8_z, xnor_z, depthwise3x3_z, depthwise3x3_z_row, conv3x3_z};
 
 }  // namespace
 

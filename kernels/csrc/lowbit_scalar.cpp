@@ -116,13 +116,14 @@ struct V1 {
 };
 
 void depthwise3x3(const DlDepthwise* d, int64_t r0, int64_t r1) { dw3x3_rows<V1>(d, r0, r1); }
+void conv3x3(const DlConv3x3* c, int64_t r0, int64_t r1) { conv3x3_rows<V1>(c, r0, r1); }
 void depthwise3x3_row(const DlDepthwise* d, int64_t oh, const float* const* in, float* yrow) {
   int kh0, kh1;
   dw_taps(d, oh, &kh0, &kh1);
   dw3x3_row<V1>(d, in, kh0, kh1, yrow);
 }
 
-const DlKernels kTable = {quantize_row, binarize_row, ternary, binary_i8, xnor, depthwise3x3, depthwise3x3_row};
+const DlKernels kTable = {quantize_row, binarize_row, ternary, binary_i8, xnor, depthwise3x3, depthwise3x3_row, conv3x3};
 
 }  // namespace
 

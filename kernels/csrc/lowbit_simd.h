@@ -208,6 +208,7 @@ struct VDw8 {
 };
 
 TGT void depthwise3x3(const DlDepthwise* d, int64_t r0, int64_t r1) { dw3x3_rows<VDw8>(d, r0, r1); }
+TGT void conv3x3(const DlConv3x3* c, int64_t r0, int64_t r1) { conv3x3_rows<VDw8>(c, r0, r1); }
 TGT void depthwise3x3_row(const DlDepthwise* d, int64_t oh, const float* const* in, float* yrow) {
   int kh0, kh1;
   dw_taps(d, oh, &kh0, &kh1);
@@ -450,7 +451,7 @@ TGT void xnor(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
     drive<Xnor, 4, 1>(g, m0, m1, b0, b1);
 }
 
-const DlKernels kTable = {quantize_row, binarize_row, ternary, binary_i8, xnor, depthwise3x3, depthwise3x3_row};
+const DlKernels kTable = {quantize_row, binarize_row, ternary, binary_i8, xnor, depthwise3x3, depthwise3x3_row, conv3x3};
 #endif  // DL_OWN_TABLE
 
 }  // namespace
