@@ -67,14 +67,18 @@ class AllOps(nn.Module):
             ("depthwise_conv2d", 24, 24, dict(stride=1, pad=1, bias=True, act_min=0.0, act_max=6.0)),
             ("depthwise_conv2d", 13, 13, dict(stride=2, pad=0, bias=False)),
             # MobileNetV2 blocks: expand + residual (TTQ project), and no expand with stride 2
-            ("inverted_residual_cl", 16, 16, dict(mid=40, stride=1, residual=True, scale_neg=True, bias=True)),
-            ("inverted_residual_cl", 24, 20, dict(mid=None, stride=2, residual=False, bias=False)),
+            ("inverted_residual", 16, 16, dict(mid=40, stride=1, residual=True, scale_neg=True, bias=True)),
+            ("inverted_residual", 24, 20, dict(mid=None, stride=2, residual=False, bias=False)),
+            ("conv3x3", 3, 19, dict(stride=2, pad=1, bias=True, act_min=0.0, act_max=6.0)),  # a stem (channels-last in)
+            ("conv3x3", 5, 8, dict(stride=1, pad=0, bias=False)),  # NCHW in
         ]
         for i, (op, c, n, kw) in enumerate(self.calls):
             # (torch.export refuses None buffers: absent ones are simply not registered)
             if op == "depthwise_conv2d":
                 self.register_buffer(f"w{i}", torch.randn(3, 3, c, generator=g))
-            elif op == "inverted_residual_cl":
+            elif op == "conv3x3":
+                self.register_buffer(f"w{i}", torch.randn(3, 3, c, n, generator=g))
+            elif op == "inverted_residual":
                 mid = kw["mid"] or c
                 if kw["mid"]:
                     self.register_buffer(f"ew{i}", _ternary(mid, c, g))
@@ -86,7 +90,7 @@ class AllOps(nn.Module):
             else:
                 k = c * kw.get("ks", 1) ** 2
                 self.register_buffer(f"w{i}", _ternary(n, k, g) if op.startswith("ternary") else _binary(n, k, g))
-            if op != "depthwise_conv2d":
+            if op not in ("depthwise_conv2d", "conv3x3"):
                 self.register_buffer(f"s{i}", pos(n))
             if kw.get("scale_neg"):
                 self.register_buffer(f"n{i}", pos(n))
@@ -125,15 +129,16 @@ class AllOps(nn.Module):
         if op == "depthwise_conv2d":
             f = reference.depthwise3x3 if spec else impl.depthwise_conv2d
             return f(x, w, b, kw["stride"], kw["pad"], lo, hi)
-        if op == "inverted_residual_cl":
+        if op == "conv3x3":
+            return impl.conv3x3(x, w, b, kw["stride"], kw["pad"], lo, hi)
+        if op == "inverted_residual":
             ew, es, eb, dw, db = (getattr(self, f"{p}{i}", None) for p in ("ew", "es", "eb", "dw", "db"))
-            if not spec:
-                return impl.inverted_residual_cl(x, ew, es, None, eb, 0.0, 6.0, dw, db, kw["stride"], 0.0, 6.0,
-                                                 w, s, sn, b, None, None, kw["residual"])  # fmt: skip
-            y = x if ew is None else reference.ternary_conv2d(x, ew, 1, es, None, eb, act_min=0.0, act_max=6.0)
-            y = reference.depthwise3x3(y, dw, db, kw["stride"], 1, 0.0, 6.0)
-            y = reference.ternary_conv2d(y, w, 1, s, sn, b)
-            return x + y if kw["residual"] else y
+            if spec:
+                expand = None if ew is None else (ew, es, None, eb, 0.0, 6.0)
+                return reference.inverted_residual(x, expand, (dw, db, kw["stride"], 0.0, 6.0),
+                                                   (w, s, sn, b, None, None), kw["residual"])  # fmt: skip
+            return impl.inverted_residual(x, ew, es, None, eb, 0.0, 6.0, dw, db, kw["stride"], 0.0, 6.0,
+                                          w, s, sn, b, None, None, kw["residual"])  # fmt: skip
         ks, st, pad = [kw["ks"]] * 2, [kw["stride"]] * 2, [kw["pad"]] * 2
         if op == "ternary_conv2d_cl":
             f = reference.ternary_conv2d if spec else impl.ternary_conv2d_cl
@@ -256,9 +261,10 @@ def test_trained_ternary_student_pte_predicts_as_simulated(trained_twn, tmp_path
     program = lowbit_program(model, xv[:1])  # depthwise="project": the blocks as fused custom ops
     summary = program_summary(program)
     blocks = sum(1 for m in model.modules() if isinstance(getattr(m, "use_residual", None), bool))
-    # every block is one op, the last 1x1 conv another; stem, pooling and fp32 head on XNNPACK
-    assert summary["custom_ops"] == {"distill.inverted_residual_cl.out": blocks, "distill.ternary_conv2d_cl.out": 1}
-    assert summary["delegate_calls"] <= 3
+    # the stem, every block and the last 1x1 conv are one op each; pooling and the fp32 head on XNNPACK
+    assert summary["custom_ops"] == {"distill.conv3x3.out": 1, "distill.inverted_residual.out": blocks,
+                                     "distill.ternary_conv2d_cl.out": 1}  # fmt: skip
+    assert summary["delegate_calls"] <= 2
     # No layout changes or convolutions outside the delegates and the custom ops (the flatten of
     # the pooled [1, C, 1, 1] map stays out: one as_strided copy of C floats).
     assert not [op for op in summary["other_ops"] if any(t in op for t in ("permute", "copy", "conv"))
@@ -270,6 +276,6 @@ def test_trained_ternary_student_pte_predicts_as_simulated(trained_twn, tmp_path
     assert path.stat().st_size < fp32_bytes
     logits = run_lowbit(load_lowbit(path), xv, batch=1)
     assert (logits.argmax(1) == simulated.argmax(1)).all(), "the .pte must predict what the simulated student does"
-    # The packed layers are exact; the fp32 stem (XNNPACK) and depthwise convs (the project's kernel)
-    # round differently from the simulation's oneDNN convs.
+    # The packed layers are exact; the fp32 stem and depthwise convs (the project's kernels) round
+    # differently from the simulation's oneDNN convs.
     assert (logits - simulated).abs().median() < 1e-4

@@ -8,7 +8,8 @@
 // kernels/executorch/build.py; loaded once by kernels/executorch/runtime.py.
 //
 // Kernels: ternary/binary/xnor linears, ternary/binary(-xnor) convolutions, the depthwise 3x3
-// conv and the fused MobileNetV2 block (dl_depthwise3x3_nhwc, dl_inverted_residual_nhwc).
+// conv, the dense 3x3 stem conv and the fused MobileNetV2 block (dl_depthwise3x3_nhwc,
+// dl_conv3x3_nhwc, dl_inverted_residual_nhwc).
 //
 // Layout: the conv kernels take NCHW tensors in either dim order. A channels-last
 // input (what the packed convs and XNNPACK's convs produce) is already the rows of
@@ -312,6 +313,22 @@ Tensor& inverted_residual_out(KernelRuntimeContext& ctx, const Tensor& x, const 
   return out;
 }
 
+Tensor& conv3x3_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& weight, const OptTensor& bias,
+                    int64_t stride, int64_t padding, OptDouble act_min, OptDouble act_max, Tensor& out) {
+  ET_KERNEL_CHECK(ctx, x.dim() == 4 && weight.dim() == 4 && x.scalar_type() == ScalarType::Float &&
+                           weight.scalar_type() == ScalarType::Float && is_f32(bias), InvalidArgument, out);
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Cout = weight.size(3);
+  const int64_t Ho = (H + 2 * padding - 3) / stride + 1, Wo = (W + 2 * padding - 3) / stride + 1;
+  if (!nhwc_out(ctx, out, B, Cout, Ho, Wo)) return out;
+  // The kernel reads x through its strides (in elements): NHWC or NCHW, whichever x is.
+  const bool cl = channels_last(x);
+  const int64_t sb = C * H * W, sh = cl ? W * C : W, sw = cl ? C : 1, sc = cl ? 1 : H * W;
+  fail_rc(ctx, dl_conv3x3_nhwc(x.const_data_ptr<float>(), B, H, W, C, sb, sh, sw, sc, Cout, (int)stride, (int)padding,
+                               weight.const_data_ptr<float>(), fptr(bias), out.mutable_data_ptr<float>(),
+                               g_threads.load(), lo_of(act_min), hi_of(act_max)));
+  return out;
+}
+
 }  // namespace distill_et
 
 EXECUTORCH_LIBRARY(distill, "ternary_linear.out", distill_et::ternary_linear_out);
@@ -320,7 +337,8 @@ EXECUTORCH_LIBRARY(distill, "xnor_linear.out", distill_et::xnor_linear_out);
 EXECUTORCH_LIBRARY(distill, "ternary_conv2d_cl.out", distill_et::ternary_conv2d_out);
 EXECUTORCH_LIBRARY(distill, "binary_conv2d_cl.out", distill_et::binary_conv2d_out);
 EXECUTORCH_LIBRARY(distill, "depthwise_conv2d.out", distill_et::depthwise_conv2d_out);
-EXECUTORCH_LIBRARY(distill, "inverted_residual_cl.out", distill_et::inverted_residual_out);
+EXECUTORCH_LIBRARY(distill, "inverted_residual.out", distill_et::inverted_residual_out);
+EXECUTORCH_LIBRARY(distill, "conv3x3.out", distill_et::conv3x3_out);
 
 // Controls for Python (ctypes): the kernels' thread count (XNNPACK has its own
 // threadpool) and instruction set (this library's own copy of kernels/csrc).

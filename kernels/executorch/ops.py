@@ -5,9 +5,9 @@ writes into memory-planned buffers) and fails with "Missing out variants" withou
 This module adds ``distill::ternary_linear.out``, ``binary_linear.out`` and
 ``xnor_linear.out`` to the ops of kernels/ops.py (the schema is derived from theirs, so
 the two cannot drift apart), and defines the convolutions as single ops,
-``distill::ternary_conv2d_cl`` and ``distill::binary_conv2d_cl`` (+ ``.out``), and a
-whole MobileNetV2 block as ``distill::inverted_residual_cl``; ``depthwise_conv2d`` of
-kernels/ops.py gets its ``.out`` too. In
+``distill::ternary_conv2d_cl`` and ``distill::binary_conv2d_cl`` (+ ``.out``); the fp32
+ops of kernels/ops.py (``depthwise_conv2d``, ``conv3x3``, the fused MobileNetV2 block
+``inverted_residual``) get their ``.out`` too. In
 kernels/ops.py a packed conv is a composite of im2col views and a linear, which an
 exported graph would run as permute/pad/as_strided copies between the runtime kernels.
 As one op, the runtime kernel (lowbit_et.cpp) reads a channels-last input in place and
@@ -29,9 +29,9 @@ from kernels import ops
 _lib = torch.library.Library("distill", "FRAGMENT")
 
 # ops of kernels/ops.py that get an .out overload here
-KERNEL_OPS = ("ternary_linear", "binary_linear", "xnor_linear", "depthwise_conv2d")
+KERNEL_OPS = ("ternary_linear", "binary_linear", "xnor_linear", "depthwise_conv2d", "inverted_residual", "conv3x3")
 # ops defined here (each with its .out)
-OWN_OPS = ("ternary_conv2d_cl", "binary_conv2d_cl", "inverted_residual_cl")
+OWN_OPS = ("ternary_conv2d_cl", "binary_conv2d_cl")
 
 
 def _out_schema(functional: torch._C.FunctionSchema) -> str:
@@ -131,47 +131,6 @@ def binary_conv2d_cl(
 def _(x, w_packed, kernel_size, scale, bias, stride, padding, dilation, xnor=False, act_scale=True, act_min=None,
       act_max=None):  # fmt: skip
     return _channels_last_empty(x, scale.shape[0], *_conv_out_hw(x, kernel_size, stride, padding, dilation))
-
-
-@torch.library.custom_op("distill::inverted_residual_cl", mutates_args=())
-def inverted_residual_cl(
-    x: Tensor,
-    e_w: Tensor | None,
-    e_scale_pos: Tensor | None,
-    e_scale_neg: Tensor | None,
-    e_bias: Tensor | None,
-    e_min: float | None,
-    e_max: float | None,
-    dw_w: Tensor,
-    dw_bias: Tensor | None,
-    stride: int,
-    dw_min: float | None,
-    dw_max: float | None,
-    p_w: Tensor,
-    p_scale_pos: Tensor,
-    p_scale_neg: Tensor | None,
-    p_bias: Tensor | None,
-    p_min: float | None,
-    p_max: float | None,
-    residual: bool,
-) -> Tensor:
-    """A MobileNetV2 block as one op: [expand 1x1 ternary (e_*, None: none),] depthwise 3x3 (pad 1,
-    weight [3, 3, C]), project 1x1 ternary (p_*) [, + x]. Eager: the three ops in turn; the runtime
-    kernel is lowbit.h's dl_inverted_residual_nhwc, the same bits without the expanded tensor in memory."""
-    one, zero = (1, 1), (0, 0)
-    y = x
-    if e_w is not None:
-        y = ops.ternary_conv2d(y, e_w, one, e_scale_pos, e_scale_neg, e_bias, one, zero, one, e_min, e_max)
-    y = ops.depthwise_conv2d(y, dw_w, dw_bias, stride, 1, dw_min, dw_max)
-    y = ops.ternary_conv2d(y, p_w, one, p_scale_pos, p_scale_neg, p_bias, one, zero, one, p_min, p_max)
-    return _as_channels_last(x + y if residual else y)
-
-
-@inverted_residual_cl.register_fake
-def _(x, e_w, e_scale_pos, e_scale_neg, e_bias, e_min, e_max, dw_w, dw_bias, stride, dw_min, dw_max, p_w, p_scale_pos,
-      p_scale_neg, p_bias, p_min, p_max, residual):  # fmt: skip
-    h, w = x.shape[2], x.shape[3]
-    return _channels_last_empty(x, p_scale_pos.shape[0], (h - 1) // stride + 1, (w - 1) // stride + 1)
 
 
 for _name in (*KERNEL_OPS, *OWN_OPS):

@@ -31,10 +31,12 @@ from torch import Tensor, nn
 
 from kernels.packed_layers import (
     PackedBinaryConv2d,
+    PackedConv3x3,
     PackedDepthwiseConv2d,
     PackedInvertedResidual,
     PackedTernaryConv2d,
     fuse_activation,
+    fuse_inverted_residuals,
 )
 
 from ..export import export
@@ -76,55 +78,32 @@ class _BinaryConvOp(nn.Module):
         )  # fmt: skip
 
 
-class _InvertedResidualOp(nn.Module):
-    """A MobileNetV2 block of packed layers ([expand,] depthwise, project [+ x]) as the single op
-    ``distill::inverted_residual_cl`` (one dl_inverted_residual_nhwc call in the runtime)."""
-
-    def __init__(self, conv: nn.Sequential, residual: bool) -> None:
-        super().__init__()
-        self.conv, self.residual = conv, residual
-        # each stage of the exported block is its layer, possibly with the Identity modules export left
-        self.layers = [next(m for m in (s if isinstance(s, nn.Sequential) else [s]) if type(m) is not nn.Identity)
-                       for s in conv]  # fmt: skip
-
-    def forward(self, x: Tensor) -> Tensor:
-        *expand, dw, p = self.layers
-        e = expand[0] if expand else None
-        e_args = (None,) * 6 if e is None else (e.weight_packed, e.scale_pos, e.scale_neg, e.bias, e.act_min,
-                                                  e.act_max)  # fmt: skip
-        return torch.ops.distill.inverted_residual_cl(
-            x, *e_args, dw.weight, dw.bias, dw.stride, dw.act_min, dw.act_max, p.weight_packed, p.scale_pos,
-            p.scale_neg, p.bias, p.act_min, p.act_max, self.residual,
-        )  # fmt: skip
-
-
-def _project_depthwise(model: nn.Module) -> None:
-    """Depthwise 3x3 convs onto the project's kernel (PackedDepthwiseConv2d, the ReLU / ReLU6 after
-    each fused in), then each MobileNetV2 block of packed layers into one fused op (in place)."""
+def _project_kernels(model: nn.Module) -> None:
+    """The fp32 stem (dense 3x3) and depthwise 3x3 convs onto the project's kernels (PackedConv3x3,
+    PackedDepthwiseConv2d, the ReLU / ReLU6 after each fused in), then each MobileNetV2 block of
+    packed layers into one fused op (kernels.packed_layers.fuse_inverted_residuals), in place."""
     for parent in list(model.modules()):
         if not isinstance(parent, nn.Sequential):
             continue
         names = list(parent._modules)
         for i, name in enumerate(names):
             conv = parent._modules[name]
-            if not PackedDepthwiseConv2d.supports(conv):
+            cls = next((c for c in (PackedDepthwiseConv2d, PackedConv3x3) if c.supports(conv)), None)
+            if cls is None:
                 continue
-            dw = parent._modules[name] = PackedDepthwiseConv2d.from_conv(conv)
+            new = parent._modules[name] = cls.from_conv(conv)
             after = [n for n in names[i + 1 :] if type(parent._modules[n]) is not nn.Identity][:1]
             if after and type(parent._modules[after[0]]) in (nn.ReLU, nn.ReLU6, nn.Hardtanh):
-                fuse_activation(dw, parent._modules[after[0]])
+                fuse_activation(new, parent._modules[after[0]])
                 parent._modules[after[0]] = nn.Identity()
-    for parent in list(model.modules()):
-        for name, block in list(parent._modules.items()):
-            conv, residual = getattr(block, "conv", None), getattr(block, "use_residual", None)
-            if isinstance(residual, bool) and PackedInvertedResidual.fusable(conv):
-                parent._modules[name] = _InvertedResidualOp(conv, residual)
+    fuse_inverted_residuals(model)
 
 
 def lowbit_module(model: nn.Module, depthwise: str = "project") -> nn.Module:
     """The module torch.export traces: ``students.export(model)`` (unless ``model`` is already
     packed) with each packed conv calling its single-op form, and with ``depthwise="project"``
-    the depthwise convs and MobileNetV2 blocks on the project's kernels. ``model`` is untouched."""
+    the stem, the depthwise convs and MobileNetV2 blocks on the project's kernels (``"xnnpack"``:
+    those stay nn.Conv2d, for XNNPACK). ``model`` is untouched."""
     import kernels.executorch.ops  # noqa: F401  (defines the ops and .out overloads)
 
     if depthwise not in DEPTHWISE:
@@ -132,10 +111,8 @@ def lowbit_module(model: nn.Module, depthwise: str = "project") -> nn.Module:
     quantized = any(isinstance(m, QConv2d | QLinear) for m in model.modules())
     deployed = export(model) if quantized else _copy_eval(model)
     if depthwise == "project":
-        _project_depthwise(deployed)
+        _project_kernels(deployed)
     for name, m in list(deployed.named_modules()):
-        if isinstance(m, _InvertedResidualOp):
-            continue
         wrap = _TernaryConvOp if isinstance(m, PackedTernaryConv2d) else (
             _BinaryConvOp if isinstance(m, PackedBinaryConv2d) else None)  # fmt: skip
         if wrap is not None and not _inside_fused(deployed, name):
@@ -146,7 +123,7 @@ def lowbit_module(model: nn.Module, depthwise: str = "project") -> nn.Module:
 
 def _inside_fused(model: nn.Module, name: str) -> bool:
     parts = name.split(".")
-    return any(isinstance(model.get_submodule(".".join(parts[:i])), _InvertedResidualOp) for i in range(1, len(parts)))
+    return any(isinstance(model.get_submodule(".".join(parts[:i])), PackedInvertedResidual) for i in range(1, len(parts)))
 
 
 def _copy_eval(model: nn.Module) -> nn.Module:
