@@ -74,7 +74,7 @@ def compile_command(cxx: str, root: Path, output: Path, target_flags: Sequence[s
         cxx, *FLAGS, *target_flags,
         f"-I{include}", f"-I{include / 'executorch/runtime/core/portable_type/c10'}", f"-I{_cpu.CSRC}",
         *(str(s) for s in SOURCES),
-        f"-L{lib}", "-lexecutorch", f"-Wl,-rpath,{lib}",
+        f"-L{lib}", "-lexecutorch", "-lexecutorch_threadpool", f"-Wl,-rpath,{lib}",
         "-o", str(output),
     ]  # fmt: skip
 

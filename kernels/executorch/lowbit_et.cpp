@@ -30,6 +30,14 @@
 
 #include "lowbit.h"  // the C contract of kernels/csrc
 
+// ExecuTorch's threadpool (libexecutorch_threadpool.so; thread_parallel_interface.h declares it
+// under ET_USE_THREADPOOL): the one XNNPACK runs on, sized by _unsafe_reset_threadpool in Python.
+namespace executorch {
+namespace extension {
+int64_t get_thread_count();
+}  // namespace extension
+}  // namespace executorch
+
 namespace distill_et {
 
 using executorch::aten::ArrayRef;
@@ -40,7 +48,16 @@ using executorch::runtime::KernelRuntimeContext;
 using OptTensor = std::optional<Tensor>;
 using OptDouble = std::optional<double>;
 
-std::atomic<int> g_threads{1};
+// Threads for the packed kernels: 0 follows ExecuTorch's threadpool (so one setting sizes both
+// halves of a program); distill_et_set_num_threads(n > 0) pins it.
+std::atomic<int> g_threads{0};
+
+int threads() {
+  const int n = g_threads.load();
+  if (n > 0) return n;
+  const int64_t t = executorch::extension::get_thread_count();
+  return t < 1 ? 1 : (int)t;
+}
 
 const float* fptr(const OptTensor& t) { return t.has_value() ? t->const_data_ptr<float>() : nullptr; }
 
@@ -80,7 +97,7 @@ struct Gemm {
   float lo, hi;
 
   int operator()(const float* x, int64_t M, int64_t K, float* y) const {
-    const int nth = g_threads.load();
+    const int nth = threads();
     switch (kind) {
       case TERNARY:
         return dl_ternary_linear(x, M, K, w, N, sp, sn, bias, y, nth, lo, hi);
@@ -273,7 +290,7 @@ Tensor& depthwise_conv2d_out(KernelRuntimeContext& ctx, const Tensor& x, const T
   float* scratch;
   const float* xs = nhwc(x, &scratch);
   const int rc = xs ? dl_depthwise3x3_nhwc(xs, B, H, W, C, (int)stride, (int)padding, weight.const_data_ptr<float>(),
-                                           fptr(bias), out.mutable_data_ptr<float>(), g_threads.load(),
+                                           fptr(bias), out.mutable_data_ptr<float>(), threads(),
                                            lo_of(act_min), hi_of(act_max))
                     : -1;
   free(scratch);
@@ -306,7 +323,7 @@ Tensor& inverted_residual_out(KernelRuntimeContext& ctx, const Tensor& x, const 
   const int rc = xs ? dl_inverted_residual_nhwc(xs, B, H, W, e_w.has_value() ? &expand : nullptr,
                                                 dw_w.const_data_ptr<float>(), fptr(dw_bias), (int)stride,
                                                 lo_of(dw_min), hi_of(dw_max), &project, residual ? 1 : 0,
-                                                out.mutable_data_ptr<float>(), g_threads.load())
+                                                out.mutable_data_ptr<float>(), threads())
                     : -1;
   free(scratch);
   fail_rc(ctx, rc);
@@ -325,7 +342,7 @@ Tensor& conv3x3_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& we
   const int64_t sb = C * H * W, sh = cl ? W * C : W, sw = cl ? C : 1, sc = cl ? 1 : H * W;
   fail_rc(ctx, dl_conv3x3_nhwc(x.const_data_ptr<float>(), B, H, W, C, sb, sh, sw, sc, Cout, (int)stride, (int)padding,
                                weight.const_data_ptr<float>(), fptr(bias), out.mutable_data_ptr<float>(),
-                               g_threads.load(), lo_of(act_min), hi_of(act_max)));
+                               threads(), lo_of(act_min), hi_of(act_max)));
   return out;
 }
 
@@ -346,7 +363,7 @@ extern "C" __attribute__((visibility("default"))) void distill_et_set_num_thread
   distill_et::g_threads.store(n < 1 ? 1 : n);
 }
 extern "C" __attribute__((visibility("default"))) int distill_et_get_num_threads(void) {
-  return distill_et::g_threads.load();
+  return distill_et::threads();
 }
 extern "C" __attribute__((visibility("default"))) int distill_et_set_isa(int isa) { return dl_set_isa(isa); }
 extern "C" __attribute__((visibility("default"))) int distill_et_get_isa(void) { return dl_get_isa(); }

@@ -45,12 +45,20 @@ def load(path: str | Path | None = None) -> ctypes.CDLL:
 
 
 def set_num_threads(n: int) -> None:
-    """Threads for the packed kernels and for XNNPACK's threadpool (the runtime's other half)."""
+    """Threads for the whole program: ExecuTorch's threadpool (XNNPACK's), which the packed kernels
+    follow unless pinned with ``pin_kernel_threads``."""
     from executorch.extension.pybindings import portable_lib
 
-    load().distill_et_set_num_threads(int(n))
+    load()
     if portable_lib._threadpool_get_thread_count() != n:
         portable_lib._unsafe_reset_threadpool(int(n))
+
+
+def pin_kernel_threads(n: int | None) -> int:
+    """Pin the packed kernels' thread count (None: follow ExecuTorch's threadpool); returns the count in use."""
+    lib = load()
+    lib.distill_et_set_num_threads(0 if n is None else max(1, int(n)))
+    return lib.distill_et_get_num_threads()
 
 
 def set_isa(name: str | None) -> str:
