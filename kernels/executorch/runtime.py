@@ -45,11 +45,13 @@ def load(path: str | Path | None = None) -> ctypes.CDLL:
 
 
 def set_num_threads(n: int) -> None:
-    """Threads for the whole program: ExecuTorch's threadpool (XNNPACK's), which the packed kernels
-    follow unless pinned with ``pin_kernel_threads``."""
+    """Threads for the whole program: ExecuTorch's threadpool (XNNPACK's) and the packed kernels.
+
+    Unpinned, the kernels read the threadpool's size themselves; but after a program has run,
+    that read was seen to stay at its earlier value (executorch 1.5.1), so this pins them too."""
     from executorch.extension.pybindings import portable_lib
 
-    load()
+    pin_kernel_threads(n)
     if portable_lib._threadpool_get_thread_count() != n:
         portable_lib._unsafe_reset_threadpool(int(n))
 
