@@ -112,6 +112,9 @@ def lowbit_module(model: nn.Module, depthwise: str = "project") -> nn.Module:
     deployed = export(model) if quantized else _copy_eval(model)
     if depthwise == "project":
         _project_kernels(deployed)
+    for m in deployed.modules():  # XNNPACK lays out its own weights and refuses channels-last ones
+        if type(m) is nn.Conv2d:
+            m.weight.data = m.weight.data.contiguous()
     for name, m in list(deployed.named_modules()):
         wrap = _TernaryConvOp if isinstance(m, PackedTernaryConv2d) else (
             _BinaryConvOp if isinstance(m, PackedBinaryConv2d) else None)  # fmt: skip
