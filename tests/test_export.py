@@ -25,6 +25,7 @@ from distill.data import load_split
 from distill.data.meta import load_meta
 from kernels.packed_layers import PACKED_LAYERS, PackedInvertedResidual, load_packed
 from students.export import BinaryInputConv2d
+from tests.trained_students import train_simulated
 
 ARCH = {"name": "mobilenet_v2", "num_classes": 10, "in_chans": 1, "variant": "cifar", "width_mult": 0.25}
 SCHEMES = ("twn", "ttq", "binary-connect", "xnor")
@@ -50,21 +51,7 @@ def trained(digits):
     models = {}
     for scheme in SCHEMES:
         steps = STEPS if scheme != "xnor" else STEPS // 2  # slow to train, and exact anyway
-        torch.manual_seed(0)
-        model = students.quantize(students.create_model(**ARCH), scheme).train()
-        students.simulate_export(model)
-        opt = torch.optim.Adam(model.parameters(), LR)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, LR, total_steps=steps)
-        g = torch.Generator().manual_seed(0)
-        for _ in range(steps):
-            idx = torch.randint(0, len(xt), (BATCH,), generator=g)
-            loss = F.cross_entropy(model(xt[idx]), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            students.clip_latent_(model)
-        models[scheme] = model.eval()
+        models[scheme] = train_simulated(scheme, ARCH, xt, yt, steps, BATCH, LR)
     return models
 
 

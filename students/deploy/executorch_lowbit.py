@@ -1,0 +1,211 @@
+"""A ternary/binary student as an ExecuTorch program: packed layers as custom kernels, the rest on XNNPACK.
+
+    pte = export_lowbit(qmodel, example, "student.pte")     # qmodel: quantize(...) and trained
+    method = load_lowbit(pte)                               # loads kernels/executorch once, then the program
+    logits = method.execute([x])[0]
+
+``students.export`` turns the trained model into packed layers (BN folded, ReLU / ReLU6
+fused). Here each packed layer becomes one ``distill::`` op (kernels/executorch/ops.py):
+linears as ``ternary_linear`` / ``binary_linear`` / ``xnor_linear``, convolutions as
+``ternary_conv2d_cl`` / ``binary_conv2d_cl``, whose runtime kernels (lowbit_et.cpp) run the
+same C kernels as the packed torch module, so the program computes the packed module's
+numbers. Everything else (the fp32 stem, depthwise convs, pooling, adds, an fp32 head)
+goes to XNNPACK (``delegate="xnnpack"``) or stays on ExecuTorch's portable kernels
+(``delegate="portable"``, a baseline for what XNNPACK buys).
+
+Layout: the program's tensors are NCHW in channels-last memory throughout (the deployed
+model's conv weights are channels-last, and the packed convs return channels-last), so
+XNNPACK takes its inputs and gives its outputs in NHWC and inserts no transposes at the
+partition boundaries, and the custom kernels read and write NHWC in place. ``program_summary``
+counts delegate calls, custom-op calls and every other op left outside the delegates.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kernels.packed_layers import (
+    PackedBinaryConv2d,
+    PackedConv3x3,
+    PackedDepthwiseConv2d,
+    PackedInvertedResidual,
+    PackedTernaryConv2d,
+    fuse_activation,
+    fuse_inverted_residuals,
+)
+
+from ..export import export
+from ..qlayers import QConv2d, QLinear
+
+__all__ = ["DELEGATES", "export_lowbit", "load_lowbit", "lowbit_module", "program_summary", "run_lowbit"]
+
+DELEGATES = ("xnnpack", "portable")
+DEPTHWISE = ("project", "xnnpack")  # who runs the depthwise convs (default: the first)
+
+
+class _TernaryConvOp(nn.Module):
+    """A PackedTernaryConv2d as the single op ``distill::ternary_conv2d_cl`` (same buffers)."""
+
+    def __init__(self, layer: PackedTernaryConv2d) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = self.layer
+        return torch.ops.distill.ternary_conv2d_cl(
+            x, m.weight_packed, list(m.kernel_size), m.scale_pos, m.scale_neg, m.bias, list(m.stride),
+            list(m.padding), list(m.dilation), m.act_min, m.act_max,
+        )  # fmt: skip
+
+
+class _BinaryConvOp(nn.Module):
+    """A PackedBinaryConv2d as the single op ``distill::binary_conv2d_cl``."""
+
+    def __init__(self, layer: PackedBinaryConv2d) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = self.layer
+        return torch.ops.distill.binary_conv2d_cl(
+            x, m.weight_packed, list(m.kernel_size), m.scale_pos, m.bias, list(m.stride), list(m.padding),
+            list(m.dilation), m.binary_activations, m.act_scale, m.act_min, m.act_max,
+        )  # fmt: skip
+
+
+def _project_kernels(model: nn.Module) -> None:
+    """The fp32 stem (dense 3x3) and depthwise 3x3 convs onto the project's kernels (PackedConv3x3,
+    PackedDepthwiseConv2d, the ReLU / ReLU6 after each fused in), then each MobileNetV2 block of
+    packed layers into one fused op (kernels.packed_layers.fuse_inverted_residuals), in place."""
+    for parent in list(model.modules()):
+        if not isinstance(parent, nn.Sequential):
+            continue
+        names = list(parent._modules)
+        for i, name in enumerate(names):
+            conv = parent._modules[name]
+            cls = next((c for c in (PackedDepthwiseConv2d, PackedConv3x3) if c.supports(conv)), None)
+            if cls is None:
+                continue
+            new = parent._modules[name] = cls.from_conv(conv)
+            after = [n for n in names[i + 1 :] if type(parent._modules[n]) is not nn.Identity][:1]
+            if after and type(parent._modules[after[0]]) in (nn.ReLU, nn.ReLU6, nn.Hardtanh):
+                fuse_activation(new, parent._modules[after[0]])
+                parent._modules[after[0]] = nn.Identity()
+    fuse_inverted_residuals(model)
+
+
+def lowbit_module(model: nn.Module, depthwise: str = "project") -> nn.Module:
+    """The module torch.export traces: ``students.export(model)`` (unless ``model`` is already
+    packed) with each packed conv calling its single-op form, and with ``depthwise="project"``
+    the stem, the depthwise convs and MobileNetV2 blocks on the project's kernels (``"xnnpack"``:
+    those stay nn.Conv2d, for XNNPACK). ``model`` is untouched."""
+    import kernels.executorch.ops  # noqa: F401  (defines the ops and .out overloads)
+
+    if depthwise not in DEPTHWISE:
+        raise ValueError(f"export_lowbit: depthwise={depthwise!r}; choose one of {list(DEPTHWISE)}")
+    quantized = any(isinstance(m, QConv2d | QLinear) for m in model.modules())
+    deployed = export(model) if quantized else _copy_eval(model)
+    if depthwise == "project":
+        _project_kernels(deployed)
+    for m in deployed.modules():  # XNNPACK lays out its own weights and refuses channels-last ones
+        if type(m) is nn.Conv2d:
+            m.weight.data = m.weight.data.contiguous()
+    for name, m in list(deployed.named_modules()):
+        wrap = _TernaryConvOp if isinstance(m, PackedTernaryConv2d) else (
+            _BinaryConvOp if isinstance(m, PackedBinaryConv2d) else None)  # fmt: skip
+        if wrap is not None and not _inside_fused(deployed, name):
+            parent, _, child = name.rpartition(".")
+            setattr(deployed.get_submodule(parent) if parent else deployed, child, wrap(m))
+    return deployed.eval()
+
+
+def _inside_fused(model: nn.Module, name: str) -> bool:
+    parts = name.split(".")
+    return any(isinstance(model.get_submodule(".".join(parts[:i])), PackedInvertedResidual) for i in range(1, len(parts)))
+
+
+def _copy_eval(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).float().eval().to(memory_format=torch.channels_last)
+
+
+def lowbit_program(model: nn.Module, example_input: Tensor, delegate: str = "xnnpack", depthwise: str = "project") -> Any:
+    """The ExecuTorch program manager (``.buffer``, ``.exported_program()``) of ``model``."""
+    if delegate not in DELEGATES:
+        raise ValueError(f"export_lowbit: unknown delegate {delegate!r}; choose one of {list(DELEGATES)}")
+    try:
+        from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+    except ImportError as e:
+        raise RuntimeError(f"export_lowbit: executorch is not installed ({e}); pip install executorch") from e
+    module = lowbit_module(model, depthwise)
+    with torch.no_grad():
+        ep = torch.export.export(module, (example_input.float(),))
+    partitioners = []
+    if delegate == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        partitioners = [XnnpackPartitioner()]
+    # The distill:: ops are not core ATen: the edge dialect's IR check would refuse them.
+    config = EdgeCompileConfig(_check_ir_validity=False)
+    edge = to_edge_transform_and_lower(ep, partitioner=partitioners, compile_config=config)
+    return edge.to_executorch()
+
+
+def export_lowbit(model: nn.Module, example_input: Tensor, path: str | Path, delegate: str = "xnnpack",
+                  depthwise: str = "project") -> Path:
+    """Write ``model`` (a trained quantized student, or its packed export) as a .pte file.
+
+    ``example_input``: a batch of the shape the program will run (shapes are static).
+    """
+    program = lowbit_program(model, example_input, delegate, depthwise)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(program.buffer)
+    tmp.replace(path)  # atomic
+    return path
+
+
+def program_summary(program: Any) -> dict[str, Any]:
+    """What the program runs, call by call: delegate calls, distill:: custom ops, and every other
+    op outside a delegate (glue such as copies; ``alloc`` nodes are memory planning, not calls)."""
+    calls: Counter[str] = Counter()
+    for node in program.exported_program().graph.nodes:
+        target = str(node.target)
+        if node.op != "call_function" or "getitem" in target or "alloc" in target:
+            continue
+        calls[target.split("::")[-1] if "distill" in target else node.name.rstrip("0123456789_")] += 1
+    delegate = "executorch_call_delegate"
+    custom = {k: v for k, v in calls.items() if k.startswith("distill.")}
+    return {"delegate_calls": calls.pop(delegate, 0), "custom_ops": custom,
+            "other_ops": {k: v for k, v in calls.items() if k not in custom}}  # fmt: skip
+
+
+def load_lowbit(path: str | Path) -> Any:
+    """The program's ``forward`` method in executorch.runtime, with the distill kernels loaded."""
+    from kernels.executorch import runtime as et_kernels
+
+    et_kernels.load()  # after executorch.runtime, before load_method; once per process
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(Path(path)).load_method("forward")
+    if method is None:
+        raise RuntimeError(f"{path}: the program has no forward method")
+    return method
+
+
+def run_lowbit(method: Any, x: Tensor, batch: int) -> Tensor:
+    """Logits of ``x`` [n, ...] through a program exported at batch size ``batch`` (last chunk padded)."""
+    outs = []
+    for i in range(0, x.shape[0], batch):
+        chunk = x[i : i + batch].float()
+        n = chunk.shape[0]
+        if n < batch:
+            chunk = torch.cat([chunk, chunk.new_zeros((batch - n, *chunk.shape[1:]))])
+        outs.append(method.execute([chunk.contiguous()])[0][:n].clone())
+    return torch.cat(outs)
