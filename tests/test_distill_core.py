@@ -255,7 +255,7 @@ def test_resume_matches_uninterrupted_run(job):
 def test_eval_cli_reports_a_saved_student(job):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     packed = job.tmp / "packed" / "student.pt"
-    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "distill"), "eval", str(job.run_dir), "--json",
+    proc = subprocess.run([sys.executable, "-m", "distill.cli", "eval", str(job.run_dir), "--json",
                            "--export", str(packed)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
