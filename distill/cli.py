@@ -12,9 +12,11 @@ from pathlib import Path
 
 from cluster.placement import ClusterError
 from distill.data import DataError
+from distill.deployment import add_export_command, cmd_export
 from distill.evaluate import add_eval_command, cmd_eval
 from distill.launch import JOB_COMMANDS, add_job_commands
 from distill.spec import SpecError
+from students.deploy import DeployError
 
 SET_HELP = "override a spec field, e.g. --set trainer.epochs=3 (repeatable; values parsed as YAML)"
 
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue from the run folder's last checkpoint (same optimizer and step)")
     add_job_commands(sub, _add_spec_args)
     add_eval_command(sub)
+    add_export_command(sub)
 
     teach = sub.add_parser("teach", help="run the teachers once over the training set and store soft labels",
                            description="Offline teaching: serve the spec's teachers as Ray actors, run them "
@@ -160,14 +163,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "teachers": _cmd_teachers, "data": _cmd_data, "students": _cmd_students,
-            "eval": cmd_eval, "teach": _cmd_teach, **JOB_COMMANDS}
+            "eval": cmd_eval, "export": cmd_export, "teach": _cmd_teach, **JOB_COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (SpecError, DataError, ClusterError) as exc:
+    except (SpecError, DataError, ClusterError, DeployError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
