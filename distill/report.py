@@ -159,3 +159,8 @@ def print_report(report: dict, console: Console | None = None) -> None:
                   _fmt_bytes(s.get("bytes")), _fmt_int(s["macs"]), f"{s['latency_ms']:.3f}", "1.00", "1.00",
                   style="bold")
     console.print(table)
+    if report.get("exports"):
+        from distill.deployment import summary_line
+
+        for entry in report["exports"]:
+            console.print(summary_line(entry), highlight=False, soft_wrap=True)

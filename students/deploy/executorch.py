@@ -55,12 +55,13 @@ def to_executorch(model: nn.Module, example: Tensor, path: str | Path, *,
     one = example[:1].contiguous()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        if calibration is not None:
+        model = model.eval()
+        if calibration is not None:  # the PT2E graph module refuses .eval(): it is already in eval form
             from .int8 import pt2e_int8
 
             model = pt2e_int8(model, example, calibration)
         try:
-            program = torch.export.export(model.eval() if isinstance(model, nn.Module) else model, (one,))
+            program = torch.export.export(model, (one,))
             edge = exir.to_edge_transform_and_lower(program, partitioner=partitioners or [XnnpackPartitioner()])
             delegation = delegation_of(edge.exported_program().graph_module)
             path.write_bytes(edge.to_executorch().buffer)
