@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, digits_root):
-    return short_run(tmp_path_factory.mktemp("deploy") / "run", digits_root, options={"alpha": 0.25}, steps=120)
+    return short_run(tmp_path_factory.mktemp("deploy") / "run", digits_root, options={"alpha": 0.25}, steps=200, lr=1e-2)
 
 
 def export(run, capsys, *args: str) -> dict:

@@ -4,7 +4,8 @@
 ``load(path, threads)`` gives a ``Runner``: call it on a float batch, get float logits. Thread
 counts are the runtime's own: an onnxruntime session is built with ``intra_op_num_threads``;
 ExecuTorch's XNNPACK delegate shares one process-wide threadpool, resized before a call when it
-differs; the packed file runs on torch's intra-op threads.
+differs; the packed file runs on torch's intra-op threads, likewise resized (not restored: the
+caller that times several runners sets the count once per block, see distill.deployment).
 """
 
 from __future__ import annotations
@@ -72,12 +73,13 @@ def _executorch(path: Path, threads: int) -> Runner:
     rt = require("executorch.runtime", f"running {path.name}")
     from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
 
-    try:
-        method = rt.Runtime.get().load_program(path).load_method("forward")
+    try:  # the program owns the method's memory arenas: keep it alive as long as the method
+        program = rt.Runtime.get().load_program(path)
+        method = program.load_method("forward")
     except Exception as exc:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError variants
         raise DeployError(f"{path}: ExecuTorch cannot load it: {str(exc).strip().splitlines()[0]}") from None
 
-    def run(x: Tensor) -> Tensor:
+    def run(x: Tensor, _program: object = program) -> Tensor:
         if _threadpool_get_thread_count() != threads:
             _unsafe_reset_threadpool(threads)
         return method.execute([x.contiguous()])[0]
@@ -94,12 +96,9 @@ def _packed(path: Path, threads: int) -> Runner:
         raise DeployError(f"{path}: not a packed student file: {str(exc).strip().splitlines()[0]}") from None
 
     def run(x: Tensor) -> Tensor:
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            with torch.inference_mode():
-                return model(x)
-        finally:
-            torch.set_num_threads(before)
+        if torch.get_num_threads() != threads:  # torch's pool is process-wide: resized, not restored
+            torch.set_num_threads(threads)
+        with torch.inference_mode():
+            return model(x)
 
     return Runner(path, "torch", run, None)
