@@ -87,20 +87,9 @@ def _lowbit(model: nn.Module, example: Tensor, path: Path, calib: list[Tensor]) 
         from students.deploy.executorch_lowbit import export_lowbit, load_lowbit
     except ImportError as exc:
         raise Unavailable(f"students.deploy.executorch_lowbit not available ({exc})") from None
-    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
-
     export_lowbit(model, example[:1], path)
-    method = load_lowbit(path)  # loads the custom kernels once, before the program
-
-    def load(threads: int) -> deploy.Runner:
-        def run(x: Tensor) -> Tensor:
-            if _threadpool_get_thread_count() != threads:
-                _unsafe_reset_threadpool(threads)
-            return method.execute([x.contiguous()])[0]
-
-        return deploy.Runner(path, "executorch", run, batch=1)
-
-    return load
+    load_lowbit(path)  # registers the custom kernels (once per process); then any runner loads the file
+    return lambda t: deploy.load(path, threads=t)
 
 
 FORMS: list[Form] = [

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import torch
 import yaml
-from torch import nn
 
-import students
+from benchmarks.export import train
 from distill.checks import check_student
 from distill.data import load_split
 from distill.data.meta import load_meta
@@ -31,17 +30,7 @@ def short_run(run_dir: Path, digits_root: Path, *, arch: str = "mobilenet_v1", o
     model = check_student(spec, meta).train()
     x, y = load_split(digits_root, meta, "train")
     torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (64,), generator=g)
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        students.clip_latent_(model)
+    train(model, x, y, steps, batch=64, lr=lr)  # Adam, one-cycle: real weights and BN statistics
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     torch.save(model.state_dict(), run_dir / "student.pt")

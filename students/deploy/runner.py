@@ -3,9 +3,10 @@
 
 ``load(path, threads)`` gives a ``Runner``: call it on a float batch, get float logits. Thread
 counts are the runtime's own: an onnxruntime session is built with ``intra_op_num_threads``;
-ExecuTorch's XNNPACK delegate shares one process-wide threadpool, resized before a call when it
-differs; the packed file runs on torch's intra-op threads, likewise resized (not restored: the
-caller that times several runners sets the count once per block, see distill.deployment).
+ExecuTorch's XNNPACK delegate shares one process-wide threadpool, resized when a runner needs
+another size (a runner loaded before a resize loads its program again: ``_executorch_pool``);
+the packed file runs on torch's intra-op threads, likewise resized (not restored: a caller
+that times several runners sets the count once per block, see distill.deployment).
 """
 
 from __future__ import annotations
@@ -69,21 +70,41 @@ def _onnxruntime(path: Path, threads: int) -> Runner:
     return Runner(path, "onnxruntime", run, None)
 
 
-def _executorch(path: Path, threads: int) -> Runner:
-    rt = require("executorch.runtime", f"running {path.name}")
+_ET_POOL = {"generation": 0}  # bumped at every resize of ExecuTorch's process-wide threadpool
+
+
+def _executorch_pool(threads: int) -> int:
+    """Resize ExecuTorch's threadpool to ``threads`` if it differs; returns the pool's generation.
+
+    A loaded XNNPACK delegate keeps a pointer to the pool that existed when its method was loaded,
+    and ``_unsafe_reset_threadpool`` frees that pool: a method loaded before a resize must not run
+    after it (it corrupts the heap). So the runner reloads its program when the generation moved."""
     from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
 
-    try:  # the program owns the method's memory arenas: keep it alive as long as the method
-        program = rt.Runtime.get().load_program(path)
-        method = program.load_method("forward")
-    except Exception as exc:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError variants
-        raise DeployError(f"{path}: ExecuTorch cannot load it: {str(exc).strip().splitlines()[0]}") from None
+    if _threadpool_get_thread_count() != threads:
+        _unsafe_reset_threadpool(threads)
+        _ET_POOL["generation"] += 1
+    return _ET_POOL["generation"]
 
-    def run(x: Tensor, _program: object = program) -> Tensor:
-        if _threadpool_get_thread_count() != threads:
-            _unsafe_reset_threadpool(threads)
-        return method.execute([x.contiguous()])[0]
 
+def _executorch(path: Path, threads: int) -> Runner:
+    rt = require("executorch.runtime", f"running {path.name}")
+    loaded: dict[str, object] = {}
+
+    def load_method() -> None:
+        loaded["generation"] = _executorch_pool(threads)  # resize first: the delegates bind the pool now
+        try:  # the program owns the method's memory arenas: keep it alive as long as the method
+            loaded["program"] = rt.Runtime.get().load_program(path)
+            loaded["method"] = loaded["program"].load_method("forward")
+        except Exception as exc:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError variants
+            raise DeployError(f"{path}: ExecuTorch cannot load it: {str(exc).strip().splitlines()[0]}") from None
+
+    def run(x: Tensor) -> Tensor:
+        if loaded["generation"] != _executorch_pool(threads):
+            load_method()
+        return loaded["method"].execute([x.contiguous()])[0]
+
+    load_method()
     return Runner(path, "executorch", run, 1)
 
 
