@@ -48,7 +48,7 @@ from torch import nn
 import students
 from kernels import _cpu
 
-SCHEMES = ("twn", "ttq", "binary-connect", "xnor")
+SCHEMES = tuple(students.schemes_with("packed"))  # the schemes with a packed form
 
 
 def _time(fn, x: torch.Tensor, reps: int) -> tuple[float, float]:

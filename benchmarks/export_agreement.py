@@ -36,17 +36,18 @@ import torch
 from torch import nn
 
 import students
-from distill.evaluate import _logits, load_student
+from distill.evaluate import load_student
+from distill.stages import logits_of
 
 RESULTS = Path(__file__).parent / "results" / "export_agreement.jsonl"
 
 
 def agreement(run: Path, exact: nn.Module, floating: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[dict]:
     top = {
-        "exact": _logits(exact, x).argmax(1),
-        "packed": _logits(students.export(exact), x).argmax(1),
-        "float": _logits(floating, x).argmax(1),
-        "float64": _logits(floating.double(), x.double()).argmax(1),
+        "exact": logits_of(exact, x).argmax(1),
+        "packed": logits_of(students.export(exact), x).argmax(1),
+        "float": logits_of(floating, x).argmax(1),
+        "float64": logits_of(floating.double(), x.double()).argmax(1),
     }
     rows = []
     for compare, a, b in (("exact_vs_packed", "exact", "packed"), ("float_vs_packed", "float", "packed"),

@@ -49,6 +49,7 @@ def fit(train_fn: Callable[[dict], None], config: dict[str, Any], *, num_workers
         os.environ[timeout_var] = str(placement_timeout_s)
         failure = FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures)
     bundle = worker_bundle(cpus_per_worker, use_gpu, resources_per_worker)
+    _warm_autoscaling_coordinator(placement_timeout_s)
     trainer = TorchTrainer(
         train_fn,
         train_loop_config=config,
@@ -76,6 +77,30 @@ def fit(train_fn: Callable[[dict], None], config: dict[str, Any], *, num_workers
             os.environ.pop(timeout_var, None)
         else:
             os.environ[timeout_var] = saved
+
+
+def _warm_autoscaling_coordinator(timeout_s: float | None) -> None:
+    """Start Ray Train's autoscaling coordinator before Ray Train needs it.
+
+    The controller registers its resource request with a detached actor it
+    creates on first use and waits only 5 s for the answer. A cold actor is a
+    new Python process: on a loaded 2-core machine it takes longer, and Ray
+    logs a "Failed to send resource request" traceback into a run that then
+    goes on fine. Created here and awaited, the controller finds it running.
+    The coordinator is a Ray internal, hence the guards: without it, nothing to do.
+    """
+    import ray
+
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:
+        return
+    try:
+        ray.get(get_or_create_autoscaling_coordinator().__ray_ready__.remote(), timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - only a head start: Ray Train creates it itself if this could not
+        return
 
 
 def fingerprint(path: str | Path | None) -> str | None:

@@ -17,6 +17,12 @@ epoch's steps). The training data of each epoch is a pure function of
 (seed, rank, epoch), so a run resumed from the end of epoch e sees exactly
 the batches an uninterrupted run sees from epoch e+1 on; a run stopped mid-
 epoch loses (and redoes) that epoch's partial work.
+
+A checkpoint can still be damaged after it was published (a disk, a copy, a
+person). ``resumable_checkpoint`` checks each candidate before a resume uses
+it - every ``torch.save`` file is a zip archive whose members carry CRCs, and
+a DeepSpeed folder's ``latest`` must name its tag folder - and falls back from
+``last`` to the best one, saying which file was damaged.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +72,44 @@ def last_checkpoint(ckpt_dir: str | Path) -> str | None:
         if path.exists():
             return str(path)
     return None
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why the checkpoint (a file, or a DeepSpeed folder) cannot be resumed from; None when intact."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(path.rglob("*.pt"))
+    if path.is_dir():
+        latest = path / "latest"
+        if latest.is_file():
+            tag = latest.read_bytes().decode("utf-8", "replace").strip()
+            if not tag.isprintable() or not (path / tag).is_dir():
+                return f"{latest}: names tag {tag[:40]!r}, which is not a folder of {path}"
+        if not files:
+            return f"{path}: holds no checkpoint files"
+    for f in files:
+        try:
+            with zipfile.ZipFile(f) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            return f"{f}: not a readable torch checkpoint ({exc})"
+        if bad is not None:
+            return f"{f}: damaged (member {bad} fails its checksum)"
+    return None
+
+
+def resumable_checkpoint(ckpt_dir: str | Path) -> tuple[str | None, list[str]]:
+    """The newest intact checkpoint (``last``, its ``.old`` twin, then ``best``) and the problems of the
+    damaged ones passed over, newest first."""
+    last = Path(ckpt_dir) / "last.ckpt"
+    damaged = []
+    for path in (last, _old(last), Path(ckpt_dir) / "best.ckpt"):
+        if not path.exists():
+            continue
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path), damaged
+        damaged.append(problem)
+    return None, damaged
 
 
 def _partial(path: Path) -> Path:

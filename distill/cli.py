@@ -13,6 +13,7 @@ from pathlib import Path
 from cluster.placement import ClusterError
 from distill.data import DataError
 from distill.deployment import add_export_command, cmd_export
+from distill.errors import RunFailed
 from distill.evaluate import add_eval_command, cmd_eval
 from distill.launch import JOB_COMMANDS, add_job_commands
 from distill.spec import SpecError
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--mean", type=float, nargs="+", help="fixed per-channel normalization mean for meta.json "
                                                             "(default: the training split's own)")
     pack.add_argument("--std", type=float, nargs="+", help="fixed per-channel normalization std (with --mean)")
+    pack.add_argument("--on-corrupt", choices=("fail", "skip"), default="fail",
+                      help="an unreadable image: stop naming it (default), or leave it out and count it")
     zoo = sub.add_parser("students", help="list the student zoo with parameters, MACs and bytes per precision",
                          description="List every registered student architecture with its parameters, "
                                      "mult-adds (counted with torch's FlopCounterMode) and storage bytes at "
@@ -156,7 +159,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
         raise DataError("--mean and --std go together")
     normalize = (args.mean, args.std) if args.mean is not None else None
     meta = pack_source(args.src, args.dst, shard_size=args.shard_size, val_per_class=args.val_per_class,
-                       normalize=normalize)
+                       normalize=normalize, on_corrupt=args.on_corrupt)
     print(f"{args.dst}: {meta.count('train')} train / {meta.count('val')} val samples, "
           f"{meta.num_classes} classes, {meta.channels}x{meta.image_size}x{meta.image_size}")
     return 0
@@ -173,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, DataError, ClusterError, DeployError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; Ray was shut down (a run continues from its last checkpoint with --resume)",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -19,40 +19,8 @@ import torch
 from torch import nn
 
 from distill.data import DatasetMeta, load_split
-from distill.report import build_report, model_entry
 from distill.spec import JobSpec, SpecError, load_spec
-from teachers.ensemble import combine_probs
-
-
-def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    with torch.inference_mode():
-        return torch.cat([model(xb).float() for xb in x.split(512)])
-
-
-def evaluate_models(spec: JobSpec, root: Path, meta: DatasetMeta, student: nn.Module,
-                    teacher_models: dict[str, nn.Module],
-                    teacher_logits: list[torch.Tensor] | None = None) -> dict:
-    """The report for ``student`` and the spec's teachers on the validation split.
-
-    ``teacher_logits`` (one ``[N, C]`` per teacher, spec order) are the served
-    answers when the caller has them; otherwise the local teacher models run.
-    """
-    x_val, y_val = load_split(root, meta, "val")
-    shape = (meta.channels, meta.image_size, meta.image_size)
-    student_entry = model_entry(spec.student.arch, student, _logits(student, x_val), y_val, shape)
-    members = [m for m in spec.teachers.members if m.name in teacher_models]
-    if teacher_logits is None:
-        teacher_logits = [_logits(teacher_models[m.name], x_val) for m in members]
-    teachers = [model_entry(m.name, teacher_models[m.name], z, y_val, shape)
-                for m, z in zip(members, teacher_logits, strict=True)]
-    ens = combine_probs(teacher_logits, [m.weight for m in members], 1.0,
-                        spec.teachers.combine) if teacher_logits else None
-    return build_report(spec.name, teachers, ens, student_entry, y_val,
-                        extra={"val_samples": len(y_val), "dataset": meta.source})
-
-
-PACKED_SCHEMES = ("twn", "ttq", "binary-connect", "xnor")
+from distill.stages import evaluate_models, logits_of, prepare_data
 
 
 def export_entry(spec: JobSpec, root: Path, meta: DatasetMeta, student: nn.Module, path: Path) -> dict[str, Any]:
@@ -62,17 +30,17 @@ def export_entry(spec: JobSpec, root: Path, meta: DatasetMeta, student: nn.Modul
     import students
     from distill.report import latency_ms
 
-    q = spec.student.quantization
-    if q is None or q.scheme not in PACKED_SCHEMES:
+    q, packed = spec.student.quantization, students.schemes_with("packed")
+    if q is None or q.scheme not in packed:
         raise SpecError(f"--export: student.quantization.scheme is {q and q.scheme!r}; packed export needs "
-                        f"one of {list(PACKED_SCHEMES)}")
+                        f"one of {packed}")
     arch = {"name": spec.student.arch, "num_classes": meta.num_classes, "in_chans": meta.channels,
             "variant": spec.student.variant, **spec.student.options}
     path.parent.mkdir(parents=True, exist_ok=True)
     students.save_exported(students.export(student), path, arch=arch)
     deployed = students.load_exported(path)
     x_val, y_val = load_split(root, meta, "val")
-    ref, out = _logits(student, x_val).argmax(1), _logits(deployed, x_val).argmax(1)
+    ref, out = logits_of(student, x_val).argmax(1), logits_of(deployed, x_val).argmax(1)
     shape = (meta.channels, meta.image_size, meta.image_size)
     fp32 = students.create_model(**arch).eval()
     packed_ms, fp32_ms = latency_ms(deployed, shape), latency_ms(fp32, shape)
@@ -98,7 +66,6 @@ def load_student(path: Path, config: Path | None = None, overrides: list[str] | 
     """A saved student as its job built it, with its data and teachers:
     (spec, shards root, meta, student with the saved weights, teacher models, weights file)."""
     from distill.checks import check_job
-    from distill.runner import prepare_data
 
     weights, config = locate_checkpoint(path, config)
     spec = load_spec(config, overrides)

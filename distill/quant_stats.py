@@ -3,8 +3,8 @@
 For each quantized layer, at every validation: a histogram of the weight the
 forward actually uses (``quantized_weight()``: for a ternary layer three
 spikes at -wn, 0, +wp) and of the latent full-precision weight the optimizer
-moves, and for binary and ternary layers the fraction of each code
-(-1 / 0 / +1) as scalars. A ternary layer whose zero fraction climbs towards
+moves, and for schemes with integer codes (binary, ternary: the scheme's
+``code_counts``) the fraction of each code (-1 / 0 / +1) as scalars. A ternary layer whose zero fraction climbs towards
 1 is dying; one whose codes stop changing has converged. ``quant/frac_zero``
 is the sparsity over all ternary layers together.
 
@@ -21,13 +21,11 @@ import torch
 
 from students import quantized_layers
 
-CODE_NAMES = {-1: "minus1", 0: "zero", 1: "plus1"}
 
-
-def code_fractions(codes: torch.Tensor, ternary: bool) -> dict[str, float]:
-    """Fraction of each code in a ternary ({-1, 0, +1}) or binary ({-1, +1}) code tensor."""
-    n = max(1, codes.numel())
-    return {CODE_NAMES[v]: float((codes == v).sum()) / n for v in ((-1, 0, 1) if ternary else (-1, 1))}
+def code_fractions(counts: dict[str, int]) -> dict[str, float]:
+    """{code name: fraction of the weights} from a scheme's ``code_counts``."""
+    n = max(1, sum(counts.values()))
+    return {code: count / n for code, count in counts.items()}
 
 
 class QuantStats(pl.Callback):
@@ -62,14 +60,12 @@ class QuantStats(pl.Callback):
         for name, layer in layers:
             writer.add_histogram(f"quant/{name}/weight", layer.quantized_weight().float().cpu(), step)
             writer.add_histogram(f"quant/{name}/latent", layer.weight.detach().float().cpu(), step)
-            if layer.weight_bits > 2:
-                continue
-            codes = layer.export_state()["codes"]
-            for code, frac in code_fractions(codes, ternary=layer.weight_bits == 2).items():
+            counts = layer.scheme.code_counts(layer)
+            for code, frac in code_fractions(counts).items():
                 metrics[f"quant/{name}/frac_{code}"] = frac
-            if layer.weight_bits == 2:
-                zeros += int((codes == 0).sum())
-                total += codes.numel()
+            if "zero" in counts:  # ternary
+                zeros += counts["zero"]
+                total += sum(counts.values())
         if total:
             metrics["quant/frac_zero"] = zeros / total
         if metrics:

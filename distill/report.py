@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from torch import nn
 
@@ -158,9 +159,70 @@ def print_report(report: dict, console: Console | None = None) -> None:
     table.add_row(f"student {s['name']}", f"{s['top1']:.4f}", _fmt_int(s["params"]),
                   _fmt_bytes(s.get("bytes")), _fmt_int(s["macs"]), f"{s['latency_ms']:.3f}", "1.00", "1.00",
                   style="bold")
-    console.print(table)
+    # Whole numbers at any width: a CI log or `| tee` gets an 80-column console, which would cut cells
+    # to "0.96…"; the table is printed at its natural width instead (a terminal narrower wraps lines).
+    natural = Measurement.get(console, console.options.update(max_width=10_000), table).maximum
+    width = console.width
+    console.width = max(width, natural)
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
     if report.get("exports"):
         from distill.deployment import summary_line
 
         for entry in report["exports"]:
             console.print(summary_line(entry), highlight=False, soft_wrap=True)
+
+
+def hparams_of(spec: dict[str, Any]) -> dict[str, str | float | int | bool]:
+    """The spec as flat ``section.field`` hyperparameters for TensorBoard's HParams tab (paths, logging and
+    output left out; teachers and loss terms as short strings so runs of a sweep line up)."""
+    out: dict[str, str | float | int | bool] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}", item)
+        elif isinstance(value, bool | int | float | str):
+            out[prefix] = value
+        elif value is not None:
+            out[prefix] = json.dumps(value, separators=(",", ":"))
+
+    for section in ("student", "trainer", "data", "cluster"):
+        walk(section, spec.get(section) or {})
+    teachers = dict(spec.get("teachers") or {})
+    members = teachers.pop("members", [])
+    teachers.pop("offline_dir", None)
+    walk("teachers", teachers)
+    out["teachers.members"] = ",".join(m["name"] for m in members)
+    out["loss.terms"] = ",".join(f"{t['type']}:{t['weight']:g}" for t in (spec.get("loss") or {}).get("terms", []))
+    out["seed"] = spec.get("seed", 0)
+    return {k: v for k, v in out.items() if k.startswith(_HPARAM_KEEP) or not k.startswith(_HPARAM_DROP)}
+
+
+# Where a run ran and how its data was split into files are not what a sweep compares; they would only
+# push the columns that matter off the HParams table.
+_HPARAM_KEEP = ("cluster.num_workers", "data.augment", "data.normalize")
+_HPARAM_DROP = ("cluster.", "data.")
+
+
+def write_hparams(report: dict, spec: dict[str, Any], run_dir: Path) -> None:
+    """HParams for this run, in its own TensorBoard folder: spec fields against the final validation
+    top-1 (student and ensemble), parameters, MACs and bytes, so the HParams tab compares a sweep."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    s = report["student"]
+    metrics = {"hparams/student_top1": s["top1"], "hparams/params": s["params"], "hparams/macs": s["macs"] or 0,
+               "hparams/bytes": s.get("bytes") or 0}
+    if report.get("ensemble_top1") is not None:
+        metrics["hparams/ensemble_top1"] = report["ensemble_top1"]
+    writer = SummaryWriter(log_dir=str(run_dir))
+    try:
+        for summary in hparams(hparams_of(spec), metrics):
+            writer.file_writer.add_summary(summary)
+        for tag, value in metrics.items():
+            writer.add_scalar(tag, value)
+    finally:
+        writer.close()

@@ -3,7 +3,7 @@
 Checkpoints (atomic, epoch ends, best and last kept) and what TensorBoard
 shows beyond the module's own ``self.log`` calls: throughput, the
 validation analysis (confusion matrix, teacher accuracy, agreement) and the
-quantized layers' weights.
+quantized layers' weights; and the guard that stops (or skips) non-finite steps.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from distill.callbacks import ThroughputCallback
+from distill.callbacks import DashboardLayout, NonFiniteGuard, ThroughputCallback
 from distill.checkpoint import AtomicCheckpoint
 from distill.data import DatasetMeta
 from distill.quant_stats import QuantStats
@@ -36,4 +36,7 @@ def run_callbacks(spec: JobSpec, meta: DatasetMeta, *, ckpt_dir: Path, steps_per
         ThroughputCallback(world),
         ValidationAnalysis(meta.num_classes, list(meta.classes), _teacher_val(teacher_val)),
         QuantStats(gather_zero3=spec.trainer.deepspeed_stage == 3),
+        DashboardLayout(),
+        NonFiniteGuard(spec.trainer.on_nonfinite, [t.label() for t in spec.loss.terms], lr=spec.trainer.lr,
+                       precision=spec.trainer.precision),
     ]

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +19,19 @@ import torch
 import yaml
 from rich.console import Console
 
-from cluster import ray_env
-from cluster.placement import bundle_options, release, reserve
 from cluster.train import fingerprint, fit
-from distill.checkpoint import atomic_write_text, last_checkpoint
+from distill.checkpoint import atomic_write_text, last_checkpoint, resumable_checkpoint
 from distill.checks import check_job
-from distill.data import CorruptCounter, DatasetMeta, ensure_shards, val_loader
-from distill.evaluate import evaluate_models
+from distill.data import CorruptCounter, DataError, DatasetMeta, check_shards, val_loader
+from distill.errors import RunFailed
 from distill.feature_shapes import resolve_feature_terms, teacher_hint_paths
-from distill.report import print_report, write_report
-from distill.scheduling import check_cluster, embedded_extras, teacher_demand
+from distill.report import print_report, write_hparams, write_report
+from distill.scheduling import check_cluster
 from distill.spec import JobSpec
-from distill.teach import check_offline
+from distill.stages import check_offline, evaluate_models, prepare_data, served_teachers, teacher_config
 from distill.val_analysis import TeacherValLogits, score_teachers
-from distill.worker import train_worker
+from distill.worker import STOPPED_FILE, train_worker
 from teachers.client import TeacherPool
-from teachers.service import TeacherConfig, start_replicas, stop_replicas
-
-
-def prepare_data(spec: JobSpec) -> tuple[Path, DatasetMeta]:
-    """The shard folder and its metadata (packing the source on first use)."""
-    source = Path(spec.data.source)
-    root = source if (source / "meta.json").is_file() else spec.data.shards
-    norm = spec.data.normalize
-    meta = ensure_shards(spec.data.source, root, shard_size=spec.data.shard_size,
-                         val_per_class=spec.data.val_per_class, normalize=norm and (norm.mean, norm.std))
-    return root, meta
 
 
 def _versions() -> dict[str, str]:
@@ -83,58 +68,6 @@ def _previous_version(run_dir: Path) -> str | None:
         return None
 
 
-def teacher_config(spec: JobSpec, meta: DatasetMeta, i: int, hints: list[str]) -> TeacherConfig:
-    """What loads and runs member ``i``, in an actor or in a training worker (``mode: inprocess``)."""
-    m = spec.teachers.members[i]  # in process, InProcessTeachers keeps the trainer's thread count instead
-    return TeacherConfig(name=m.name, source=str(Path(m.source).resolve()), format=m.format, arch=m.arch,
-                         arch_options=m.arch_options, hints=hints, output=spec.teachers.output,
-                         topk=spec.teachers.topk, num_classes=meta.num_classes,
-                         input_shape=(meta.channels, meta.image_size, meta.image_size),
-                         threads=max(1, int(m.resources.num_cpus)))
-
-
-def start_teachers(spec: JobSpec, meta: DatasetMeta, groups: list[Any] | None = None) -> list[list[Any]]:
-    """Each teacher's replicas in a placement group of their own (all or none); ``groups`` collects them."""
-    handles = []
-    hints = teacher_hint_paths(spec)  # each teacher's own hints plus the layers the loss terms read
-    for i, m in enumerate(spec.teachers.members):
-        pg = reserve(teacher_demand(i, m, spec.cluster.teacher_placement_strategy),
-                     spec.cluster.placement_timeout_s)
-        if groups is not None:
-            groups.append(pg)
-        config = teacher_config(spec, meta, i, hints[m.name])
-        handles.append(start_replicas(config, m.replicas, num_cpus=m.resources.num_cpus,
-                                      num_gpus=m.resources.num_gpus, resources=m.resources.custom,
-                                      **bundle_options(pg)))
-    return handles
-
-
-@contextmanager
-def served_teachers(spec: JobSpec, meta: DatasetMeta, address: str | None, *, serve: bool, console: Console,
-                    before_start: Callable[[], None] | None = None) -> Iterator[list[list[Any]]]:
-    """Ray connected (embedded when ``address`` is None, else joined) and, with ``serve``, the spec's
-    teacher replicas running; yields their handles. Replicas, placement groups and an embedded Ray
-    are torn down on the way out, error and Ctrl-C included: a failed job leaves nothing running."""
-    started_ray = ray_env.connect(address, namespace=spec.cluster.namespace,
-                                  **(embedded_extras(spec) if address is None else {}))
-    handles: list[list[Any]] = []
-    groups: list[Any] = []
-    try:
-        if before_start is not None:
-            before_start()
-        if serve:
-            console.print(f"starting {sum(m.replicas for m in spec.teachers.members)} teacher replica(s)")
-            handles.extend(start_teachers(spec, meta, groups))
-        yield handles
-    finally:
-        for group in handles:
-            stop_replicas(group)
-        for pg in groups:
-            release(pg)
-        if started_ray:
-            ray_env.shutdown()
-
-
 def evaluate(spec: JobSpec, root: Path, meta: DatasetMeta, student: torch.nn.Module,
              teacher_models: dict[str, torch.nn.Module], handles: list[list[Any]]) -> dict:
     """Score the student locally and the teachers through the same actors that taught it."""
@@ -166,6 +99,28 @@ def score_validation(spec: JobSpec, root: Path, meta: DatasetMeta, handles: list
                           spec.teachers.combine)
 
 
+def check_files(spec: JobSpec, root: Path, meta: DatasetMeta, console: Console) -> None:
+    """Every shard's tar headers, before Ray starts: a damaged one is named in one line (and, with
+    ``data.on_corrupt: skip``, training skips what it cannot read of it)."""
+    shards = meta.shard_paths(root, "train") + meta.shard_paths(root, "val")
+    for problem in check_shards(shards, spec.data.on_corrupt):
+        console.print(f"warning: {problem}; its unreadable samples are skipped (data.on_corrupt: skip)",
+                      soft_wrap=True)
+
+
+def check_resumable(ckpt_dir: Path, console: Console) -> None:
+    """Before a ``--resume``: say in one line which damaged checkpoint is passed over for which one;
+    refuse (``DataError``) when every checkpoint there is damaged."""
+    chosen, damaged = resumable_checkpoint(ckpt_dir)
+    if not damaged:
+        return
+    more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+    if chosen is None:
+        raise DataError(f"--resume: {damaged[0]}{more}; no intact checkpoint left in {ckpt_dir} "
+                        "(delete the folder to start over)")
+    console.print(f"checkpoint damaged, passed over: {damaged[0]}{more}; resuming from {chosen}", soft_wrap=True)
+
+
 def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False,
             console: Console | None = None, stop_after_steps: int | None = None) -> dict:
     """Train and report. ``stop_after_steps`` ends training early after that many optimizer steps
@@ -174,11 +129,17 @@ def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False,
     console = console or Console()
     started = time.perf_counter()
     root, meta = prepare_data(spec)
+    check_files(spec, root, meta, console)
     student, teacher_models = check_job(spec, meta)
     soft_labels = check_offline(spec, root, meta) if spec.teachers.mode == "offline" else None
+    if soft_labels is not None:
+        check_shards([str(soft_labels / Path(s).name) for s in meta.shard_paths(root, "train")], "fail",
+                     fix="rerun `distill teach`")
     spec_doc = resolve_feature_terms(spec, student, teacher_models,
                                      (meta.channels, meta.image_size, meta.image_size))
     run_dir = spec.output.dir
+    if resume:
+        check_resumable(run_dir / "checkpoints", console)
     version = (resume and _previous_version(run_dir)) or time.strftime("%Y%m%d-%H%M%S")
     write_run_folder(spec, run_dir, version)
 
@@ -198,11 +159,16 @@ def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False,
                   if spec.teachers.mode == "inprocess" else None,
                   "checkpoint_at_start": fingerprint(last_checkpoint(run_dir / "checkpoints"))}
         c = spec.cluster
+        (run_dir / STOPPED_FILE).unlink(missing_ok=True)
         fit(train_worker, config, num_workers=c.num_workers, use_gpu=c.use_gpu,
             cpus_per_worker=c.cpus_per_worker, storage_path=run_dir / "ray", name=spec.name,
             max_failures=c.max_failures,
             resources_per_worker=c.worker_resources, label_selector=c.worker_labels,
             placement_strategy=c.placement_strategy, placement_timeout_s=c.placement_timeout_s)
+        if (run_dir / STOPPED_FILE).is_file():
+            kept = last_checkpoint(run_dir / "checkpoints")
+            raise RunFailed((run_dir / STOPPED_FILE).read_text().strip() + (
+                f"; last good checkpoint: {kept}" if kept else "; no checkpoint was written before it"))
         student.load_state_dict(torch.load(run_dir / "student.pt", map_location="cpu", weights_only=True))
         report = evaluate(spec, root, meta, student, teacher_models, handles)
     if spec.output.export:  # the runtime files, each validated in its runtime (distill.deployment)
@@ -212,6 +178,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False,
     report["wall_s"] = round(time.perf_counter() - started, 1)
     report["tensorboard"] = str(spec.logging.tensorboard / spec.name / version)
     write_report(report, run_dir / "report.json")
+    write_hparams(report, spec.model_dump(mode="json"), spec.logging.tensorboard / spec.name / version)
     print_report(report, console)
     console.print(f"report: {run_dir / 'report.json'}   tensorboard --logdir {spec.logging.tensorboard}")
     return report

@@ -177,6 +177,8 @@ class TrainerSpec(_Section):
     grad_clip: float | None = Field(None, gt=0)
     deterministic: bool = False
     steps_per_epoch: int | None = Field(None, ge=1, description="default: train samples / global batch")
+    on_nonfinite: Literal["stop", "skip"] = Field("stop", description="a non-finite loss term or gradient: stop "
+                                                  "with one line, or skip the step (counted in TensorBoard)")
 
 
 class ClusterSpec(_Section):
@@ -333,13 +335,16 @@ def read_spec_doc(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in _seen:
         raise SpecError(f"{path}: 'extends' loops back to itself")
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        doc = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise SpecError(f"{path}:{where} is not valid YAML") from None
+    if doc is None or doc == {}:
+        raise SpecError(f"{path}: describes no job (the file is empty, only comments, or {{}})")
     if not isinstance(doc, dict):
-        raise SpecError(f"{path}: a job spec must be a YAML mapping")
+        kind = {list: "a list", str: "a string", bool: "a boolean"}.get(type(doc), "a number")
+        raise SpecError(f"{path}: a job spec must be a YAML mapping of sections (name:, data:, ...), got {kind}")
     parent = doc.pop("extends", None)
     if parent is None:
         return doc

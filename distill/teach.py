@@ -14,33 +14,10 @@ from typing import Any
 
 from rich.console import Console
 
-from distill.data import DatasetMeta
 from distill.data.meta import DataError
-from distill.data.soft_labels import check_soft_labels, file_digest, soft_label_dir
-from distill.feature_shapes import teacher_hint_paths
+from distill.data.soft_labels import file_digest, soft_label_dir
 from distill.spec import JobSpec, SpecError
-
-
-def teacher_digests(spec: JobSpec) -> dict[str, str]:
-    return {m.name: file_digest(m.source) for m in spec.teachers.members if Path(m.source).is_file()}
-
-
-def check_offline(spec: JobSpec, root: Path, meta: DatasetMeta) -> Path:
-    """The soft-label folder for an offline run; one-line ``DataError`` when missing or stale."""
-    aug = spec.data.augment
-    if aug.mixup > 0 or aug.cutmix > 0:
-        raise SpecError("data.augment: mixup/cutmix mix images after the teachers answered; "
-                        "offline soft labels cannot follow them (use teachers.mode: online)")
-    folder = soft_label_dir(spec.teachers.offline_dir, root, spec.name)
-    soft = check_soft_labels(folder, meta, teachers=[m.name for m in spec.teachers.members],
-                             views=spec.teachers.views, padding=aug.crop_padding, hflip=aug.hflip,
-                             sources=teacher_digests(spec), data_meta=file_digest(Path(root) / "meta.json"))
-    stored = dict(zip(soft["teachers"], soft["hints"], strict=True))
-    for name, paths in teacher_hint_paths(spec).items():
-        missing = [p for p in paths if p not in stored[name]]
-        if missing:
-            raise DataError(f"{folder}: teacher {name!r} hints {missing} were not stored; rerun teach")
-    return folder
+from distill.stages import prepare_data, served_teachers, teacher_digests
 
 
 def teach(spec: JobSpec, *, address: str | None = None, batch_images: int = 256,
@@ -48,7 +25,6 @@ def teach(spec: JobSpec, *, address: str | None = None, batch_images: int = 256,
     """Write the job's soft labels; returns the folder's ``meta.json`` plus ``folder`` and ``bytes``."""
     from distill.checks import check_teachers
     from distill.data.views import view_batches
-    from distill.runner import prepare_data, served_teachers
     from teachers.client import TeacherPool
     from teachers.offline import write_soft_labels
 

@@ -4,7 +4,10 @@ The driver passes the validated spec (as a dict), the dataset folder and the
 teacher actor handles in the config. Each worker reads its slice of the
 shards, pipelines its batches through the shared teacher pool, and trains the
 student under the CPU-capable DeepSpeed strategy. Rank 0 writes TensorBoard
-events and, at the end, the student's weights (atomically).
+events and, at the end, the student's weights (atomically). A run stopped by
+the non-finite guard writes its one-line reason to ``stopped.txt`` instead
+and ends normally, so Ray Train does not restart it (a restart would diverge
+again) and the driver can report it.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import torch
 
 from cluster.deepspeed_strategy import make_strategy, prepare_cpu_environment
 from cluster.train import lightning_plugins, resume_checkpoint, worker_rank
-from distill.checkpoint import atomic_save, last_checkpoint
+from distill.checkpoint import atomic_save, atomic_write_text, last_checkpoint, resumable_checkpoint
 from distill.data import CorruptCounter, load_meta, train_loader, val_loader
 from distill.data.augment import MixedBatches
 from distill.precision import LIGHTNING_PRECISION, resolve_precision
 from distill.spec import JobSpec
+
+STOPPED_FILE = "stopped.txt"  # in the run folder: why training stopped early (one line), for the driver
 
 
 def steps_per_epoch(spec: JobSpec, train_count: int, world: int) -> int:
@@ -47,7 +52,7 @@ def train_worker(config: dict[str, Any]) -> None:
     from lightning.pytorch.loggers import TensorBoardLogger
     from ray.train.lightning import prepare_trainer
 
-    from distill.callbacks import TeacherStatsCallback
+    from distill.callbacks import NonFiniteError, NonFiniteGuard, TeacherStatsCallback
     from distill.module import DistillModule
     from distill.run_callbacks import run_callbacks
     from teachers.client import Prefetcher, TeacherPool
@@ -116,11 +121,23 @@ def train_worker(config: dict[str, Any]) -> None:
     trainer = prepare_trainer(trainer)
     stream.step_source = lambda: trainer.global_step  # each epoch's data restarts from the trainer's step
     # After a Ray Train restart (max_failures) the last checkpoint is one this run wrote: resume from it.
-    resume = resume_checkpoint(last_checkpoint(ckpt_dir), resume=bool(config.get("resume")),
-                               at_start=config.get("checkpoint_at_start"))
+    # A user's --resume passes over damaged checkpoints (the driver has said which); a restart resumes
+    # from the last one this run wrote.
+    asked = bool(config.get("resume"))
+    candidate = resumable_checkpoint(ckpt_dir)[0] if asked else last_checkpoint(ckpt_dir)
+    resume = resume_checkpoint(candidate, resume=asked, at_start=config.get("checkpoint_at_start"))
     if resume and rank == 0:
         print(f"resuming from {resume}", flush=True)
-    trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=resume)
+    try:
+        trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=resume)
+    except NonFiniteError as exc:  # every rank stops at the same step; the driver reports it
+        if rank == 0:
+            atomic_write_text(str(exc), run_dir / STOPPED_FILE)
+        return
+    guard = next(c for c in trainer.callbacks if isinstance(c, NonFiniteGuard))
+    if guard.skipped and rank == 0:
+        print(f"skipped {guard.skipped} step(s) with a non-finite loss or gradient (trainer.on_nonfinite: skip)",
+              flush=True)
     _save_student(trainer, module, run_dir / "student.pt", spec.trainer.deepspeed_stage, rank)
 
 

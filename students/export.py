@@ -45,59 +45,25 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from kernels import ste
-from kernels.packed_layers import (
-    PACKED_LAYERS,
-    PackedBinaryConv2d,
-    PackedBinaryLinear,
-    PackedTernaryConv2d,
-    PackedTernaryLinear,
-    fold_batchnorm,
-    fuse_activation,
-    load_packed,
-    save_packed,
-)
+from kernels.packed_layers import load_packed, save_packed
 
+from .deployed import deployed_children
 from .qlayers import QConv2d, QLinear
 from .registry import create_model
+from .schemes import schemes_with
+from .schemes.packing import conv_config
+from .schemes.xnor import BinaryInputConv2d
+from .simulate import remove_simulation
 
 __all__ = [
-    "EXPORT_SCHEMES",
     "BinaryInputConv2d",
     "export",
     "load_exported",
-    "deployed_children",
     "save_exported",
 ]
 
-EXPORT_SCHEMES = ("twn", "ttq", "binary-connect", "xnor")
 FORMATS = ("packed", "export", "torchscript")
-FUSED_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
-PACKED = tuple(PACKED_LAYERS.values())
-
-
-class BinaryInputConv2d(nn.Conv2d):
-    """A grouped XNOR conv kept in fp32: K * conv(sgn(pad(x)), W) + bias.
-
-    The packed XNOR kernels are groups=1 only, so depthwise xnor layers run this;
-    it is QConv2d's eval forward without the latent weight (sgn(x) = +1 if x > 0
-    else -1, padded positions enter as -1, K = mean |x| per receptive field and group).
-    """
-
-    def __init__(self, *args: Any, act_scale: bool = True, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.act_scale = act_scale
-
-    def forward(self, x: Tensor) -> Tensor:
-        pads = self._reversed_padding_repeated_twice
-        x = nn.functional.pad(x, pads) if any(pads) else x
-        out = nn.functional.conv2d(ste.sgn(x), self.weight, None, self.stride, 0, self.dilation, self.groups)
-        if self.act_scale:
-            k = ste.xnor_input_scale(x, self.kernel_size, self.stride, self.dilation, self.groups)
-            out = out * k.repeat_interleave(self.out_channels // self.groups, dim=1)
-        return out if self.bias is None else out + self.bias.view(-1, 1, 1)
 
 
 def export(model: nn.Module, format: str = "packed", *, example_input: Tensor | None = None) -> nn.Module | Any:
@@ -124,16 +90,13 @@ def export(model: nn.Module, format: str = "packed", *, example_input: Tensor | 
 @torch.no_grad()
 def _to_packed(model: nn.Module) -> nn.Module:
     for name, m in model.named_modules():
-        if isinstance(m, QConv2d | QLinear) and m.scheme not in EXPORT_SCHEMES:
-            hint = " (use students.convert_int8)" if m.scheme == "int8" else ""
+        if isinstance(m, QConv2d | QLinear) and not m.scheme.supports("packed"):
             raise ValueError(
-                f"export: layer {name!r} uses scheme {m.scheme!r}, which has no packed form{hint}; "
-                f"packed export supports {', '.join(EXPORT_SCHEMES)}"
+                f"export: layer {name!r} uses scheme {m.scheme.name!r}, which has no packed form"
+                f"{m.scheme.no_packed_hint}; packed export supports {', '.join(schemes_with('packed'))}"
             )
     model = copy.deepcopy(model).float().eval()
-    from .simulate import remove_simulation  # the copy runs as deployed, not as simulated
-
-    remove_simulation(model)
+    remove_simulation(model)  # the copy runs as deployed, not as simulated
     uses = Counter(id(c) for m in model.modules() for c in m._modules.values() if c is not None)
     done: dict[int, nn.Module] = {}  # id(shared layer) -> its one conversion
     for parent in list(model.modules()):
@@ -142,91 +105,6 @@ def _to_packed(model: nn.Module) -> nn.Module:
     # Packed convs return channels-last tensors; fp convs with channels-last weights keep
     # the whole net in that layout (no NCHW <-> NHWC copies, and oneDNN is faster in it).
     return model.to(memory_format=torch.channels_last).eval()
-
-
-def deployed_children(parent: nn.Module, shared: Callable[[nn.Module], bool],
-                      done: dict[int, nn.Module] | None = None) -> dict[str, nn.Module]:
-    """What export puts in place of ``parent``'s direct children: {child name: new module}.
-
-    Every conv/linear child is converted (``_convert``); inside an nn.Sequential a BatchNorm
-    right after it is folded in (and becomes nn.Identity), and a ReLU / ReLU6 after a packed
-    layer is fused into it (and becomes nn.Identity). A ``shared(layer)`` layer (registered
-    twice) is converted once (``done``: id -> conversion) and gets nothing folded. ``parent``
-    and its children are not modified; ``students.simulate`` builds its eval view from this too.
-    """
-    done = {} if done is None else done
-    out: dict[str, nn.Module] = {}
-    names = list(parent._modules)
-    for i, name in enumerate(names):
-        layer = parent._modules[name]
-        if not _is_layer(layer):
-            continue
-        if shared(layer):
-            if id(layer) not in done:
-                done[id(layer)] = _convert(layer, None)
-            out[name] = done[id(layer)]
-            continue
-        # Only inside a Sequential is the next module the one that consumes the output.
-        after = names[i + 1 : i + 3] if isinstance(parent, nn.Sequential) else []
-        bn = parent._modules[after[0]] if after and _folds(layer, parent._modules[after[0]]) else None
-        new = out[name] = _convert(layer, bn)
-        if bn is not None:
-            out[after.pop(0)] = nn.Identity()
-        act = parent._modules[after[0]] if after else None
-        if isinstance(new, PACKED) and type(act) in FUSED_ACTIVATIONS:
-            out[after[0]] = nn.Identity()
-            fuse_activation(new, act)
-    return out
-
-
-def _is_layer(m: nn.Module | None) -> bool:
-    return isinstance(m, QConv2d | QLinear) or type(m) in (nn.Conv2d, nn.Linear)
-
-
-def _folds(layer: nn.Module, bn: nn.Module | None) -> bool:
-    """True when ``bn`` is an eval-foldable BatchNorm over ``layer``'s outputs."""
-    want = nn.BatchNorm2d if isinstance(layer, nn.Conv2d) else nn.BatchNorm1d
-    if type(bn) is not want or bn.running_mean is None:
-        return False
-    out = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
-    return bn.num_features == out
-
-
-def _convert(layer: nn.Module, bn: nn.BatchNorm2d | nn.BatchNorm1d | None) -> nn.Module:
-    if not isinstance(layer, QConv2d | QLinear):
-        return _fuse(layer, bn)
-    w, scheme, opts = layer.quantized_weight().float(), layer.scheme, layer.options
-    ternary = scheme in ("twn", "ttq")
-    xnor = scheme == "xnor" and opts["binarize_input"]
-    binary_kw = {} if ternary else {"binary_activations": xnor, "act_scale": opts.get("act_scale", True)}
-    if isinstance(layer, QLinear):
-        cls = PackedTernaryLinear if ternary else PackedBinaryLinear
-        packed = cls.from_float(w, layer.bias, **binary_kw)
-    elif layer.groups == 1 and layer.padding_mode == "zeros" and not isinstance(layer.padding, str):
-        cls = PackedTernaryConv2d if ternary else PackedBinaryConv2d
-        packed = cls.from_conv(layer, w, **binary_kw)
-    else:  # grouped / depthwise: fp32 with the dequantized weight
-        cls = BinaryInputConv2d if xnor else nn.Conv2d
-        extra = {"act_scale": opts["act_scale"]} if xnor else {}
-        conv = cls(**_conv_config(layer), **extra)
-        conv.weight.copy_(w)
-        if layer.bias is not None:
-            conv.bias.copy_(layer.bias)
-        return _fuse(conv.eval(), bn)
-    return (packed if bn is None else fold_batchnorm(packed, bn)).eval()
-
-
-def _fuse(layer: nn.Module, bn: nn.Module | None) -> nn.Module:
-    if bn is None:
-        return layer
-    return fuse_conv_bn_eval(layer, bn) if isinstance(layer, nn.Conv2d) else fuse_linear_bn_eval(layer, bn)
-
-
-def _conv_config(conv: nn.Conv2d) -> dict[str, Any]:
-    return {"in_channels": conv.in_channels, "out_channels": conv.out_channels,
-            "kernel_size": conv.kernel_size, "stride": conv.stride, "padding": conv.padding,
-            "dilation": conv.dilation, "groups": conv.groups, "bias": conv.bias is not None,
-            "padding_mode": conv.padding_mode}  # fmt: skip
 
 
 # ---------------------------------------------------------------- one file
@@ -240,9 +118,9 @@ def _module_spec(m: nn.Module) -> dict[str, Any] | None:
         return {"kind": "linear", "config": {"in_features": m.in_features, "out_features": m.out_features,
                                              "bias": m.bias is not None}}  # fmt: skip
     if type(m) is nn.Conv2d:
-        return {"kind": "conv2d", "config": _conv_config(m)}
+        return {"kind": "conv2d", "config": conv_config(m)}
     if type(m) is BinaryInputConv2d:
-        return {"kind": "binary_input_conv2d", "config": {**_conv_config(m), "act_scale": m.act_scale}}
+        return {"kind": "binary_input_conv2d", "config": {**conv_config(m), "act_scale": m.act_scale}}
     return None
 
 

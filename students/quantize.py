@@ -7,9 +7,9 @@
 `quantize` swaps every nn.Conv2d / nn.Linear (exact types; subclasses with their own
 forward are left alone) for `QConv2d` / `QLinear`, copying weights. The first and the
 last of those layers in module order (the stem conv and the classifier, which is a
-1x1 conv in SqueezeNet) stay in full precision by default, as in the papers. For ttq the
-depthwise convs (groups == in_channels) stay in full precision too unless skip_depthwise=False:
-see `DEPTHWISE_FP_SCHEMES`.
+1x1 conv in SqueezeNet) stay in full precision by default, as in the papers. For schemes
+with ``skip_depthwise`` set (ttq: see students/schemes/ttq.py) the depthwise convs
+(groups == in_channels) stay in full precision too unless skip_depthwise=False.
 """
 
 from __future__ import annotations
@@ -19,33 +19,19 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.ao.nn.quantized as nnq
 from torch import nn
 
-from students.qlayers import SCHEME_OPTIONS, SCHEMES, QConv2d, QLinear, quantize_weight_int8, resolve_options
+from .qlayers import QConv2d, QLinear
+from .schemes import SCHEMES, make_scheme
 
 __all__ = [
     "SCHEMES",
-    "SCHEME_OPTIONS",
-    "DEPTHWISE_FP_SCHEMES",
     "quantize",
     "quantized_layers",
     "quantizer_param_groups",
     "clip_latent_",
     "convert_int8",
 ]
-
-
-# Schemes whose depthwise convs stay fp32 unless quantize(..., skip_depthwise=False).
-# Measured for TTQ (normalized grads, log-scales, latent bound), MobileNet v1 alpha 0.25 on digits,
-# distilled (0.3 CE + 0.7 KD, T 4) from the demo teachers, SGD lr 0.1 cosine, batch 64, val top-1
-# minus the fp student's: ternary depthwise convs -5.7 / -4.0 / -4.6 points at 10 epochs (3 seeds),
-# -3.3 at 15, -4.7 at 20, with dips of 10-50 points mid-training; fp depthwise convs +1.0 / -0.6 /
-# -1.0 at 15 epochs. A depthwise filter is 9 taps that BN rescales per channel, and one threshold
-# and scale pair per layer zeroes whole channels (the last ones run on 1x1 maps where only the
-# centre tap matters: 95% zeros). They hold ~5% of the weights at alpha 0.25, ~1% at alpha 1
-# (~3% of the MACs, MobileNet paper Table 2); the packed kernels take fp32 depthwise layers.
-DEPTHWISE_FP_SCHEMES = frozenset({"ttq"})
 
 
 def _is_depthwise(m: nn.Module) -> bool:
@@ -65,14 +51,14 @@ def quantize(
 ) -> nn.Module:
     """Return `model` with its Conv2d / Linear layers replaced by `scheme`'s low-precision layers.
 
-    scheme          one of SCHEMES: binary-connect, xnor, twn, ttq, dorefa, int8
+    scheme          one of SCHEMES: binary-connect, xnor, twn, ttq, dorefa, int8 (students.schemes)
     keep_first      keep the first Conv2d/Linear (module order) in full precision
     keep_last       keep the last Conv2d/Linear (the classifier) in full precision
     skip_depthwise  keep depthwise convs (groups == in_channels) in full precision;
-                    None (default): True for the schemes in DEPTHWISE_FP_SCHEMES (ttq), else False
+                    None (default): the scheme's ``skip_depthwise`` (True for ttq)
     exclude         qualified module names to keep in full precision
     inplace         modify `model` itself instead of a deep copy
-    options         the scheme's options (students.qlayers.SCHEME_OPTIONS):
+    options         the scheme's options (the fields of its class in students/schemes/):
                     binary-connect: stochastic=False, scale="rms"; xnor: binarize_input=True;
                     twn: threshold_factor=0.7;
                     ttq: threshold_factor=0.05, grads="normalized", scale_lr=1.0;
@@ -81,9 +67,9 @@ def quantize(
     Raises ValueError naming an unknown scheme, option or excluded name, or a model that is
     already quantized.
     """
-    options = resolve_options(scheme, options)
+    config = make_scheme(scheme, **options)  # one scheme object for every layer: it holds no tensors
     if skip_depthwise is None:
-        skip_depthwise = scheme in DEPTHWISE_FP_SCHEMES
+        skip_depthwise = config.skip_depthwise
     exclude = set(exclude)
     all_names = {name for name, _ in model.named_modules()}
     missing = sorted(exclude - all_names)
@@ -91,7 +77,7 @@ def quantize(
         raise ValueError(f"exclude: model has no module named {missing[0]!r}")
     for name, m in model.named_modules():
         if isinstance(m, QConv2d | QLinear):
-            raise ValueError(f"model is already quantized: {name!r} uses scheme {m.scheme!r}")
+            raise ValueError(f"model is already quantized: {name!r} uses scheme {m.scheme.name!r}")
 
     if not inplace:
         model = copy.deepcopy(model)
@@ -108,7 +94,7 @@ def quantize(
     for name, m in candidates:
         if name not in keep:
             cls = QConv2d if isinstance(m, nn.Conv2d) else QLinear
-            replaced[id(m)] = cls.from_float(m, scheme, **options)
+            replaced[id(m)] = cls.from_float(m, config)
     _swap(model, replaced)
     return model
 
@@ -169,49 +155,15 @@ def convert_int8(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)
     model.float().eval()  # int8 kernels in, fp32 around them
-    layers = [(n, m) for n, m in quantized_layers(model) if m.scheme == "int8"]
+    layers = [(n, m) for n, m in quantized_layers(model) if m.scheme.int8_backend is not None]
     if not layers:
         raise ValueError("convert_int8: model has no int8 layers; call quantize(model, 'int8') first")
-    backends = {m.options["backend"] for _, m in layers}
+    backends = {m.scheme.int8_backend for _, m in layers}
     if len(backends) > 1:
         raise ValueError(f"convert_int8: layers use several backends {sorted(backends)}")
     backend = backends.pop()
     if torch.backends.quantized.engine != backend:
         torch.backends.quantized.engine = backend
-    replaced = {id(m): _to_int8(name, m) for name, m in layers}
+    replaced = {id(m): m.scheme.int8_module(m, name) for name, m in layers}
     _swap(model, replaced)
     return model
-
-
-def _to_int8(name: str, layer: QConv2d | QLinear) -> nn.Sequential:
-    for part in ("input_fake_quant", "weight_fake_quant", "output_fake_quant"):
-        obs = getattr(layer, part).activation_post_process
-        if not torch.isfinite(obs.min_val).all():
-            raise ValueError(f"convert_int8: {name}.{part} has seen no data; run training-mode batches first")
-    wfq = layer.weight_fake_quant
-    w = layer.weight.detach().float()
-    qweight = quantize_weight_int8(w, wfq.scale, wfq.zero_point)
-    bias = None if layer.bias is None else layer.bias.detach().float()
-    if isinstance(layer, QConv2d):
-        if layer.padding_mode != "zeros":
-            mode = layer.padding_mode
-            raise ValueError(f"convert_int8: {name} uses padding_mode={mode!r}; only 'zeros' converts")
-        q = nnq.Conv2d(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=layer.groups,
-            bias=bias is not None,
-        )
-    else:
-        q = nnq.Linear(layer.in_features, layer.out_features, bias_=bias is not None)
-    q.set_weight_bias(qweight, bias)
-    ofq = layer.output_fake_quant
-    q.scale = float(ofq.scale)
-    q.zero_point = int(ofq.zero_point)
-    ifq = layer.input_fake_quant
-    quant = nnq.Quantize(float(ifq.scale), int(ifq.zero_point), torch.quint8)
-    return nn.Sequential(quant, q, nnq.DeQuantize())

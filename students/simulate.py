@@ -18,7 +18,7 @@ alone, so no export can match a float-evaluated model to 99.9%.
   adapt to it. (k x k convs are rounded per patch by the kernels, which no input hook can
   express; their eval below is exact all the same.)
 - evaluation: every module with a conv/linear child runs its own forward with those
-  children swapped for what export puts there (``students.export.deployed_children``): BN
+  children swapped for what export puts there (``students.deployed.deployed_children``): BN
   folded, ReLU / ReLU6 fused, quantized layers as packed layers on the plain-torch reference
   ops (``kernels.reference``, the kernels' spec, equal to them bit for bit: integer sums,
   the same float epilogue), fp convs with channels-last weights as in the export. The swap
@@ -44,14 +44,11 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from kernels import reference
-from kernels.packed_layers import PACKED_LAYERS
 
-from .export import EXPORT_SCHEMES, _is_layer, deployed_children
+from .deployed import PACKED, deployed_children, is_layer
 from .qlayers import QConv2d, QLinear
 
 __all__ = ["remove_simulation", "simulate_export", "unsimulated"]
-
-PACKED = tuple(PACKED_LAYERS.values())
 
 
 def simulate_export(model: nn.Module, exact_eval: bool = True) -> list[RemovableHandle]:
@@ -67,12 +64,12 @@ def simulate_export(model: nn.Module, exact_eval: bool = True) -> list[Removable
     handles = []
     uses = Counter(id(c) for m in model.modules() for c in m._modules.values() if c is not None)
     for m in model.modules():
-        if isinstance(m, QConv2d | QLinear) and _int8_input(m):
+        if isinstance(m, QConv2d | QLinear) and m.scheme.packed_int8_input:
             if not isinstance(m, QConv2d) or (m.groups == 1 and m.kernel_size == (1, 1) and m.padding == (0, 0)):
                 handles.append(m.register_forward_pre_hook(_int8_rows_hook))
-        if _is_layer(m) and uses[id(m)] > 1:
+        if is_layer(m) and uses[id(m)] > 1:
             m._export_shared = True  # export converts a shared layer once and folds nothing into it
-        if exact_eval and any(_is_layer(c) for c in m._modules.values()):
+        if exact_eval and any(is_layer(c) for c in m._modules.values()):
             handles.append(m.register_forward_pre_hook(_swap_in_deployed))
             handles.append(m.register_forward_hook(_restore_trained, always_call=True))
     return handles
@@ -103,12 +100,6 @@ def unsimulated(model: nn.Module) -> nn.Module:
     return copied
 
 
-def _int8_input(m: QConv2d | QLinear) -> bool:
-    """True when export runs this layer on int8 activations."""
-    binarized = m.scheme == "xnor" and m.options["binarize_input"]
-    return m.scheme in ("twn", "ttq", "binary-connect") or (m.scheme == "xnor" and not binarized)
-
-
 def _int8_rows_hook(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     """The input rounded to int8 per row (a conv's row: one pixel's channels), straight-through."""
     x = args[0]
@@ -125,8 +116,8 @@ def _swap_in_deployed(module: nn.Module, args: tuple[Any, ...]) -> None:
     x = args[0] if args else None
     if module.training or not isinstance(x, Tensor) or x.dtype != torch.float32:
         return
-    if any(isinstance(c, QConv2d | QLinear) and c.scheme not in EXPORT_SCHEMES for c in module.children()):
-        return  # dorefa / int8 layers have no packed form: they evaluate as trained
+    if any(isinstance(c, QConv2d | QLinear) and not c.scheme.supports("packed") for c in module.children()):
+        return  # layers without a packed form (dorefa, int8) evaluate as trained
     weights, inference = _children_weights(module), torch.is_inference_mode_enabled()
     cached = module.__dict__.get("_deployed_cache")  # (built in inference mode?, weights then, modules)
     if cached is None or cached[0] != inference or not _same(cached[1], weights):
@@ -141,7 +132,7 @@ def _swap_in_deployed(module: nn.Module, args: tuple[Any, ...]) -> None:
 def _children_weights(module: nn.Module) -> list[Tensor]:
     """The tensors the export's view of ``module``'s children is built from: those of its
     conv/linear/BN children."""
-    return [t for c in module.children() if _is_layer(c) or isinstance(c, nn.modules.batchnorm._BatchNorm)
+    return [t for c in module.children() if is_layer(c) or isinstance(c, nn.modules.batchnorm._BatchNorm)
             for t in (*c.parameters(), *c.buffers())]  # fmt: skip
 
 

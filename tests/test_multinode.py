@@ -12,6 +12,12 @@ then a student worker and a teacher replica are killed with SIGKILL and the
 job must still finish with every step trained (Ray Train restarts the worker
 group from the last checkpoint; Ray restarts the teacher actor).
 
+Two shorter jobs run first on the same cluster, driven by ``distill run
+--address``: one with a student worker on each node (``STRICT_SPREAD``) and a
+teacher on each, which only trains if gloo listens on the veth interface and
+not on the loopback the hostname resolves to; and ``configs/demo.yaml`` as it
+is (nothing pinned), with only its paths and length overridden.
+
 Every process the test starts runs in a process group of its own and is ended
 by that group; the namespaces are deleted at the end.
 """
@@ -249,6 +255,54 @@ def _global_step(ckpt: Path) -> int:
 
     files = [ckpt] if ckpt.is_file() else sorted(ckpt.rglob("mp_rank_00_model_states.pt"))
     return int(torch.load(files[0], map_location="cpu", weights_only=False)["global_step"])
+
+
+SHORT_EPOCHS, SHORT_STEPS = 2, 3
+
+
+def _run_here(two_nodes: TwoNodes, argv: list[str]) -> subprocess.CompletedProcess:
+    """``distill run ... --address <gcs>`` from the head's namespace; must succeed with no traceback."""
+    run = two_nodes.distill("run", *argv, "--address", two_nodes.gcs, timeout=600, check=False)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-4000:]
+    assert "Traceback" not in out, out[-4000:]
+    print(f"[{time.monotonic() - _T0:6.1f} s] {argv[0]} done", flush=True)
+    return run
+
+
+def _new_actors(two_nodes: TwoNodes, cls: str, before: set[str]) -> list[dict]:
+    return [a for a in two_nodes.state()["actors"] if a["class"] == cls and a["id"] not in before]
+
+
+def test_student_workers_on_two_nodes_train_together(two_nodes, tmp_path, digits_root, teacher_dir):
+    """One Ray Train worker per node, one teacher per node: gloo must connect across the veth pair."""
+    doc = job_doc(tmp_path, digits_root, teacher_dir)
+    doc["teachers"]["members"][1]["resources"] = {"num_cpus": 0.25, "labels": {"role": "student"}}
+    doc["trainer"].update(epochs=SHORT_EPOCHS, steps_per_epoch=SHORT_STEPS)
+    doc["cluster"] = {"num_workers": 2, "cpus_per_worker": 1, "placement_strategy": "STRICT_SPREAD",
+                      "placement_timeout_s": 120}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(doc))
+    state = two_nodes.state()
+    before = {a["id"] for a in state["actors"]}
+    both = {n["id"] for n in state["nodes"] if n["state"] == "ALIVE"}
+
+    _run_here(two_nodes, [str(tmp_path / "job.yaml")])
+    assert {a["node"] for a in _new_actors(two_nodes, "RayTrainWorker", before)} == both
+    assert {a["node"] for a in _new_actors(two_nodes, "TeacherWorker", before)} == both
+    assert _global_step(tmp_path / "run" / "checkpoints" / "last.ckpt") == SHORT_EPOCHS * SHORT_STEPS
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert 0.0 <= report["student"]["top1"] <= 1.0 and report["teachers"]
+
+
+def test_demo_spec_unpinned_runs_on_the_cluster(two_nodes, tmp_path, digits_root, teacher_dir):
+    """configs/demo.yaml as shipped (no resources, labels or strategy pinned), on the two-node cluster."""
+    sets = {"data.source": digits_root, "teachers.members.0.source": teacher_dir / "cnn.pt",
+            "teachers.members.1.source": teacher_dir / "mlp.pt", "trainer.epochs": SHORT_EPOCHS,
+            "trainer.steps_per_epoch": SHORT_STEPS, "logging.tensorboard": tmp_path / "tb",
+            "output.dir": tmp_path / "run"}
+    _run_here(two_nodes, ["configs/demo.yaml", *(a for k, v in sets.items() for a in ("--set", f"{k}={v}"))])
+    assert _global_step(tmp_path / "run" / "checkpoints" / "last.ckpt") == SHORT_EPOCHS * SHORT_STEPS
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["student"]["top1"] >= 0.0
 
 
 def test_job_placed_across_nodes_survives_worker_and_teacher_kills(two_nodes, tmp_path, digits_root,

@@ -27,7 +27,7 @@ from distill.data.meta import DataError
 from distill.data.soft_labels import OfflineTeacher, SoftLabels, pick_views
 from distill.data.views import apply_views, draw_views
 from distill.spec import parse_spec
-from distill.teach import check_offline
+from distill.stages import check_offline
 from teachers.archs import create_teacher
 from teachers.client import TeacherOutput, TeacherPool
 from teachers.offline import FORMAT_VERSION, ViewBatch, sample_records

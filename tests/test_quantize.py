@@ -35,13 +35,13 @@ def small_net(in_chans: int = 3, num_classes: int = 10) -> nn.Sequential:
 def record_forward(layer, monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Capture (input, weight) exactly as the layer's op receives them."""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    op = layer._op
+    op = layer.op
 
     def spy(x, w, bias, padded=False):
         seen.append((x.detach().clone(), w.detach().clone()))
         return op(x, w, bias, padded)
 
-    monkeypatch.setattr(layer, "_op", spy)
+    monkeypatch.setattr(layer, "op", spy)
     return seen
 
 
@@ -65,7 +65,7 @@ def test_binary_connect_values(monkeypatch):
     assert torch.equal(seen[0][1] > 0, layer.weight > 0)
     assert distinct(seen_plain[0][1]) == {-1.0, 1.0}
     dw = QConv2d(8, 8, 3, groups=8, scheme="binary-connect", scale="glorot")  # fans per group: 9, 9
-    assert dw.alpha.item() == pytest.approx((1.5 / 18) ** 0.5)
+    assert dw.scheme.alpha(dw).item() == pytest.approx((1.5 / 18) ** 0.5)
     # default: H is the RMS of the weight the layer was made from, frozen in a buffer
     conv = nn.Conv2d(4, 6, 3)
     q = QConv2d.from_float(conv, "binary-connect")
@@ -103,7 +103,7 @@ def test_xnor_values_per_filter_and_binary_input(monkeypatch):
     for o in range(6):
         assert torch.allclose(torch.tensor(sorted(distinct(w[o]))), torch.stack([-alpha[o], alpha[o]]))
     assert len(distinct(alpha)) == 6  # a different scale per filter
-    assert torch.allclose(layer.alpha, alpha)
+    assert torch.allclose(layer.scheme.alpha(layer), alpha)
 
 
 @pytest.mark.parametrize(("groups", "padding", "stride"), [(1, 1, 1), (1, 0, 2), (4, 1, 2), (8, 1, 1)])
@@ -156,14 +156,14 @@ def test_twn_values(monkeypatch):
     delta = 0.7 * a.mean()
     alpha = a[a > delta].mean()
     assert torch.allclose(torch.tensor(sorted(distinct(seen[0][1]))), torch.stack([-alpha, alpha * 0, alpha]))
-    assert torch.allclose(layer.threshold, delta) and torch.allclose(layer.alpha, alpha)
+    assert torch.allclose(layer.scheme.threshold(layer), delta) and torch.allclose(layer.scheme.alpha(layer), alpha)
     assert torch.equal(seen[0][1] == 0, a <= delta)
 
 
 def test_ttq_values(monkeypatch):
     torch.manual_seed(0)
     layer = QConv2d(4, 6, 3, scheme="ttq")
-    layer.set_ttq_scales_(0.3, 0.7)
+    layer.scheme.set_scales_(layer, 0.3, 0.7)
     seen = record_forward(layer, monkeypatch)
     layer(torch.randn(2, 4, 5, 5))
     assert torch.allclose(torch.tensor(sorted(distinct(seen[0][1]))), torch.tensor([-0.7, 0.0, 0.3]))
@@ -280,13 +280,14 @@ def test_ttq_gradients_hand_example():
 def test_ttq_scales_are_positive_by_construction_and_old_state_dicts_load():
     layer = QConv2d(4, 6, 3, scheme="ttq")
     assert {n for n, _ in layer.named_parameters()} == {"weight", "bias", "log_wp", "log_wn"}
-    layer.set_ttq_scales_(0.25, 4.0)
-    assert torch.allclose(layer.wp, torch.tensor([0.25])) and torch.allclose(layer.wn, torch.tensor([4.0]))
+    layer.scheme.set_scales_(layer, 0.25, 4.0)
+    ttq = layer.scheme
+    assert torch.allclose(ttq.wp(layer), torch.tensor([0.25])) and torch.allclose(ttq.wn(layer), torch.tensor([4.0]))
     with torch.no_grad():
         layer.log_wn.fill_(-50.0)  # any real value is a valid (positive) scale
-    assert layer.wn.item() > 0
+    assert layer.scheme.wn(layer).item() > 0
     with pytest.raises(ValueError, match="> 0"):
-        layer.set_ttq_scales_(0.5, -1.0)
+        layer.scheme.set_scales_(layer, 0.5, -1.0)
     old = {k: v for k, v in layer.state_dict().items() if k in ("weight", "bias")}
     old.update(wp=torch.tensor([0.3]), wn=torch.tensor([0.7]))  # a checkpoint from before log-scales
     fresh = QConv2d(4, 6, 3, scheme="ttq")
@@ -294,7 +295,7 @@ def test_ttq_scales_are_positive_by_construction_and_old_state_dicts_load():
     assert fresh.latent_bound.item() == 0  # unset: the first training forward fixes it
     fresh.train()(torch.randn(1, 4, 5, 5))
     assert torch.equal(fresh.latent_bound, layer.weight.detach().abs().max())
-    assert torch.allclose(fresh.wp, torch.tensor([0.3])) and torch.allclose(fresh.wn, torch.tensor([0.7]))
+    assert torch.allclose(ttq.wp(fresh), torch.tensor([0.3])) and torch.allclose(ttq.wn(fresh), torch.tensor([0.7]))
     st = fresh.export_state()
     assert torch.allclose(st["wp"], torch.tensor([0.3])) and torch.allclose(st["wn"], torch.tensor([0.7]))
 
@@ -308,7 +309,7 @@ def test_ttq_mobilenet_survives_plain_sgd():
     torch.manual_seed(0)
     net = students.create_model("mobilenet_v1", num_classes=10, in_chans=1, variant="cifar", alpha=0.25)
     model = quantize(net, "ttq", skip_depthwise=False)
-    start = {n: (m.wp.item(), m.wn.item()) for n, m in quantized_layers(model)}
+    start = {n: (m.scheme.wp(m).item(), m.scheme.wn(m).item()) for n, m in quantized_layers(model)}
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
     for _ in range(8):
@@ -316,7 +317,7 @@ def test_ttq_mobilenet_survives_plain_sgd():
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
     for name, m in quantized_layers(model):
-        wp, wn = m.wp.item(), m.wn.item()
+        wp, wn = m.scheme.wp(m).item(), m.scheme.wn(m).item()
         p0, n0 = start[name]
         assert 0.2 < wp / p0 < 5 and 0.2 < wn / n0 < 5, (name, p0, n0, wp, wn)  # moved, but sanely
 
@@ -412,7 +413,7 @@ def test_clip_latent_for_binary_connect_only():
     with torch.no_grad():
         layer.weight.mul_(100)
     clip_latent_(model)
-    assert layer.weight.abs().max().item() == pytest.approx(layer.alpha.item())  # [-H, H]
+    assert layer.weight.abs().max().item() == pytest.approx(layer.scheme.alpha(layer).item())  # [-H, H]
     twn = quantize(small_net(), "twn")
     (_, tl), *_ = quantized_layers(twn)
     with torch.no_grad():
@@ -435,7 +436,7 @@ def test_first_and_last_layers_stay_full_precision():
     assert isinstance(q[0], QConv2d) and isinstance(q[11], QLinear)
     q = quantize(small_net(), "twn", skip_depthwise=True)
     assert [n for n, _ in quantized_layers(q)] == ["6"]
-    # ttq keeps depthwise convs in fp32 unless told otherwise (students.quantize.DEPTHWISE_FP_SCHEMES)
+    # ttq keeps depthwise convs in fp32 unless told otherwise (the ttq scheme's skip_depthwise)
     assert [n for n, _ in quantized_layers(quantize(small_net(), "ttq"))] == ["6"]
     assert [n for n, _ in quantized_layers(quantize(small_net(), "twn"))] == ["3", "6"]
     q = quantize(small_net(), "xnor", exclude=["6"])
@@ -602,7 +603,7 @@ def test_ttq_tiny_net_learns_a_toy_problem():
         nn.Linear(32, 4),
     )
     model = quantize(net, "ttq")
-    scales = [(m.wp.item(), m.wn.item()) for _, m in quantized_layers(model)]
+    scales = [(m.scheme.wp(m).item(), m.scheme.wn(m).item()) for _, m in quantized_layers(model)]
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     x_test, y_test = bars(256, gen)
     loss_fn = nn.CrossEntropyLoss()
@@ -619,4 +620,114 @@ def test_ttq_tiny_net_learns_a_toy_problem():
     end = loss_fn(logits, y_test).item()
     acc = (logits.argmax(1) == y_test).float().mean().item()
     assert end < 0.3 * start and acc > 0.9, (start, end, acc)
-    assert scales != [(m.wp.item(), m.wn.item()) for _, m in quantized_layers(model)]  # scales learned
+    assert scales != [(m.scheme.wp(m).item(), m.scheme.wn(m).item()) for _, m in quantized_layers(model)]  # scales learned
+
+
+# ----------------------------------------------------------------------------- old checkpoints
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_state_dicts_saved_before_the_scheme_classes_still_load(scheme):
+    """tests/data/qlayers_state_v1.pt holds small nets trained a few steps under every scheme by
+    the one-mixin qlayers (commit 4385e19; tests/scripts/make_qlayer_fixture.py): today's layers
+    have the same state-dict keys, load those tensors strictly, and compute the same eval
+    outputs, export state and packed export."""
+    import importlib.util
+    from pathlib import Path
+
+    import students
+
+    here = Path(__file__).parent
+    spec = importlib.util.spec_from_file_location("make_qlayer_fixture", here / "scripts" / "make_qlayer_fixture.py")
+    fixture = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixture)
+    blob = torch.load(here / "data" / "qlayers_state_v1.pt", weights_only=True)
+    old = blob[scheme]
+    model = quantize(fixture.net(), scheme, skip_depthwise=False).eval()
+    assert list(model.state_dict()) == list(old["state"])  # same keys, same order
+    model.load_state_dict(old["state"], strict=True)
+    with torch.no_grad():
+        assert torch.equal(model(blob["input"]), old["output"])
+    state = model[6].export_state()
+    assert state.keys() == old["export_state"].keys()
+    for key, value in old["export_state"].items():
+        assert torch.equal(state[key], value) if isinstance(value, torch.Tensor) else state[key] == value, key
+    if "packed_output" in old:
+        assert torch.equal(students.export(model)(blob["input"]), old["packed_output"])
+
+
+# ----------------------------------------------------------------------------- the scheme registry
+
+
+def test_schemes_by_name_and_their_targets():
+    import students
+    from students.schemes import make_scheme, scheme_class
+
+    assert students.list_schemes() == list(SCHEMES)
+    assert students.schemes_with("packed") == ["binary-connect", "xnor", "twn", "ttq"]
+    assert students.schemes_with("int8_module") == ["int8"]
+    ttq = make_scheme("ttq", scale_lr=0.5)
+    assert ttq == scheme_class("ttq")(scale_lr=0.5) and ttq.options == {
+        "threshold_factor": 0.05, "grads": "normalized", "scale_lr": 0.5}
+    assert make_scheme("dorefa", bits=3).options["act_bits"] == 3  # act_bits=None means "as bits"
+    with pytest.raises(ValueError, match="unknown quantization scheme 'ternary'; choose one of binary-connect"):
+        make_scheme("ternary")
+    with pytest.raises(ValueError, match="unknown option 'bits' for scheme 'ttq'"):
+        make_scheme("ttq", bits=2)
+    with pytest.raises(ValueError, match="options .* given with a built scheme"):
+        QLinear(4, 4, scheme=ttq, bits=2)
+    # One scheme object serves every layer of a model: it holds no tensors.
+    model = quantize(small_net(), "twn", keep_first=False)
+    assert len({id(m.scheme) for _, m in quantized_layers(model)}) == 1
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_code_counts_for_tensorboard(scheme):
+    from distill.quant_stats import code_fractions
+
+    torch.manual_seed(0)
+    layer = QConv2d(4, 6, 3, scheme=scheme)
+    counts = layer.scheme.code_counts(layer)
+    if layer.weight_bits > 2:  # k-bit and int8 codes are not shown as fractions
+        assert counts == {}
+        return
+    assert sum(counts.values()) == layer.weight.numel()
+    assert set(counts) == ({"minus1", "zero", "plus1"} if layer.weight_bits == 2 else {"minus1", "plus1"})
+    codes = layer.export_state()["codes"]
+    assert counts["minus1"] == int((codes == -1).sum()) > 0
+    assert sum(code_fractions(counts).values()) == pytest.approx(1.0)
+
+
+def test_a_new_scheme_is_one_class(monkeypatch):
+    """A scheme defined here, registered, and used by quantize / QLinear / export_state with no
+    change anywhere else: the layers hold no scheme names."""
+    import dataclasses
+
+    from students.schemes import base, registry
+
+    @dataclasses.dataclass(frozen=True)
+    class Sign(base.Scheme):
+        scale: float = 1.0
+        name = "sign-test"
+        weight_bits = 1
+        codes = (-1, 1)
+
+        def __post_init__(self) -> None:
+            if not base.is_number_in(self.scale, 0, float("inf")):
+                raise ValueError(f"option 'scale' must be a positive number, got {self.scale!r}")
+
+        def quantized_weight(self, layer, deterministic=False):
+            return self.scale * ste.binary_connect_weight(layer.weight)  # sgn, straight-through
+
+        def codes_and_scales(self, layer, w):
+            return {"codes": ste.sgn(w).to(torch.int8)}
+
+    monkeypatch.setitem(registry._SCHEMES, "sign-test", Sign)
+    with pytest.raises(ValueError, match="'scale' must be a positive number"):
+        quantize(small_net(), "sign-test", scale=-1)
+    model = quantize(small_net(), "sign-test", scale=0.5)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    layer = quantized_layers(model)[-1][1]  # the 1x1 conv
+    assert layer.weight.grad is not None and distinct(layer.quantized_weight()) == {-0.5, 0.5}
+    assert layer.export_state()["scheme"] == "sign-test" and layer.scheme.code_counts(layer)
+    assert not layer.scheme.supports("packed")

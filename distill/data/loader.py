@@ -8,7 +8,10 @@ rank reads all validation shards in order, so each rank scores the same set
 and no cross-rank gather is needed.
 
 Corrupt samples are skipped and counted (``on_corrupt: skip``) or raise
-(``on_corrupt: fail``) with the shard named.
+(``on_corrupt: fail``) with the shard named. ``check_shards`` reads every
+shard's tar headers (not the images) on the driver before training starts, so
+a truncated or overwritten shard is named in one line at once instead of
+failing a worker in mid-run.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import io
 import itertools
 import random
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +31,29 @@ from torch.utils.data import DataLoader
 
 from .augment import random_crop_flip
 from .meta import DataError, DatasetMeta
+
+
+def tar_problem(path: str | Path) -> str | None:
+    """Why a shard (a plain tar) cannot be read to its end; None when its headers all parse."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            members = tar.getmembers()
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        return f"{path}: damaged shard ({' '.join(str(exc).split())[:160] or type(exc).__name__})"
+    if not members:
+        return f"{path}: damaged shard (no samples)"
+    return None
+
+
+def check_shards(paths: list[str], on_corrupt: str,
+                 fix: str = "repack the data, or skip what cannot be read (data.on_corrupt: skip)") -> list[str]:
+    """Scan shards before training: ``fail`` raises one ``DataError`` naming the first damaged one;
+    ``skip`` returns the problems (the loader then skips what it cannot read, and counts it)."""
+    problems = [p for p in map(tar_problem, paths) if p is not None]
+    if problems and on_corrupt == "fail":
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DataError(f"{problems[0]}{more}; {fix}")
+    return problems
 
 
 def _as_given(shards):

@@ -28,6 +28,7 @@ class DatasetMeta:
     splits: dict[str, dict] = field(default_factory=dict)  # split -> {"shards": [...], "count": n}
     source: str = ""
     train_order: str = "source"  # "source" (as read) or "shuffled:<seed>" (see pack.pack_arrays)
+    skipped: int = 0  # unreadable source images left out at packing (data.on_corrupt: skip)
 
     @property
     def num_classes(self) -> int:
@@ -53,9 +54,14 @@ def load_meta(root: str | Path) -> DatasetMeta:
     if not path.is_file():
         raise DataError(f"{path}: not found (pack the data first: distill data pack SRC {root})")
     try:
-        meta = DatasetMeta(**json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise DataError(f"{path}: unreadable dataset metadata ({exc})") from None
+        doc = json.loads(path.read_text())
+        meta = DatasetMeta(**doc)
+        if not (isinstance(meta.classes, list) and meta.classes and isinstance(meta.splits, dict)
+                and all(isinstance(v, dict) and isinstance(v.get("shards"), list) for v in meta.splits.values())):
+            raise ValueError("classes or splits have the wrong shape")
+    except (ValueError, TypeError, OSError) as exc:  # JSON and UTF-8 errors are ValueErrors
+        raise DataError(f"{path}: damaged dataset metadata ({' '.join(str(exc).split())[:160]}); "
+                        "repack the data (distill data pack)") from None
     for split in meta.splits:
         for shard in meta.shard_paths(root, split):
             if not Path(shard).is_file():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -127,45 +128,96 @@ def _iter_image_folder(src: Path) -> Iterator[tuple[str, Path, int]]:
                 yield f"{cls}/{f.stem}", f, label
 
 
-def image_folder_arrays(src: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+class ImageReader:
+    """Decodes the images of a source folder or archive; a damaged one stops packing with one line
+    naming it (``on_corrupt: fail``) or is left out and counted (``skip``)."""
+
+    def __init__(self, on_corrupt: str = "fail") -> None:
+        self.on_corrupt = on_corrupt
+        self.skipped: list[str] = []
+
+    def read(self, name: str, data: Path | bytes) -> np.ndarray | None:
+        try:
+            with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as im:
+                return np.asarray(im.convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for unreadable or truncated images
+            if self.on_corrupt != "skip":
+                raise DataError(f"{name}: unreadable image ({' '.join(str(exc).split())}); fix or remove it, "
+                                "or skip such files (data.on_corrupt: skip / --on-corrupt skip)") from None
+            self.skipped.append(name)
+            return None
+
+    def stack(self, images: list[np.ndarray], names: list[str]) -> np.ndarray:
+        if not images:
+            raise DataError("no readable images")
+        first = images[0].shape
+        for name, image in zip(names, images, strict=True):
+            if image.shape != first:
+                raise DataError(f"{name}: image is {image.shape[0]}x{image.shape[1]}, the first one ({names[0]}) "
+                                f"is {first[0]}x{first[1]}; all images must have one size")
+        return np.stack(images)
+
+    def report(self, source: str | Path) -> None:
+        if self.skipped:
+            print(f"{source}: skipped {len(self.skipped)} unreadable image(s) (data.on_corrupt: skip), "
+                  f"first {self.skipped[0]}", flush=True)
+
+
+def image_folder_arrays(src: Path, reader: ImageReader | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     """An image folder (one subfolder per class) as arrays, files in sorted order per class."""
+    reader = reader or ImageReader()
     classes = sorted(p.name for p in src.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{src}: no class subfolders found")
-    keys, images, labels = [], [], []
+    keys, images, labels, names = [], [], [], []
     for key, path, label in _iter_image_folder(src):
-        with Image.open(path) as im:
-            images.append(np.asarray(im.convert("RGB")))
+        image = reader.read(str(path), path)
+        if image is None:
+            continue
+        images.append(image)
+        names.append(str(path))
         keys.append(key.replace("/", "_"))
         labels.append(label)
-    return np.stack(images), np.array(labels, dtype=np.int64), classes, keys
+    return reader.stack(images, names), np.array(labels, dtype=np.int64), classes, keys
 
 
-def tar_image_folder_arrays(src: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+def tar_image_folder_arrays(src: Path, reader: ImageReader | None = None
+                            ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     """An image folder inside a .tar (``[prefix/]<class>/<file>``), read without unpacking it."""
+    reader = reader or ImageReader()
     entries: list[tuple[str, str, tarfile.TarInfo]] = []
-    with tarfile.open(src) as tar:
-        for info in tar:
-            parts = Path(info.name).parts
-            if info.isfile() and len(parts) >= 2 and Path(info.name).suffix.lower() in IMAGE_SUFFIXES:
-                entries.append((parts[-2], parts[-1], info))
-        if not entries:
-            raise DataError(f"{src}: no images in <class>/<file> folders inside the archive")
-        classes = sorted({cls for cls, _, _ in entries})
-        index = {c: i for i, c in enumerate(classes)}
-        entries.sort(key=lambda e: (e[0], e[1]))
-        keys, images, labels = [], [], []
-        for cls, name, info in entries:
-            with Image.open(io.BytesIO(tar.extractfile(info).read())) as im:  # type: ignore[union-attr]
-                images.append(np.asarray(im.convert("RGB")))
-            keys.append(f"{cls}_{Path(name).stem}")
-            labels.append(index[cls])
-    return np.stack(images), np.array(labels, dtype=np.int64), classes, keys
+    try:
+        with tarfile.open(src) as tar:
+            for info in tar:
+                parts = Path(info.name).parts
+                if info.isfile() and len(parts) >= 2 and Path(info.name).suffix.lower() in IMAGE_SUFFIXES:
+                    entries.append((parts[-2], parts[-1], info))
+            if not entries:
+                raise DataError(f"{src}: no images in <class>/<file> folders inside the archive")
+            classes = sorted({cls for cls, _, _ in entries})
+            index = {c: i for i, c in enumerate(classes)}
+            entries.sort(key=lambda e: (e[0], e[1]))
+            keys, images, labels, names = [], [], [], []
+            for cls, name, info in entries:
+                image = reader.read(f"{src}:{info.name}", tar.extractfile(info).read())  # type: ignore[union-attr]
+                if image is None:
+                    continue
+                images.append(image)
+                names.append(f"{src}:{info.name}")
+                keys.append(f"{cls}_{Path(name).stem}")
+                labels.append(index[cls])
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DataError(f"{src}: damaged archive ({' '.join(str(exc).split())})") from None
+    return reader.stack(images, names), np.array(labels, dtype=np.int64), classes, keys
 
 
 def pack_source(source: str, dst: Path, *, shard_size: int, val_per_class: int,
-                normalize: tuple[list[float], list[float]] | None = None) -> DatasetMeta:
-    """Pack a named source: 'sklearn-digits', an image folder or a .tar of one, or an .npz with images/labels."""
+                normalize: tuple[list[float], list[float]] | None = None, on_corrupt: str = "fail") -> DatasetMeta:
+    """Pack a named source: 'sklearn-digits', an image folder or a .tar of one, or an .npz with images/labels.
+
+    ``on_corrupt``: an unreadable image stops packing with one line naming it ("fail") or is left
+    out, counted in meta.json (``skipped``) and named in one printed line ("skip")."""
     common = {"shard_size": shard_size, "val_per_class": val_per_class, "source": source, "normalize": normalize}
     if source == "sklearn-digits":  # its own order interleaves the classes (and the digits results used it)
         images, labels, classes = digits_arrays()
@@ -173,20 +225,29 @@ def pack_source(source: str, dst: Path, *, shard_size: int, val_per_class: int,
     path = Path(source)
     if path.is_dir() or (path.is_file() and path.suffix == ".tar"):
         read = image_folder_arrays if path.is_dir() else tar_image_folder_arrays
-        images, labels, classes, keys = read(path)
-        return pack_arrays(images, labels, classes, dst, keys=keys, **common)
+        reader = ImageReader(on_corrupt)
+        images, labels, classes, keys = read(path, reader)
+        reader.report(path)
+        meta = pack_arrays(images, labels, classes, dst, keys=keys, **common)
+        if reader.skipped:
+            meta.skipped = len(reader.skipped)
+            meta.save(dst)
+        return meta
     if path.suffix == ".npz" and path.is_file():
-        arrays = np.load(path)
-        if "images" not in arrays or "labels" not in arrays:
-            raise DataError(f"{path}: an .npz source needs 'images' and 'labels' arrays")
-        labels = arrays["labels"].astype(np.int64)
+        try:
+            arrays = np.load(path)
+            if "images" not in arrays or "labels" not in arrays:
+                raise DataError(f"{path}: an .npz source needs 'images' and 'labels' arrays")
+            images, labels = arrays["images"], arrays["labels"].astype(np.int64)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{path}: damaged .npz file ({' '.join(str(exc).split())})") from None
         classes = [str(c) for c in range(int(labels.max()) + 1)]
-        return pack_arrays(arrays["images"], labels, classes, dst, **common)
+        return pack_arrays(images, labels, classes, dst, **common)
     raise DataError(f"data.source {source!r}: not 'sklearn-digits', an image folder (or its .tar) or an .npz file")
 
 
 def ensure_shards(source: str, dst: Path, *, shard_size: int, val_per_class: int,
-                  normalize: tuple[list[float], list[float]] | None = None) -> DatasetMeta:
+                  normalize: tuple[list[float], list[float]] | None = None, on_corrupt: str = "fail") -> DatasetMeta:
     """Shards at ``dst``, packing ``source`` on first use; existing shards must match ``normalize``."""
     for root in (dst, Path(source)):
         if (root / "meta.json").is_file():
@@ -195,4 +256,5 @@ def ensure_shards(source: str, dst: Path, *, shard_size: int, val_per_class: int
                 raise DataError(f"{root}/meta.json: packed with mean {meta.mean} std {meta.std}, but the spec's "
                                 f"data.normalize is {normalize[0]} / {normalize[1]}; repack or fix the spec")
             return meta
-    return pack_source(source, dst, shard_size=shard_size, val_per_class=val_per_class, normalize=normalize)
+    return pack_source(source, dst, shard_size=shard_size, val_per_class=val_per_class, normalize=normalize,
+                       on_corrupt=on_corrupt)

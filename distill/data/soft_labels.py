@@ -52,7 +52,13 @@ def read_soft_meta(folder: Path) -> dict[str, Any]:
     path = Path(folder) / SOFT_META
     if not path.is_file():
         raise DataError(f"{folder}: no soft labels here (run `distill teach CONFIG` first)")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: damaged soft-label metadata ({' '.join(str(exc).split())[:120]}); "
+                        "rerun `distill teach`") from None
     if meta.get("format") != FORMAT_VERSION:
         raise DataError(f"{path}: soft-label format {meta.get('format')!r}, expected {FORMAT_VERSION}; "
                         "rerun `distill teach`")
@@ -101,11 +107,15 @@ class SoftLabels:
             path = Path(folder) / Path(shard).name
             if not path.is_file():
                 raise DataError(f"{path}: soft-label shard missing (rerun `distill teach`)")
-            for sample in wds.tarfile_to_samples()(iter([{"url": str(path)}])):
-                self.keys[sample["__key__"]] = len(self.keys)
-                for ext, blob in sample.items():
-                    if ext.endswith(".npy"):
-                        rows.setdefault(ext[:-4], []).append(_array(blob))
+            try:
+                for sample in wds.tarfile_to_samples()(iter([{"url": str(path)}])):
+                    self.keys[sample["__key__"]] = len(self.keys)
+                    for ext, blob in sample.items():
+                        if ext.endswith(".npy"):
+                            rows.setdefault(ext[:-4], []).append(_array(blob))
+            except Exception as exc:  # noqa: BLE001 - tar, npy and webdataset errors alike: the file is bad
+                raise DataError(f"{path}: damaged soft-label shard ({' '.join(str(exc).split())[:120]}); "
+                                "rerun `distill teach`") from None
         self.arrays = {name: np.stack(r) for name, r in rows.items()}  # each [N, V, ...]
         self.views = self.arrays.pop("views")
         self.hints = [{path: f"hint{t}_{j}" for j, path in enumerate(paths)}
