@@ -58,6 +58,9 @@ def student_form(student: nn.Module, target: str, int8: bool) -> tuple[nn.Module
 
     low_bit = is_low_bit(student)
     if target == "packed":
+        if not low_bit:
+            raise DeployError("--to packed needs a ternary/binary student (student.quantization.scheme twn, ttq, "
+                              "binary-connect or xnor); a float student exports to onnx or executorch")
         if int8:
             raise DeployError("--int8 applies to onnx and executorch; a packed file is already 2-/1-bit")
         return student, "packed"

@@ -25,7 +25,7 @@ SCHEMES = ("twn", "ttq", "binary-connect", "xnor")
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, digits_root):
     base = tmp_path_factory.mktemp("lowbit")
-    return {s: short_run(base / s, digits_root, options={"alpha": 0.25}, scheme=s, steps=60, lr=1e-2)
+    return {s: short_run(base / s, digits_root, options={"alpha": 0.25}, scheme=s, steps=120, lr=3e-3)
             for s in SCHEMES}
 
 
@@ -72,6 +72,16 @@ def test_executorch_portable_gives_the_students_predictions(runs, capsys, scheme
     assert e["agreement_top1"] == 1.0, e
     if scheme == "twn":  # float-rebuilt weights: every conv and linear inside XNNPACK
         assert e["delegation"]["undelegated_compute"] == [], e["delegation"]
+
+
+def test_packed_file_from_the_cli(runs, capsys):
+    """--to packed: the project's 2-bit file, in PyTorch on the packed kernels (int8 activations per row:
+    the one approximation, so agreement is stated, not exact), smaller than the portable ONNX file."""
+    e = export(runs["twn"], capsys, "--to", "packed")
+    assert e["form"] == "packed" and e["runtime"] == "torch" and e["agreement_top1"] > 0.9, e
+    onnx_file = runs["twn"] / "export" / "student.onnx"
+    if onnx_file.is_file():
+        assert e["bytes"] < onnx_file.stat().st_size
 
 
 def test_refusals_are_one_line(runs, capsys, tmp_path, digits_root):

@@ -29,14 +29,27 @@ def to_onnx(model: nn.Module, example: Tensor, path: str | Path, *,
     path.parent.mkdir(parents=True, exist_ok=True)
     if calibration is None:
         _export(model, example, path)
-        return path
-    from .int8 import onnx_int8
+    else:
+        from .int8 import onnx_int8
 
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "fp32.onnx"
-        _export(model, example, fp32)
-        onnx_int8(fp32, path, calibration)
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = Path(tmp) / "fp32.onnx"
+            _export(model, example, fp32)
+            onnx_int8(fp32, path, calibration)
+    _strip(path)
     return path
+
+
+def _strip(path: Path) -> None:
+    """Drop what the exporter records for debugging (each node's source location and FX names, the
+    intermediate shapes): on a small student that is half the file; the graph and weights stay."""
+    onnx = require("onnx", "ONNX export")
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))
 
 
 def _export(model: nn.Module, example: Tensor, path: Path) -> None:

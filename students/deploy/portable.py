@@ -28,7 +28,6 @@ weight, and ExecuTorch would run those on its portable kernels.
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers torch.ops.quantized_decomposed
@@ -38,8 +37,6 @@ from torch.nn import functional as F
 from kernels import ste
 
 from .errors import DeployError
-
-PORTABLE_SCHEMES = ("twn", "ttq", "binary-connect", "xnor")
 
 
 class CodedWeight(nn.Module):
@@ -112,23 +109,27 @@ def is_low_bit(model: nn.Module) -> bool:
     return any(isinstance(m, QConv2d | QLinear) for m in model.modules())
 
 
+def coded_layer(layer: nn.Module, codes: Tensor, pos: Tensor, neg: Tensor | None = None, *,
+                binary_input: bool = False, act_scale: bool = True) -> nn.Module:
+    """The portable module of a trained conv / linear ``layer`` whose eval weight is ``codes`` times
+    ``pos`` (one scale or one per output channel), or ``+pos`` / ``-neg`` by the sign of the code
+    (``neg`` given: TTQ); ``binary_input``: XNOR's binarized input (and K with ``act_scale``).
+    The schemes' ``portable`` methods call this."""
+    weight = CodedWeight(codes, torch.as_tensor(pos).detach(), None if neg is None else torch.as_tensor(neg).detach())
+    cls = PortableConv2d if isinstance(layer, nn.Conv2d) else PortableLinear
+    return cls(layer, weight, binary_input, act_scale).eval()
+
+
 @torch.no_grad()
 def portable_layer(layer: nn.Module, name: str = "") -> nn.Module:
-    """One trained QConv2d / QLinear as its portable module (module docstring)."""
+    """One trained QConv2d / QLinear as its portable module: its scheme's ``portable``."""
+    from students.schemes import schemes_with
+
     scheme = layer.scheme
-    if scheme not in PORTABLE_SCHEMES:
-        raise DeployError(f"layer {name or type(layer).__name__!r} uses scheme {scheme!r}, which has no portable "
-                          f"form; portable export supports {', '.join(PORTABLE_SCHEMES)}")
-    state: dict[str, Any] = layer.export_state()
-    if scheme == "ttq":
-        weight = CodedWeight(state["codes"], state["wp"], state["wn"])
-    else:
-        alpha = state["alpha"] if state.get("alpha") is not None else torch.ones(1)
-        weight = CodedWeight(state["codes"], torch.as_tensor(alpha), None)
-    opts = layer.options
-    binary_input = scheme == "xnor" and bool(opts.get("binarize_input", False))
-    cls = PortableConv2d if isinstance(layer, nn.Conv2d) else PortableLinear
-    return cls(layer, weight, binary_input, bool(opts.get("act_scale", True))).eval()
+    if not scheme.supports("portable"):
+        raise DeployError(f"layer {name or type(layer).__name__!r} uses scheme {scheme.name!r}, which has no "
+                          f"portable form; portable export supports {', '.join(schemes_with('portable'))}")
+    return scheme.portable(layer)
 
 
 @torch.no_grad()
