@@ -194,8 +194,8 @@ def latency(name: str, forms: list[Form], threads: list[int], rounds: int, acc: 
                 print(json.dumps({**row, "skipped": skipped[f]}), flush=True)
                 continue
             path = tmp / f"{name}-{f.runtime}-{f.form}{f.suffix}"
+            row.update({"top1": None, "agreement": None, **acc.get((f.runtime, f.form), {})})
             row.update(latency_ms=round(ms[f], 4), bytes=path.stat().st_size if path.is_file() else None,
-                       **{k: None for k in ("top1", "agreement")}, **acc.get((f.runtime, f.form), {}),
                        speedup_vs_best_fp32_runtime=round(best["fp32"] / ms[f], 3) if best["fp32"] else None,
                        speedup_vs_best_int8_runtime=round(best["int8"] / ms[f], 3) if best["int8"] else None,
                        accuracy_on="digits 8x8 (trained, same arch)", rounds=rounds, cpu=cpu)
