@@ -1,5 +1,6 @@
 # Two commands set everything up on a fresh machine:
-#   make demo   - create .venv, install, distill the embedded digits demo end to end
+#   make demo   - create .venv, install, distill the embedded digits demo end to end and
+#                 export the student to onnxruntime and ExecuTorch (accuracy, latency in each)
 #   make test   - create .venv, install, run the test suite
 #   make test-arm - the AArch64 kernels, cross-built and checked under qemu (installs the Debian tools)
 VENV   ?= .venv
@@ -24,6 +25,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/distill teachers train configs/demo.yaml
 	$(VENV)/bin/distill run configs/demo.yaml
+	$(VENV)/bin/distill export runs/demo --to onnx
+	$(VENV)/bin/distill export runs/demo --to executorch
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15

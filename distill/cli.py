@@ -12,11 +12,13 @@ from pathlib import Path
 
 from cluster.placement import ClusterError
 from distill.data import DataError
+from distill.deployment import add_export_command, cmd_export
 from distill.errors import RunFailed
 from distill.evaluate import add_eval_command, cmd_eval
 from distill.launch import JOB_COMMANDS, add_job_commands
 from distill.serve import add_serve_command, cmd_serve
 from distill.spec import SpecError
+from students.deploy import DeployError
 
 SET_HELP = "override a spec field, e.g. --set trainer.epochs=3 (repeatable; values parsed as YAML)"
 
@@ -46,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_commands(sub, _add_spec_args)
     add_eval_command(sub)
     add_serve_command(sub, _add_spec_args)
+    add_export_command(sub)
 
     teach = sub.add_parser("teach", help="run the teachers once over the training set and store soft labels",
                            description="Offline teaching: serve the spec's teachers as Ray actors, run them "
@@ -165,7 +168,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "teachers": _cmd_teachers, "data": _cmd_data, "students": _cmd_students,
-            "eval": cmd_eval, "teach": _cmd_teach, "serve": cmd_serve,
+            "eval": cmd_eval, "export": cmd_export, "teach": _cmd_teach, "serve": cmd_serve,
             **JOB_COMMANDS}
 
 
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (SpecError, DataError, ClusterError) as exc:
+    except (SpecError, DataError, ClusterError, DeployError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RunFailed as exc:

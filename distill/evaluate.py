@@ -82,11 +82,16 @@ def load_student(path: Path, config: Path | None = None, overrides: list[str] | 
 
 def evaluate_checkpoint(path: Path, config: Path | None = None, overrides: list[str] | None = None,
                         export_to: Path | None = None) -> dict:
-    """``distill eval``: the report for a saved student, teachers loaded and run locally; with
+    """``distill eval``: the report for a saved student, teachers loaded and run locally; the files
+    `distill export` wrote in its run folder, run again in their runtimes, under ``exports``; with
     ``export_to``, also the packed export's (``export_entry``) under ``packed``."""
     spec, root, meta, student, teacher_models, weights = load_student(path, config, overrides)
     report = evaluate_models(spec, root, meta, student, teacher_models)
     report["checkpoint"] = str(weights)
+    from distill.deployment import validate_run_exports
+
+    if exports := validate_run_exports(weights.parent, student, root, meta):  # RUN_DIR/export/*, re-run
+        report["exports"] = exports
     if export_to is not None:
         report["packed"] = export_entry(spec, root, meta, student, Path(export_to))
     return report

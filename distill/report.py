@@ -168,6 +168,11 @@ def print_report(report: dict, console: Console | None = None) -> None:
         console.print(table, crop=False)
     finally:
         console.width = width
+    if report.get("exports"):
+        from distill.deployment import summary_line
+
+        for entry in report["exports"]:
+            console.print(summary_line(entry), highlight=False, soft_wrap=True)
 
 
 def hparams_of(spec: dict[str, Any]) -> dict[str, str | float | int | bool]:

@@ -172,6 +172,10 @@ def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False,
                 f"; last good checkpoint: {kept}" if ours else "; no checkpoint was written before it"))
         student.load_state_dict(torch.load(run_dir / "student.pt", map_location="cpu", weights_only=True))
         report = evaluate(spec, root, meta, student, teacher_models, handles)
+    if spec.output.export:  # the runtime files, each validated in its runtime (distill.deployment)
+        from distill.deployment import export_and_validate
+
+        report["exports"] = export_and_validate(spec, root, meta, student, run_dir, spec.output.export)
     report["wall_s"] = round(time.perf_counter() - started, 1)
     report["tensorboard"] = str(spec.logging.tensorboard / spec.name / version)
     write_report(report, run_dir / "report.json")

@@ -233,8 +233,24 @@ class LoggingSpec(_Section):
     log_every_n_steps: int = Field(5, ge=1)
 
 
+class ExportSpec(_Section):
+    """One file `distill run` writes at the end (distill.deployment); a bare string is ``{to: <it>}``."""
+
+    to: Literal["onnx", "executorch", "packed"]
+    int8: bool = Field(False, description="static int8 (onnx: QDQ; executorch: PT2E/XNNPACK), float students only")
+    file: Path | None = Field(None, description="default <output.dir>/export/student[-int8].onnx|.pte|.pt")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"to": value} if isinstance(value, str) else value
+
+
 class OutputSpec(_Section):
     dir: Path = Field(Path("runs/job"), description="run folder: config, checkpoints, report.json")
+    export: list[ExportSpec] = Field(default_factory=list, description="runtime files to write and validate "
+                                                                       "at the end, e.g. [onnx, executorch]")
+    calibration_batches: int = Field(8, ge=1, description="training batches that calibrate an int8 export")
 
 
 class JobSpec(_Section):

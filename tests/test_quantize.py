@@ -666,6 +666,7 @@ def test_schemes_by_name_and_their_targets():
     assert students.list_schemes() == list(SCHEMES)
     assert students.schemes_with("packed") == ["binary-connect", "xnor", "twn", "ttq"]
     assert students.schemes_with("int8_module") == ["int8"]
+    assert students.schemes_with("portable") == ["binary-connect", "xnor", "twn", "ttq"]
     ttq = make_scheme("ttq", scale_lr=0.5)
     assert ttq == scheme_class("ttq")(scale_lr=0.5) and ttq.options == {
         "threshold_factor": 0.05, "grads": "normalized", "scale_lr": 0.5}

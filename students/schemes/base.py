@@ -31,6 +31,8 @@ Export targets, one method each; ``supports(target)`` says whether a scheme has 
     export_state(layer)       integer codes and the scales that rebuild quantized_weight()
     packed(layer)             the layer on the packed 1- / 2-bit kernels (students.export)
     int8_module(layer, name)  a torch.ao int8 module (students.convert_int8)
+    portable(layer)           standard ops with int8 weight codes, for onnxruntime / ExecuTorch
+                              (students.deploy.portable: the codes and scales rebuild the eval weight exactly)
 
 A new export target (e.g. a portable form for ONNX Runtime / ExecuTorch) is one more
 method here that raises ``ValueError`` for schemes without one, and its override in each
@@ -148,6 +150,11 @@ class Scheme:
     def packed(self, layer: nn.Module) -> nn.Module:
         """The layer as it deploys on the packed kernels (kernels.packed_layers), BN not yet folded."""
         raise ValueError(f"scheme {self.name!r} has no packed form{self.no_packed_hint}")
+
+    def portable(self, layer: nn.Module) -> nn.Module:
+        """The layer as standard ops on int8 weight codes that rebuild its eval weight exactly
+        (``students.deploy.portable.coded_layer``), for runtimes that know nothing of this project."""
+        raise ValueError(f"scheme {self.name!r} has no portable form (int8 codes that rebuild its weight exactly)")
 
     def int8_module(self, layer: nn.Module, name: str) -> nn.Module:
         """The layer as a real int8 torch.ao module (int8 QAT)."""

@@ -71,5 +71,11 @@ class BinaryConnect(Scheme):
     def codes_and_scales(self, layer: nn.Module, w: Tensor) -> dict[str, Any]:
         return {"codes": ste.sgn(w).to(torch.int8), "alpha": self.alpha(layer)}
 
+    def portable(self, layer: nn.Module) -> nn.Module:
+        """H * b: int8 codes b in {-1, +1} and the scale H (ONNX DequantizeLinear), exact."""
+        from students.deploy.portable import coded_layer
+
+        return coded_layer(layer, self.export_state(layer)["codes"], self.alpha(layer))
+
     def packed(self, layer: nn.Module) -> nn.Module:
         return packed_form(layer, ternary=False, binary_activations=False, act_scale=True)

@@ -145,5 +145,14 @@ class Ttq(Scheme):
         return {"codes": ste.ternary_codes(w, delta), "wp": self.wp(layer).detach().clone(),
                 "wn": self.wn(layer).detach().clone(), "threshold": delta}  # fmt: skip
 
+    def portable(self, layer: nn.Module) -> nn.Module:
+        """int8 codes t and the two scales, rebuilt as where(t > 0, Wp, where(t < 0, -Wn, 0)): a
+        selection, exact. One int8 scale s would need Wp = a s and Wn = b s with integers a, b <= 127,
+        which learned scales are not in general, so DequantizeLinear alone cannot hold TTQ exactly."""
+        from students.deploy.portable import coded_layer
+
+        state = self.export_state(layer)
+        return coded_layer(layer, state["codes"], state["wp"], state["wn"])
+
     def packed(self, layer: nn.Module) -> nn.Module:
         return packed_form(layer, ternary=True)

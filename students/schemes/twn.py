@@ -46,5 +46,11 @@ class Twn(Scheme):
         delta = self.threshold(layer)
         return {"codes": ste.ternary_codes(w, delta), "alpha": self.alpha(layer), "threshold": delta}
 
+    def portable(self, layer: nn.Module) -> nn.Module:
+        """alpha * t: int8 codes t and one scale (ONNX DequantizeLinear), exact."""
+        from students.deploy.portable import coded_layer
+
+        return coded_layer(layer, self.export_state(layer)["codes"], self.alpha(layer))
+
     def packed(self, layer: nn.Module) -> nn.Module:
         return packed_form(layer, ternary=True)

@@ -72,6 +72,14 @@ class Xnor(Scheme):
     def codes_and_scales(self, layer: nn.Module, w: Tensor) -> dict[str, Any]:
         return {"codes": ste.sgn(w).to(torch.int8), "alpha": self.alpha(layer)}
 
+    def portable(self, layer: nn.Module) -> nn.Module:
+        """alpha[o] * b as int8 codes and a per-filter scale; binarized inputs and K as ops before
+        and after the conv (pad, where(x > 0, 1, -1), conv, times K), XNOR-Net's forward op for op."""
+        from students.deploy.portable import coded_layer
+
+        return coded_layer(layer, self.export_state(layer)["codes"], self.alpha(layer),
+                           binary_input=self.binarize_input, act_scale=self.act_scale)
+
     def packed(self, layer: nn.Module) -> nn.Module:
         grouped = BinaryInputConv2d if self.binarize_input else nn.Conv2d
         return packed_form(layer, ternary=False, grouped=grouped, binary_activations=self.binarize_input,

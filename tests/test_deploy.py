@@ -1,0 +1,129 @@
+"""Float students in ONNX Runtime and ExecuTorch (XNNPACK), fp32 and int8, through `distill export`.
+
+One short digits run (tests/deploy_run.py: trained weights, no Ray) is exported to every form;
+each file is loaded in its own runtime and scored on the validation split. Acceptance: fp32
+files agree with eager PyTorch on >= 99.9% of the images, int8 files lose at most 1 point of
+top-1, every conv and linear of an ExecuTorch file runs inside the XNNPACK delegate, and a bad
+request is one line on stderr with exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from distill.cli import main
+from tests.deploy_run import short_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, digits_root):
+    return short_run(tmp_path_factory.mktemp("deploy") / "run", digits_root, options={"alpha": 0.25}, steps=200, lr=1e-2)
+
+
+def export(run, capsys, *args: str) -> dict:
+    assert main(["export", str(run), *args, "--json", "--rounds", "2"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def check_entry(e: dict, run, suffix: str) -> None:
+    assert e["file"] == str(run / "export" / suffix) and e["bytes"] > 10_000
+    assert e["student_top1"] > 0.5  # trained: far above the 10% of a guess
+    assert set(e["latency_ms"]) == {"1", "2"} and all(ms > 0 for ms in e["latency_ms"].values())
+
+
+@pytest.mark.parametrize("to, suffix", [("onnx", "student.onnx"), ("executorch", "student.pte")])
+def test_fp32_agrees_with_eager(run, capsys, to, suffix):
+    e = export(run, capsys, "--to", to)
+    check_entry(e, run, suffix)
+    assert e["form"] == "fp32" and e["agreement_top1"] >= 0.999, e
+    assert abs(e["top1"] - e["student_top1"]) <= 0.001
+    if to == "executorch":
+        d = e["delegation"]
+        assert d["undelegated_compute"] == [] and d["subgraphs"] == 1, d  # one XNNPACK call does it all
+
+
+@pytest.mark.parametrize("to, suffix", [("onnx", "student-int8.onnx"), ("executorch", "student-int8.pte")])
+def test_int8_within_one_point(run, capsys, to, suffix):
+    e = export(run, capsys, "--to", to, "--int8")
+    check_entry(e, run, suffix)
+    fp32_bytes = (run / "export" / suffix.replace("-int8", "")).stat().st_size
+    assert e["form"] == "int8" and e["bytes"] < 0.5 * fp32_bytes  # int8 weights: about a quarter
+    assert e["top1"] >= e["student_top1"] - 0.01, e
+    assert e["agreement_top1"] > 0.9
+    if to == "executorch":
+        assert e["delegation"]["undelegated_compute"] == [], e["delegation"]
+
+
+def test_logits_match_in_each_runtime(run):
+    """Beyond top-1: the fp32 files compute the student's logits to float rounding."""
+    from distill.evaluate import load_student
+    from students import deploy
+
+    test_fp32_files = [run / "export" / "student.onnx", run / "export" / "student.pte"]
+    spec, root, meta, student, _, _ = load_student(run)
+    from distill.data import load_split
+
+    x = load_split(root, meta, "val")[0][:64]
+    with torch.inference_mode():
+        ref = student.eval()(x)
+    for path in test_fp32_files:
+        if not path.is_file():
+            pytest.skip(f"{path.name} not exported (its test failed)")
+        out = deploy.predict(deploy.load(path), x)
+        assert (out - ref).abs().max() < 1e-3 * ref.abs().max(), path
+
+
+def test_eval_reports_exports_beside_student(run):
+    from distill.evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(run)
+    files = {e["file"].rsplit("/", 1)[-1]: e for e in report["exports"]}
+    assert {"student.onnx", "student.pte"} <= set(files)
+    assert all(e["student_top1"] == pytest.approx(report["student"]["top1"]) for e in files.values())
+    saved = json.loads((run / "report.json").read_text()) if (run / "report.json").is_file() else None
+    assert saved is None or "exports" in saved
+
+
+def test_bad_requests_are_one_line(run, capsys, monkeypatch):
+    err = one_line_error(capsys, ["export", str(run), "--to", "packed"])
+    assert "packed" in err and "twn" in err  # a float student has no packed form; says which schemes do
+    err = one_line_error(capsys, ["export", str(run), "--to", "onnx", "--out", str(run / "x.pte")])
+    assert ".onnx" in err
+    err = one_line_error(capsys, ["export", str(run / "nowhere"), "--to", "onnx"])
+    assert "nowhere" in err
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed: import raises ImportError
+    err = one_line_error(capsys, ["export", str(run), "--to", "onnx", "--out", str(run / "y.onnx")])
+    assert "onnxscript" in err and "pip install" in err
+
+
+@pytest.mark.slow
+def test_run_exports_at_the_end(tmp_path, digits_root, ray_session):
+    """`output.export` in the spec: `distill run` writes and validates the files, and reports them."""
+    from distill.runner import prepare_data, run_job
+    from distill.spec import parse_spec
+    from distill.teacher_training import train_teachers
+    from tests.test_e2e import tiny_job
+
+    doc = tiny_job(tmp_path, digits_root, epochs=2)
+    doc["output"]["export"] = ["onnx", {"to": "executorch"}]
+    spec = parse_spec(doc)
+    train_teachers(spec, *prepare_data(spec))
+    report = run_job(spec)
+    names = [e["file"].rsplit("/", 1)[-1] for e in report["exports"]]
+    assert names == ["student.onnx", "student.pte"]
+    assert all(e["agreement_top1"] >= 0.999 for e in report["exports"]), report["exports"]
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [e["file"] for e in saved["exports"]] == [e["file"] for e in report["exports"]]
