@@ -42,7 +42,7 @@ from torch import Tensor, nn
 import students
 from distill.deployment import eager, interleaved_ms
 from students import deploy
-from students.deploy.portable import portable
+from students.deploy.portable_model import portable
 
 Loader = Callable[[int], Callable[[Tensor], Tensor]]
 

@@ -36,8 +36,7 @@ import torch
 from torch import nn
 
 import students
-from distill.evaluate import load_student
-from distill.stages import logits_of
+from distill.stages import load_student, logits_of
 
 RESULTS = Path(__file__).parent / "results" / "export_agreement.jsonl"
 

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.data import CorruptCounter, DatasetMeta, collate_keys, load_split, train_loader
+from distill.report import export_summary_line, write_report
 from distill.spec import ExportSpec, JobSpec, SpecError
 from students import deploy
 from students.deploy import DeployError
@@ -54,7 +55,7 @@ def calibration_batches(spec: JobSpec, root: Path, meta: DatasetMeta) -> list[Te
 
 def student_form(student: nn.Module, target: str, int8: bool) -> tuple[nn.Module, str]:
     """(the module the target's exporter gets, the form's name) for this student."""
-    from students.deploy.portable import is_low_bit, portable
+    from students.deploy.portable_model import is_low_bit, portable
 
     low_bit = is_low_bit(student)
     if target == "packed":
@@ -186,19 +187,8 @@ def validate_run_exports(run_dir: Path, student: nn.Module, root: Path, meta: Da
     return [validate_file(p, student, x_val, y_val) for p in files]
 
 
-def summary_line(e: dict[str, Any]) -> str:
-    """One line per exported file, beside the trained student's numbers."""
-    lat = ", ".join(f"{ms:.3f} ms @{t}t ({e['speedup_vs_eager'][t]:.2f}x eager)" for t, ms in e["latency_ms"].items())
-    deleg = e.get("delegation")
-    outside = f"; not in XNNPACK: {', '.join(deleg['undelegated_compute'])}" if deleg and deleg[
-        "undelegated_compute"] else ""
-    return (f"{e['file']} [{e['runtime']}, {e['form']}]: {e['bytes']:,} bytes, top-1 {e['top1']:.4f} "
-            f"(student {e['student_top1']:.4f}), agreement {e['agreement_top1']:.2%}, batch-1 {lat}{outside}")
-
-
 def record_exports(run_dir: Path, entries: list[dict[str, Any]]) -> None:
     """Put ``entries`` into ``RUN_DIR/report.json``'s ``exports`` (an entry for the same file is replaced)."""
-    from distill.report import write_report
 
     path = Path(run_dir) / "report.json"
     if not path.is_file():
@@ -228,7 +218,7 @@ def add_export_command(sub: Any) -> None:
 
 
 def cmd_export(args: Any) -> int:
-    from distill.evaluate import load_student
+    from distill.stages import load_student
 
     out = args.out
     if args.rounds < 1:
@@ -245,5 +235,5 @@ def cmd_export(args: Any) -> int:
     x_val, y_val = load_split(root, meta, "val")
     entry = validate_file(out, student, x_val, y_val, rounds=args.rounds)
     record_exports(run_dir, [entry])
-    print(json.dumps(entry) if args.json else summary_line(entry))
+    print(json.dumps(entry) if args.json else export_summary_line(entry))
     return 0

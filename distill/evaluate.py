@@ -15,12 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from distill.data import DatasetMeta, load_split
-from distill.spec import JobSpec, SpecError, load_spec
-from distill.stages import evaluate_models, logits_of, prepare_data
+from distill.spec import JobSpec, SpecError
+from distill.stages import evaluate_models, load_student, logits_of
 
 
 def export_entry(spec: JobSpec, root: Path, meta: DatasetMeta, student: nn.Module, path: Path) -> dict[str, Any]:
@@ -47,37 +46,6 @@ def export_entry(spec: JobSpec, root: Path, meta: DatasetMeta, student: nn.Modul
     return {"file": str(path), "file_bytes": path.stat().st_size, "top1": float((out == y_val).float().mean()),
             "agreement_top1": float((out == ref).float().mean()), "latency_ms": packed_ms,
             "fp32_latency_ms": fp32_ms, "speedup_vs_fp32": fp32_ms / packed_ms}
-
-
-def locate_checkpoint(path: Path, config: Path | None = None) -> tuple[Path, Path]:
-    """(student weights, job spec) from a run folder or a ``student.pt`` (spec beside it by default)."""
-    path = Path(path)
-    weights = path / "student.pt" if path.is_dir() else path
-    if not weights.is_file():
-        raise SpecError(f"{weights}: no student weights here (give a run folder or its student.pt)")
-    config = config or weights.parent / "config.yaml"
-    if not config.is_file():
-        raise SpecError(f"{config}: no job spec next to the checkpoint (pass --config)")
-    return weights, config
-
-
-def load_student(path: Path, config: Path | None = None, overrides: list[str] | None = None
-                 ) -> tuple[JobSpec, Path, DatasetMeta, nn.Module, dict[str, nn.Module], Path]:
-    """A saved student as its job built it, with its data and teachers:
-    (spec, shards root, meta, student with the saved weights, teacher models, weights file)."""
-    from distill.checks import check_job
-
-    weights, config = locate_checkpoint(path, config)
-    spec = load_spec(config, overrides)
-    root, meta = prepare_data(spec)
-    student, teacher_models = check_job(spec, meta)
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        student.load_state_dict(state)
-    except (RuntimeError, OSError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SpecError(f"{weights}: does not load into {spec.student.arch} from {config}: {first}") from None
-    return spec, root, meta, student, teacher_models, weights
 
 
 def evaluate_checkpoint(path: Path, config: Path | None = None, overrides: list[str] | None = None,

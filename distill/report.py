@@ -169,10 +169,9 @@ def print_report(report: dict, console: Console | None = None) -> None:
     finally:
         console.width = width
     if report.get("exports"):
-        from distill.deployment import summary_line
 
         for entry in report["exports"]:
-            console.print(summary_line(entry), highlight=False, soft_wrap=True)
+            console.print(export_summary_line(entry), highlight=False, soft_wrap=True)
 
 
 def hparams_of(spec: dict[str, Any]) -> dict[str, str | float | int | bool]:
@@ -226,3 +225,13 @@ def write_hparams(report: dict, spec: dict[str, Any], run_dir: Path) -> None:
             writer.add_scalar(tag, value)
     finally:
         writer.close()
+
+
+def export_summary_line(e: dict[str, Any]) -> str:
+    """One line per exported file, beside the trained student's numbers."""
+    lat = ", ".join(f"{ms:.3f} ms @{t}t ({e['speedup_vs_eager'][t]:.2f}x eager)" for t, ms in e["latency_ms"].items())
+    deleg = e.get("delegation")
+    outside = f"; not in XNNPACK: {', '.join(deleg['undelegated_compute'])}" if deleg and deleg[
+        "undelegated_compute"] else ""
+    return (f"{e['file']} [{e['runtime']}, {e['form']}]: {e['bytes']:,} bytes, top-1 {e['top1']:.4f} "
+            f"(student {e['student_top1']:.4f}), agreement {e['agreement_top1']:.2%}, batch-1 {lat}{outside}")

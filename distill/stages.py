@@ -25,7 +25,7 @@ from distill.data.soft_labels import check_soft_labels, file_digest, soft_label_
 from distill.feature_shapes import teacher_hint_paths
 from distill.report import build_report, model_entry
 from distill.scheduling import embedded_extras, teacher_demand
-from distill.spec import JobSpec, SpecError
+from distill.spec import JobSpec, SpecError, load_spec
 from teachers.ensemble import combine_probs
 from teachers.service import TeacherConfig, start_replicas, stop_replicas
 
@@ -179,3 +179,37 @@ def evaluate_models(spec: JobSpec, root: Path, meta: DatasetMeta, student: nn.Mo
                         spec.teachers.combine) if teacher_logits else None
     return build_report(spec.name, teachers, ens, student_entry, y_val,
                         extra={"val_samples": len(y_val), "dataset": meta.source})
+
+
+# ---------------------------------------------------------------- saved students
+
+
+def locate_checkpoint(path: Path, config: Path | None = None) -> tuple[Path, Path]:
+    """(student weights, job spec) from a run folder or a ``student.pt`` (spec beside it by default)."""
+    path = Path(path)
+    weights = path / "student.pt" if path.is_dir() else path
+    if not weights.is_file():
+        raise SpecError(f"{weights}: no student weights here (give a run folder or its student.pt)")
+    config = config or weights.parent / "config.yaml"
+    if not config.is_file():
+        raise SpecError(f"{config}: no job spec next to the checkpoint (pass --config)")
+    return weights, config
+
+
+def load_student(path: Path, config: Path | None = None, overrides: list[str] | None = None
+                 ) -> tuple[JobSpec, Path, DatasetMeta, nn.Module, dict[str, nn.Module], Path]:
+    """A saved student as its job built it, with its data and teachers:
+    (spec, shards root, meta, student with the saved weights, teacher models, weights file)."""
+    from distill.checks import check_job
+
+    weights, config = locate_checkpoint(path, config)
+    spec = load_spec(config, overrides)
+    root, meta = prepare_data(spec)
+    student, teacher_models = check_job(spec, meta)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        student.load_state_dict(state)
+    except (RuntimeError, OSError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecError(f"{weights}: does not load into {spec.student.arch} from {config}: {first}") from None
+    return spec, root, meta, student, teacher_models, weights

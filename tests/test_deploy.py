@@ -69,7 +69,7 @@ def test_int8_within_one_point(run, capsys, to, suffix):
 
 def test_logits_match_in_each_runtime(run):
     """Beyond top-1: the fp32 files compute the student's logits to float rounding."""
-    from distill.evaluate import load_student
+    from distill.stages import load_student
     from students import deploy
 
     test_fp32_files = [run / "export" / "student.onnx", run / "export" / "student.pte"]

@@ -45,18 +45,17 @@ def pt2e_int8(model: nn.Module, example: Tensor, calibration: Iterable[Tensor]) 
     return convert_pt2e(prepared)
 
 
-def onnx_int8(fp32: Path, out: Path, calibration: Iterable[Tensor]) -> None:
-    """Quantize the fp32 ONNX file ``fp32`` into ``out`` (QDQ int8) on the calibration batches."""
+def onnx_int8(fp32: Path, out: Path, calibration: Iterable[Tensor], input_name: str) -> None:
+    """Quantize the fp32 ONNX file ``fp32`` into ``out`` (QDQ int8) on the calibration batches
+    (fed as the graph input ``input_name``)."""
     q = require("onnxruntime.quantization", "onnxruntime int8")
-    from .onnx import INPUT
-
     class Batches(q.CalibrationDataReader):
         def __init__(self) -> None:
             self._it = iter(calibration)
 
         def get_next(self) -> dict | None:
             batch = next(self._it, None)
-            return None if batch is None else {INPUT: batch.numpy()}
+            return None if batch is None else {input_name: batch.numpy()}
 
     with tempfile.TemporaryDirectory() as tmp:
         prepped = Path(tmp) / "prepped.onnx"

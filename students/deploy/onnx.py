@@ -35,7 +35,7 @@ def to_onnx(model: nn.Module, example: Tensor, path: str | Path, *,
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             _export(model, example, fp32)
-            onnx_int8(fp32, path, calibration)
+            onnx_int8(fp32, path, calibration, INPUT)
     _strip(path)
     return path
 

@@ -36,8 +36,6 @@ from torch.nn import functional as F
 
 from kernels import ste
 
-from .errors import DeployError
-
 
 class CodedWeight(nn.Module):
     """An int8 code tensor and its scales; ``forward()`` is the float weight they stand for."""
@@ -102,13 +100,6 @@ class PortableLinear(nn.Module):
         return out if self.bias is None else out + self.bias
 
 
-def is_low_bit(model: nn.Module) -> bool:
-    """Whether ``model`` holds quantized (students.quantize) layers."""
-    from students.qlayers import QConv2d, QLinear
-
-    return any(isinstance(m, QConv2d | QLinear) for m in model.modules())
-
-
 def coded_layer(layer: nn.Module, codes: Tensor, pos: Tensor, neg: Tensor | None = None, *,
                 binary_input: bool = False, act_scale: bool = True) -> nn.Module:
     """The portable module of a trained conv / linear ``layer`` whose eval weight is ``codes`` times
@@ -118,38 +109,6 @@ def coded_layer(layer: nn.Module, codes: Tensor, pos: Tensor, neg: Tensor | None
     weight = CodedWeight(codes, torch.as_tensor(pos).detach(), None if neg is None else torch.as_tensor(neg).detach())
     cls = PortableConv2d if isinstance(layer, nn.Conv2d) else PortableLinear
     return cls(layer, weight, binary_input, act_scale).eval()
-
-
-@torch.no_grad()
-def portable_layer(layer: nn.Module, name: str = "") -> nn.Module:
-    """One trained QConv2d / QLinear as its portable module: its scheme's ``portable``."""
-    from students.schemes import schemes_with
-
-    scheme = layer.scheme
-    if not scheme.supports("portable"):
-        raise DeployError(f"layer {name or type(layer).__name__!r} uses scheme {scheme.name!r}, which has no "
-                          f"portable form; portable export supports {', '.join(schemes_with('portable'))}")
-    return scheme.portable(layer)
-
-
-@torch.no_grad()
-def portable(model: nn.Module, storage: str = "int8") -> nn.Module:
-    """An eval-mode copy of ``model`` with every quantized layer in its portable form; ``model`` is untouched.
-
-    storage "int8": codes in the module (and the exported file); "float": the rebuilt fp32 weights."""
-    from students.qlayers import QConv2d, QLinear
-    from students.simulate import remove_simulation
-
-    if storage not in ("int8", "float"):
-        raise DeployError(f"portable: storage must be 'int8' or 'float', got {storage!r}")
-    model = copy.deepcopy(model).float().eval()
-    remove_simulation(model)  # the portable form computes the trained layers' float eval forward
-    for parent_name, parent in list(model.named_modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, QConv2d | QLinear):
-                new = portable_layer(child, f"{parent_name}.{name}".lstrip("."))
-                setattr(parent, name, materialize(new) if storage == "float" else new)
-    return model
 
 
 @torch.no_grad()
