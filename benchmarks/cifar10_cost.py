@@ -39,7 +39,7 @@ SHAPE = (3, 32, 32)
 
 
 def teacher_rows(repeats: int) -> list[dict]:
-    from distill.report import count_macs, count_params, latency_ms, stored_bytes
+    from distill.driver.report import count_macs, count_params, latency_ms, stored_bytes
     from teachers.load import load_teacher
 
     rows = []
@@ -52,7 +52,7 @@ def teacher_rows(repeats: int) -> list[dict]:
 
 def student_row(arch: str, options: dict, repeats: int) -> dict:
     import students
-    from distill.report import latency_ms
+    from distill.driver.report import latency_ms
     from students.cost import count_macs, count_params, model_bytes
     from students.quantize import quantize
 

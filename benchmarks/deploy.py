@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 import students
-from distill.deployment import eager, interleaved_ms
+from distill.commands.deployment import eager, interleaved_ms
 from students import deploy
 from students.deploy.portable_model import portable
 

@@ -2,7 +2,7 @@
 
 Every run trains the demo student (MobileNet v1, alpha 0.25) with the same
 budget (epochs, steps per epoch, batch, optimizer, schedule) through the
-real path (`distill.runner.run_job`: Ray teachers, Ray Train, DeepSpeed):
+real path (`distill.commands.runner.run_job`: Ray teachers, Ray Train, DeepSpeed):
 
 - ``hard``: cross-entropy on the labels alone, no teachers;
 - ``kd``: 0.3 CE + 0.7 Hinton KD (T = 4) to the demo ensemble (the demo's loss);
@@ -80,9 +80,9 @@ def main() -> None:
 
     from rich.console import Console
 
-    from distill.runner import prepare_data, run_job
+    from distill.commands.runner import prepare_data, run_job
+    from distill.commands.teacher_training import train_teachers
     from distill.spec import parse_spec
-    from distill.teacher_training import train_teachers
 
     quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the script
     base = parse_spec(job_doc("kd", 0, args.epochs, args.out))

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 import students
-from distill.stages import load_student, logits_of
+from distill.driver.stages import load_student, logits_of
 
 RESULTS = Path(__file__).parent / "results" / "export_agreement.jsonl"
 

@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 from cluster.placement import ClusterError
+from distill.commands.deployment import add_export_command, cmd_export
+from distill.commands.evaluate import add_eval_command, cmd_eval
+from distill.commands.launch import JOB_COMMANDS, add_job_commands
+from distill.commands.serve import add_serve_command, cmd_serve
 from distill.data import DataError
-from distill.deployment import add_export_command, cmd_export
 from distill.errors import RunFailed
-from distill.evaluate import add_eval_command, cmd_eval
-from distill.launch import JOB_COMMANDS, add_job_commands
-from distill.serve import add_serve_command, cmd_serve
 from distill.spec import SpecError
 from students.deploy import DeployError
 
@@ -123,7 +123,7 @@ def _cmd_students(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from distill.runner import run_job
+    from distill.commands.runner import run_job
     from distill.spec import load_spec
 
     spec = load_spec(args.config, args.overrides)
@@ -132,8 +132,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_teach(args: argparse.Namespace) -> int:
+    from distill.commands.teach import teach
     from distill.spec import load_spec
-    from distill.teach import teach
 
     if args.batch_size < 1:
         raise SpecError("--batch-size must be positive")
@@ -142,9 +142,9 @@ def _cmd_teach(args: argparse.Namespace) -> int:
 
 
 def _cmd_teachers(args: argparse.Namespace) -> int:
-    from distill.runner import prepare_data
+    from distill.commands.runner import prepare_data
+    from distill.commands.teacher_training import train_teachers
     from distill.spec import load_spec
-    from distill.teacher_training import train_teachers
 
     spec = load_spec(args.config, args.overrides)
     root, meta = prepare_data(spec)

@@ -4,7 +4,7 @@ Every section forbids unknown keys, so a typo fails at load time with the
 field's dotted path instead of being silently ignored mid-run. ``load_spec``
 applies ``--set a.b=value`` overrides to the raw YAML first, so an override is
 validated exactly like the file. Checks that need the filesystem or the models
-(teacher files exist, class counts agree) live in ``distill.checks``.
+(teacher files exist, class counts agree) live in ``distill.driver.checks``.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ class LoggingSpec(_Section):
 
 
 class ExportSpec(_Section):
-    """One file `distill run` writes at the end (distill.deployment); a bare string is ``{to: <it>}``."""
+    """One file `distill run` writes at the end (distill.commands.deployment); a bare string is ``{to: <it>}``."""
 
     to: Literal["onnx", "executorch", "packed"]
     int8: bool = Field(False, description="static int8 (onnx: QDQ; executorch: PT2E/XNNPACK), float students only")

@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from benchmarks.export import train
-from distill.checks import check_student
 from distill.data import load_split
 from distill.data.meta import load_meta
+from distill.driver.checks import check_student
 from distill.spec import parse_spec
 
 

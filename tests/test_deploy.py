@@ -69,7 +69,7 @@ def test_int8_within_one_point(run, capsys, to, suffix):
 
 def test_logits_match_in_each_runtime(run):
     """Beyond top-1: the fp32 files compute the student's logits to float rounding."""
-    from distill.stages import load_student
+    from distill.driver.stages import load_student
     from students import deploy
 
     test_fp32_files = [run / "export" / "student.onnx", run / "export" / "student.pte"]
@@ -87,7 +87,7 @@ def test_logits_match_in_each_runtime(run):
 
 
 def test_eval_reports_exports_beside_student(run):
-    from distill.evaluate import evaluate_checkpoint
+    from distill.commands.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(run)
     files = {e["file"].rsplit("/", 1)[-1]: e for e in report["exports"]}
@@ -112,9 +112,9 @@ def test_bad_requests_are_one_line(run, capsys, monkeypatch):
 @pytest.mark.slow
 def test_run_exports_at_the_end(tmp_path, digits_root, ray_session):
     """`output.export` in the spec: `distill run` writes and validates the files, and reports them."""
-    from distill.runner import prepare_data, run_job
+    from distill.commands.runner import prepare_data, run_job
+    from distill.commands.teacher_training import train_teachers
     from distill.spec import parse_spec
-    from distill.teacher_training import train_teachers
     from tests.test_e2e import tiny_job
 
     doc = tiny_job(tmp_path, digits_root, epochs=2)

@@ -53,7 +53,7 @@ def export(run, capsys, *args: str) -> dict:
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_portable_weights_are_exact(runs, scheme):
     """Every quantized layer's rebuilt weight equals its eval weight bit for bit."""
-    from distill.stages import load_student
+    from distill.driver.stages import load_student
     from students.deploy.portable_model import portable_layer
     from students.qlayers import QConv2d, QLinear
 

@@ -48,9 +48,9 @@ def job_doc(tmp: Path, digits_root: Path, teachers: Path, out: str) -> dict:
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, digits_root, ray_session):
-    from distill.runner import prepare_data, run_job
+    from distill.commands.runner import prepare_data, run_job
+    from distill.commands.teacher_training import train_teachers
     from distill.spec import parse_spec
-    from distill.teacher_training import train_teachers
 
     tmp = tmp_path_factory.mktemp("core")
     doc = job_doc(tmp, digits_root, tmp / "teachers", "full")
@@ -83,9 +83,9 @@ def untrained_teachers(tmp_path_factory) -> Path:
 
 
 def _resolve(doc: dict):
-    from distill.checks import check_job
-    from distill.feature_shapes import resolve_feature_terms
-    from distill.runner import prepare_data
+    from distill.commands.runner import prepare_data
+    from distill.driver.checks import check_job
+    from distill.driver.feature_shapes import resolve_feature_terms
     from distill.spec import parse_spec
 
     spec = parse_spec(doc)
@@ -95,7 +95,7 @@ def _resolve(doc: dict):
 
 
 def test_feature_terms_get_teacher_hints_and_shapes(tmp_path, digits_root, untrained_teachers):
-    from distill.feature_shapes import teacher_hint_paths
+    from distill.driver.feature_shapes import teacher_hint_paths
     from distill.spec import SpecError
 
     doc = job_doc(tmp_path, digits_root, untrained_teachers, "shapes")
@@ -114,7 +114,7 @@ def test_feature_terms_get_teacher_hints_and_shapes(tmp_path, digits_root, untra
     assert fsp["student_shapes"] == {"stages.1": [32, 8, 8], "stages.2": [64, 4, 4]}
     assert fsp["teacher_shapes"] == {"stages.0": [64, 8, 8], "stages.1": [128, 4, 4]}
 
-    from distill.module import DistillModule
+    from distill.train.module import DistillModule
 
     module = DistillModule(resolved, 10, 1, 8, STEPS)
     regressor = module.terms[0].regressor
@@ -139,7 +139,7 @@ def test_feature_terms_get_teacher_hints_and_shapes(tmp_path, digits_root, untra
 
 
 def test_checkpoint_publish_is_atomic(tmp_path):
-    from distill.checkpoint import last_checkpoint, publish
+    from distill.train.checkpoint import last_checkpoint, publish
 
     ckpt = tmp_path / "checkpoints"
     assert last_checkpoint(ckpt) is None
@@ -226,7 +226,7 @@ def test_checkpoints_and_report(job):
 
 @pytest.mark.slow
 def test_resume_matches_uninterrupted_run(job):
-    from distill.runner import run_job
+    from distill.commands.runner import run_job
     from distill.spec import parse_spec
 
     spec = parse_spec(job_doc(job.tmp, job.digits_root, job.tmp / "teachers", "resumed"))

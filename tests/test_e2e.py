@@ -34,9 +34,9 @@ def tiny_job(tmp_path: Path, digits_root: Path, **trainer) -> dict:
 
 @pytest.mark.slow
 def test_tiny_job_end_to_end(tmp_path, digits_root, ray_session):
-    from distill.runner import prepare_data, run_job
+    from distill.commands.runner import prepare_data, run_job
+    from distill.commands.teacher_training import train_teachers
     from distill.spec import parse_spec
-    from distill.teacher_training import train_teachers
 
     spec = parse_spec(tiny_job(tmp_path, digits_root))
     root, meta = prepare_data(spec)
@@ -69,9 +69,9 @@ def test_tiny_job_end_to_end(tmp_path, digits_root, ray_session):
 @pytest.mark.slow
 def test_inprocess_teachers_job(tmp_path, digits_root, ray_session):
     """teachers.mode: inprocess: no actors; each training worker runs the teachers in its step."""
-    from distill.runner import prepare_data, run_job
+    from distill.commands.runner import prepare_data, run_job
+    from distill.commands.teacher_training import train_teachers
     from distill.spec import parse_spec
-    from distill.teacher_training import train_teachers
 
     doc = tiny_job(tmp_path, digits_root)
     doc["teachers"]["mode"] = "inprocess"

@@ -120,3 +120,36 @@ def test_imports_point_one_way():
             if package == "kernels" and top not in stdlib | KERNELS_THIRD_PARTY | {"kernels", "__future__"}:
                 wrong.append(f"{name} -> {target}")
     assert wrong == []
+
+
+# Inside distill imports point down, so a job reads top to bottom in the folders (README, Layout):
+# cli -> commands -> driver -> train -> spec -> data, losses, errors. A new module goes in the
+# part that matches what it imports; a new part gets a line here.
+DISTILL_LAYERS = [
+    {"distill", "distill.errors", "distill.data", "distill.losses"},
+    {"distill.spec"},
+    {"distill.train"},
+    {"distill.driver"},
+    {"distill.commands"},
+    {"distill.cli", "distill.__main__"},
+]
+
+
+def _distill_layer(module: str) -> int | None:
+    part = ".".join(module.split(".")[:2])  # distill.train.worker -> distill.train
+    return next((i for i, layer in enumerate(DISTILL_LAYERS) if part in layer), None)
+
+
+def test_every_distill_module_has_a_layer():
+    assert sorted(m for m in _graph() if m.split(".")[0] == "distill" and _distill_layer(m) is None) == []
+
+
+def test_distill_imports_point_down():
+    up = []
+    for name, imported in _graph().items():
+        if name.split(".")[0] != "distill" or _distill_layer(name) is None:
+            continue
+        for target in imported:
+            if target.split(".")[0] == "distill" and (_distill_layer(target) or 0) > _distill_layer(name):
+                up.append(f"{name} -> {target}")
+    assert sorted(up) == []

@@ -356,9 +356,9 @@ E2E = {
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(E2E))
 def test_methods_run_end_to_end(family, tmp_path, digits_root, ray_session):
-    from distill.runner import prepare_data, run_job
+    from distill.commands.runner import prepare_data, run_job
+    from distill.commands.teacher_training import train_teachers
     from distill.spec import parse_spec
-    from distill.teacher_training import train_teachers
     from tests.tb_events import load_events, scalar_values
     from tests.test_e2e import tiny_job
 

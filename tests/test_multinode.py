@@ -235,7 +235,7 @@ def _alive(state: dict, cls: str) -> list[dict]:
 def _check_feasibility_on(nodes: list[dict], doc: dict) -> None:
     """The pre-start check, on this cluster's real nodes: the job fits; twice the workers' share cannot."""
     from cluster.placement import ClusterError, Node, check_feasible
-    from distill.scheduling import demands
+    from distill.driver.scheduling import demands
     from distill.spec import parse_spec
 
     live = [Node(n["ip"], n["resources"], n["labels"]) for n in nodes if n["state"] == "ALIVE"]

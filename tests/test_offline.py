@@ -26,8 +26,8 @@ from distill.data.loader import CorruptCounter, decode_sample
 from distill.data.meta import DataError
 from distill.data.soft_labels import OfflineTeacher, SoftLabels, pick_views
 from distill.data.views import apply_views, draw_views
+from distill.driver.stages import check_offline
 from distill.spec import parse_spec
-from distill.stages import check_offline
 from teachers.archs import create_teacher
 from teachers.client import TeacherOutput, TeacherPool
 from teachers.offline import FORMAT_VERSION, ViewBatch, sample_records

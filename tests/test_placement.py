@@ -13,7 +13,7 @@ import pytest
 
 from cluster.placement import ClusterError, Demand, Node, check_feasible
 from cluster.train import fingerprint, resume_checkpoint
-from distill.scheduling import demands, embedded_extras
+from distill.driver.scheduling import demands, embedded_extras
 from distill.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

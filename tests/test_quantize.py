@@ -684,7 +684,7 @@ def test_schemes_by_name_and_their_targets():
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_code_counts_for_tensorboard(scheme):
-    from distill.quant_stats import code_fractions
+    from distill.train.quant_stats import code_fractions
 
     torch.manual_seed(0)
     layer = QConv2d(4, 6, 3, scheme=scheme)

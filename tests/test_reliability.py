@@ -21,8 +21,8 @@ import pytest
 import torch
 import yaml
 
-from distill.checkpoint import AtomicCheckpoint, checkpoint_problem, resumable_checkpoint
 from distill.data import DataError, check_shards, load_meta
+from distill.train.checkpoint import AtomicCheckpoint, checkpoint_problem, resumable_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +99,7 @@ def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(tmp_path):
     assert "names tag" in checkpoint_problem(ckpts / "best.ckpt")
     from rich.console import Console
 
-    from distill.runner import check_resumable
+    from distill.commands.runner import check_resumable
 
     with pytest.raises(DataError, match=r"^--resume: .*mp_rank_00_model_states.pt.*\(and 1 more\); no intact"):
         check_resumable(ckpts, Console())
@@ -242,7 +242,7 @@ def _fit(tmp_path: Path, policy: str, poison: set[int], epochs: int = 3, steps: 
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from distill.callbacks import NonFiniteGuard
+    from distill.train.callbacks import NonFiniteGuard
 
     guard = NonFiniteGuard(policy, ["ce", "l2"], lr=0.1, precision="32")
     ckpt = AtomicCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, monitor="val/top1", mode="max",
@@ -289,7 +289,7 @@ class _EpochData:
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    from distill.callbacks import NonFiniteError
+    from distill.train.callbacks import NonFiniteError
 
     with pytest.raises(NonFiniteError, match=r"^step 5: loss term 'ce' is not finite \(likely cause: lower "
                                              r"trainer\.lr \(now 0\.1\)"):
@@ -460,7 +460,7 @@ def test_report_table_keeps_whole_numbers_on_an_80_column_pipe():
 
     from rich.console import Console
 
-    from distill.report import print_report
+    from distill.driver.report import print_report
 
     teacher = {"name": "resnet56_long_teacher_name", "top1": 0.9612, "params": 855_770, "bytes": 3_400_000,
                "macs": 125_000_000, "latency_ms": 12.3456, "compression_rate": 12.3456, "speedup": 6.5432}
@@ -501,9 +501,9 @@ def test_tensorboard_layout_and_hparams_read_back(tmp_path):
     from tensorboard.plugins.hparams import plugin_data_pb2
     from torch.utils.tensorboard import SummaryWriter
 
-    from distill.callbacks import DASHBOARD
-    from distill.report import write_hparams
+    from distill.driver.report import write_hparams
     from distill.spec import load_spec
+    from distill.train.callbacks import DASHBOARD
     from tests.tb_events import load_events, scalar_values
 
     run = tmp_path / "tb" / "demo" / "v1"

@@ -384,8 +384,8 @@ def test_bad_service_input_is_one_line(ray_session, tmp_path, digits_root, slow_
     import sys
 
     from cluster.placement import ClusterError
+    from distill.driver.stages import attach_service
     from distill.spec import SpecError, parse_spec
-    from distill.stages import attach_service
 
     proc = subprocess.run([sys.executable, "-m", "distill", "serve"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: distill serve: give a CONFIG to serve, or --stop NAME"

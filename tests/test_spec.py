@@ -106,8 +106,8 @@ def test_missing_teacher_file_and_class_mismatch(tmp_path, digits_root):
     """File checks run before training: a missing teacher file, and a teacher with 9 classes."""
     import torch
 
-    from distill.checks import check_job
     from distill.data import load_meta
+    from distill.driver.checks import check_job
     from teachers.archs import create_teacher
 
     doc = demo_doc()

@@ -45,7 +45,7 @@ def digits(tmp_path_factory):
 
 
 def _train_teacher(arch: str, digits, seed: int, epochs: int, **options) -> torch.nn.Module:
-    """A demo teacher in a plain loop (the recipe of distill.teacher_training, no augmentation)."""
+    """A demo teacher in a plain loop (the recipe of distill.commands.teacher_training, no augmentation)."""
     from teachers.archs import create_teacher
 
     torch.manual_seed(seed)
@@ -89,7 +89,7 @@ def _distill(digits, teacher_logits, quantization: dict | None) -> float:
     """Train the demo student with DistillModule + a single-process Trainer; val top-1."""
     import lightning.pytorch as pl
 
-    from distill.module import DistillModule
+    from distill.train.module import DistillModule
 
     n = len(digits.x)
     steps = math.ceil(n / BATCH)
@@ -125,7 +125,7 @@ def test_ttq_student_distills_within_3_points_of_fp(digits, teacher_logits):
 
 def test_quantizer_scales_get_their_own_optimizer_group():
     """scale_lr reaches the optimizer: TTQ's log-scales train at lr x scale_lr without decay."""
-    from distill.module import DistillModule
+    from distill.train.module import DistillModule
     from students.quantize import quantized_layers
 
     module = DistillModule(_spec({"scheme": "ttq", "options": {"scale_lr": 0.5}}), 10, 1, 8, 24)

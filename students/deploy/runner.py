@@ -6,7 +6,7 @@ counts are the runtime's own: an onnxruntime session is built with ``intra_op_nu
 ExecuTorch's XNNPACK delegate shares one process-wide threadpool, resized when a runner needs
 another size (a runner loaded before a resize loads its program again: ``_executorch_pool``);
 the packed file runs on torch's intra-op threads, likewise resized (not restored: a caller
-that times several runners sets the count once per block, see distill.deployment).
+that times several runners sets the count once per block, see distill.commands.deployment).
 """
 
 from __future__ import annotations

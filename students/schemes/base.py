@@ -24,7 +24,7 @@ A layer's life, and the method each step calls:
     quantizer_parameters(layer), quantizer_lr_scale   learned quantizer state for the optimizer
     clip_latent_(layer)       after every optimizer step (BinaryConnect clips its latent weight)
     on_train(layer, mode), on_apply(layer), upgrade_state_dict(layer, state, prefix)   hooks
-    code_counts(layer)        TensorBoard: how many weights hold each code (distill.quant_stats)
+    code_counts(layer)        TensorBoard: how many weights hold each code (distill.train.quant_stats)
 
 Export targets, one method each; ``supports(target)`` says whether a scheme has one:
 

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from cluster.deepspeed_strategy import make_strategy  # noqa: E402
-from distill.precision import LIGHTNING_PRECISION  # noqa: E402
+from distill.train.precision import LIGHTNING_PRECISION  # noqa: E402
 
 
 class Regression(pl.LightningModule):

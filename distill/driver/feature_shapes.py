@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.hooks import FeatureTap
 from distill.losses import LossTerm, build_term
 from distill.spec import JobSpec, LossTermSpec, SpecError
+from distill.train.hooks import FeatureTap
 
 # Shape options a dry run fills, per term type: (student side, teacher side, one shape or a path->shape map).
 SHAPE_OPTIONS: dict[str, tuple[str, str, bool]] = {
@@ -126,7 +126,7 @@ def resolve_feature_terms(spec: JobSpec, student: nn.Module, teachers: dict[str,
                           input_shape: tuple[int, int, int]) -> dict[str, Any]:
     """The spec as a dict with every feature term's shapes filled in, each term built once as a check.
 
-    ``teachers`` are the locally loaded teacher models (``distill.checks``);
+    ``teachers`` are the locally loaded teacher models (``distill.driver.checks``);
     ``input_shape`` is one sample's (C, H, W).
     """
     doc = copy.deepcopy(spec.model_dump(mode="json"))

@@ -123,7 +123,7 @@ def build_report(job: str, teachers: list[dict[str, Any]], ensemble_logits: torc
 
 
 def write_report(report: dict, path: Path) -> None:
-    from distill.checkpoint import atomic_write_text  # imports Lightning: not at `distill --help` time
+    from distill.train.checkpoint import atomic_write_text  # imports Lightning: not at `distill --help` time
 
     atomic_write_text(json.dumps(report, indent=2), path)
 

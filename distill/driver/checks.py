@@ -49,7 +49,7 @@ def check_teachers(spec: JobSpec, meta: DatasetMeta) -> dict[str, nn.Module]:
 
 
 def check_student(spec: JobSpec, meta: DatasetMeta) -> nn.Module:
-    from distill.module import build_student
+    from distill.train.module import build_student
 
     if spec.student.num_classes is not None and spec.student.num_classes != meta.num_classes:
         raise SpecError(f"student.num_classes: {spec.student.num_classes} but the data (and teachers) have "

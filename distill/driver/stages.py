@@ -22,9 +22,9 @@ from cluster.placement import ClusterError, bundle_options, release, reserve
 from distill.data import DatasetMeta, ensure_shards, load_split
 from distill.data.meta import DataError
 from distill.data.soft_labels import check_soft_labels, file_digest, soft_label_dir
-from distill.feature_shapes import teacher_hint_paths
-from distill.report import build_report, model_entry
-from distill.scheduling import embedded_extras, teacher_demand
+from distill.driver.feature_shapes import teacher_hint_paths
+from distill.driver.report import build_report, model_entry
+from distill.driver.scheduling import embedded_extras, teacher_demand
 from distill.spec import JobSpec, SpecError, load_spec
 from teachers.ensemble import combine_probs
 from teachers.service import TeacherConfig, start_replicas, stop_replicas
@@ -76,7 +76,7 @@ def attach_service(spec: JobSpec) -> Any:
     """A ``ServiceLink`` for this job, after checking the service serves what the job needs (one line if not)."""
     import ray
 
-    from distill.feature_shapes import teacher_hint_paths
+    from distill.driver.feature_shapes import teacher_hint_paths
     from teachers.controller import ServiceLink, find_service
 
     name, ns = spec.teachers.service, spec.cluster.namespace
@@ -200,7 +200,7 @@ def load_student(path: Path, config: Path | None = None, overrides: list[str] | 
                  ) -> tuple[JobSpec, Path, DatasetMeta, nn.Module, dict[str, nn.Module], Path]:
     """A saved student as its job built it, with its data and teachers:
     (spec, shards root, meta, student with the saved weights, teacher models, weights file)."""
-    from distill.checks import check_job
+    from distill.driver.checks import check_job
 
     weights, config = locate_checkpoint(path, config)
     spec = load_spec(config, overrides)

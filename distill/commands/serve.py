@@ -74,9 +74,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def serve(spec: JobSpec, name: str, address: str | None, *, num_cpus: float | None = None,
           console: Console | None = None) -> int:
-    from distill.checks import check_teachers
-    from distill.feature_shapes import teacher_hint_paths
-    from distill.stages import prepare_data, teacher_config
+    from distill.driver.checks import check_teachers
+    from distill.driver.feature_shapes import teacher_hint_paths
+    from distill.driver.stages import prepare_data, teacher_config
     from teachers.controller import ReplicaResources, find_service, start_service
 
     console = console or Console()

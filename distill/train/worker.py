@@ -19,11 +19,11 @@ import torch
 
 from cluster.deepspeed_strategy import make_strategy, prepare_cpu_environment
 from cluster.train import lightning_plugins, resume_checkpoint, worker_rank
-from distill.checkpoint import atomic_save, atomic_write_text, last_checkpoint, resumable_checkpoint
 from distill.data import CorruptCounter, load_meta, train_loader, val_loader
 from distill.data.augment import MixedBatches
-from distill.precision import LIGHTNING_PRECISION, resolve_precision
 from distill.spec import JobSpec
+from distill.train.checkpoint import atomic_save, atomic_write_text, last_checkpoint, resumable_checkpoint
+from distill.train.precision import LIGHTNING_PRECISION, resolve_precision
 
 STOPPED_FILE = "stopped.txt"  # in the run folder: why training stopped early (one line), for the driver
 
@@ -52,9 +52,9 @@ def train_worker(config: dict[str, Any]) -> None:
     from lightning.pytorch.loggers import TensorBoardLogger
     from ray.train.lightning import prepare_trainer
 
-    from distill.callbacks import NonFiniteError, NonFiniteGuard, TeacherStatsCallback
-    from distill.module import DistillModule
-    from distill.run_callbacks import run_callbacks
+    from distill.train.callbacks import NonFiniteError, NonFiniteGuard, TeacherStatsCallback
+    from distill.train.module import DistillModule
+    from distill.train.run_callbacks import run_callbacks
     from teachers.client import Prefetcher, TeacherPool
 
     spec = JobSpec.model_validate(config["spec"])

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.data import CorruptCounter, DatasetMeta, collate_keys, load_split, train_loader
-from distill.report import export_summary_line, write_report
+from distill.driver.report import export_summary_line, write_report
 from distill.spec import ExportSpec, JobSpec, SpecError
 from students import deploy
 from students.deploy import DeployError
@@ -218,7 +218,7 @@ def add_export_command(sub: Any) -> None:
 
 
 def cmd_export(args: Any) -> int:
-    from distill.stages import load_student
+    from distill.driver.stages import load_student
 
     out = args.out
     if args.rounds < 1:

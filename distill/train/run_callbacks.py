@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from distill.callbacks import DashboardLayout, NonFiniteGuard, ThroughputCallback
-from distill.checkpoint import AtomicCheckpoint
 from distill.data import DatasetMeta
-from distill.quant_stats import QuantStats
 from distill.spec import JobSpec
-from distill.val_analysis import TeacherValLogits, ValidationAnalysis
+from distill.train.callbacks import DashboardLayout, NonFiniteGuard, ThroughputCallback
+from distill.train.checkpoint import AtomicCheckpoint
+from distill.train.quant_stats import QuantStats
+from distill.train.val_analysis import TeacherValLogits, ValidationAnalysis
 
 
 def _teacher_val(ref: Any) -> TeacherValLogits | None:

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 import students
-from distill.hooks import FeatureTap
 from distill.losses import LossInputs, build_term
 from distill.spec import JobSpec
+from distill.train.hooks import FeatureTap
 
 
 def build_student(spec: JobSpec, num_classes: int, in_chans: int) -> nn.Module:

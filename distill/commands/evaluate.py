@@ -5,7 +5,7 @@
 from files alone, long after the run: it reads the run folder's
 ``config.yaml`` and ``student.pt``, loads the teachers locally and scores all
 of them on the spec's validation split, with no Ray. Both produce the same
-report (``distill.report``): accuracy, parameters, stored bytes, MACs,
+report (``distill.driver.report``): accuracy, parameters, stored bytes, MACs,
 measured CPU latency, compression a/a* and speed-up s/s* against each
 teacher and the ensemble.
 """
@@ -18,8 +18,8 @@ from typing import Any
 from torch import nn
 
 from distill.data import DatasetMeta, load_split
+from distill.driver.stages import evaluate_models, load_student, logits_of
 from distill.spec import JobSpec, SpecError
-from distill.stages import evaluate_models, load_student, logits_of
 
 
 def export_entry(spec: JobSpec, root: Path, meta: DatasetMeta, student: nn.Module, path: Path) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def export_entry(spec: JobSpec, root: Path, meta: DatasetMeta, student: nn.Modul
     and score it on the validation split: top-1, top-1 agreement with the trained model, bytes on
     disk, and batch-1 latency against the same architecture in fp32 (the speed-up s/s* of export)."""
     import students
-    from distill.report import latency_ms
+    from distill.driver.report import latency_ms
 
     q, packed = spec.student.quantization, students.schemes_with("packed")
     if q is None or q.scheme not in packed:
@@ -56,7 +56,7 @@ def evaluate_checkpoint(path: Path, config: Path | None = None, overrides: list[
     spec, root, meta, student, teacher_models, weights = load_student(path, config, overrides)
     report = evaluate_models(spec, root, meta, student, teacher_models)
     report["checkpoint"] = str(weights)
-    from distill.deployment import validate_run_exports
+    from distill.commands.deployment import validate_run_exports
 
     if exports := validate_run_exports(weights.parent, student, root, meta):  # RUN_DIR/export/*, re-run
         report["exports"] = exports
@@ -87,7 +87,7 @@ def add_eval_command(sub: Any) -> None:
 def cmd_eval(args: Any) -> int:
     import json
 
-    from distill.report import print_report, write_report
+    from distill.driver.report import print_report, write_report
 
     report = evaluate_checkpoint(args.checkpoint, args.config, args.overrides, export_to=args.export)
     if args.out:

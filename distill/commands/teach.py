@@ -16,15 +16,15 @@ from rich.console import Console
 
 from distill.data.meta import DataError
 from distill.data.soft_labels import file_digest, soft_label_dir
+from distill.driver.stages import prepare_data, served_teachers, teacher_digests
 from distill.spec import JobSpec, SpecError
-from distill.stages import prepare_data, served_teachers, teacher_digests
 
 
 def teach(spec: JobSpec, *, address: str | None = None, batch_images: int = 256,
           console: Console | None = None) -> dict[str, Any]:
     """Write the job's soft labels; returns the folder's ``meta.json`` plus ``folder`` and ``bytes``."""
-    from distill.checks import check_teachers
     from distill.data.views import view_batches
+    from distill.driver.checks import check_teachers
     from teachers.client import TeacherPool
     from teachers.offline import write_soft_labels
 

@@ -99,7 +99,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from distill.spec import SpecError
 
     if args.service:
-        from distill.serve import service_status
+        from distill.commands.serve import service_status
 
         return service_status(args.service, args.address)
     if not args.job_id:

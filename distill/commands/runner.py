@@ -20,17 +20,17 @@ import yaml
 from rich.console import Console
 
 from cluster.train import fingerprint, fit
-from distill.checkpoint import atomic_write_text, last_checkpoint, resumable_checkpoint
-from distill.checks import check_job
 from distill.data import CorruptCounter, DataError, DatasetMeta, check_shards, val_loader
+from distill.driver.checks import check_job
+from distill.driver.feature_shapes import resolve_feature_terms, teacher_hint_paths
+from distill.driver.report import print_report, write_hparams, write_report
+from distill.driver.scheduling import check_cluster
+from distill.driver.stages import check_offline, evaluate_models, prepare_data, served_teachers, teacher_config
 from distill.errors import RunFailed
-from distill.feature_shapes import resolve_feature_terms, teacher_hint_paths
-from distill.report import print_report, write_hparams, write_report
-from distill.scheduling import check_cluster
 from distill.spec import JobSpec
-from distill.stages import check_offline, evaluate_models, prepare_data, served_teachers, teacher_config
-from distill.val_analysis import TeacherValLogits, score_teachers
-from distill.worker import STOPPED_FILE, train_worker
+from distill.train.checkpoint import atomic_write_text, last_checkpoint, resumable_checkpoint
+from distill.train.val_analysis import TeacherValLogits, score_teachers
+from distill.train.worker import STOPPED_FILE, train_worker
 from teachers.client import TeacherPool
 
 
@@ -172,8 +172,8 @@ def run_job(spec: JobSpec, *, address: str | None = None, resume: bool = False,
                 f"; last good checkpoint: {kept}" if ours else "; no checkpoint was written before it"))
         student.load_state_dict(torch.load(run_dir / "student.pt", map_location="cpu", weights_only=True))
         report = evaluate(spec, root, meta, student, teacher_models, handles)
-    if spec.output.export:  # the runtime files, each validated in its runtime (distill.deployment)
-        from distill.deployment import export_and_validate
+    if spec.output.export:  # the runtime files, each validated in its runtime (distill.commands.deployment)
+        from distill.commands.deployment import export_and_validate
 
         report["exports"] = export_and_validate(spec, root, meta, student, run_dir, spec.output.export)
     report["wall_s"] = round(time.perf_counter() - started, 1)

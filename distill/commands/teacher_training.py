@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from distill.checkpoint import atomic_save
 from distill.data import DatasetMeta, load_split
 from distill.data.augment import random_crop_flip
 from distill.spec import JobSpec, SpecError, TeacherSpec
+from distill.train.checkpoint import atomic_save
 
 
 def _train_one(member: TeacherSpec, root: Path, meta: DatasetMeta, spec: JobSpec, console: Console) -> float:

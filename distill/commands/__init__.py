@@ -1,0 +1,1 @@
+"""One module per `distill` subcommand; each composes the driver stages (cli.py dispatches here)."""
