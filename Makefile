@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(VENV)/bin/distill export runs/demo --to executorch
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 --ignore=tests/test_arm.py  # the emulated ARM tests: make test-arm
 
 # The NEON / dot-product kernels, cross-built on this x86 machine and run under qemu-user on an
 # emulated CPU with the dot product and one without (tests/test_arm.py), and the ExecuTorch kernels
