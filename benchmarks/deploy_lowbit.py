@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 import students
+from benchmarks.deploy import realistic_bn_
 from students.deploy.executorch_lowbit import export_lowbit, load_lowbit
 
 STUDENTS = {
@@ -50,15 +51,7 @@ STUDENTS = {
 
 def fp32_student(arch: dict[str, Any], seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    model = students.create_model(**arch)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
-    return model.eval()
+    return realistic_bn_(students.create_model(**arch)).eval()
 
 
 # ---------------------------------------------------------------- the candidates
