@@ -157,7 +157,13 @@ class TeacherPool:
         self._next_refresh = now + REPORT_S
         if self._refresh is None:
             self._refresh = self.link.controller.handles.remote(self._version)
-        if self._unreported[1] or self._unreported[2]:
+        self.flush_report()
+
+    def flush_report(self) -> None:
+        """Send this job's counts since the last report to the shared service (no-op without one).
+        Called once a second while training and once at its end: a job shorter than a report
+        interval would otherwise never show up in ``distill status``."""
+        if self.link is not None and (self._unreported[1] or self._unreported[2]):
             self.link.controller.report.remote(self.link.job, *self._unreported)
             self._unreported = [0.0, 0, 0, 0]
 

@@ -273,6 +273,6 @@ def test_eval_cli_reports_a_saved_student(job):
     assert exported["top1"] == report["student"]["top1"]
     assert exported["latency_ms"] > 0 and exported["speedup_vs_fp32"] > 0
 
-    missing = subprocess.run([str(ROOT / ".venv" / "bin" / "distill"), "eval", str(job.tmp / "nowhere")],
+    missing = subprocess.run([sys.executable, "-m", "distill.cli", "eval", str(job.tmp / "nowhere")],
                              env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and missing.stderr.startswith("error: ")

@@ -416,10 +416,11 @@ def test_killed_driver_leaves_no_ray_and_resume_continues(tmp_path, job):
     printing no traceback."""
     from tests.test_multinode import _global_step
 
-    # 6 epochs, not the fixture's 3: a loaded machine may deliver the signal an epoch or two late, and
-    # each later phase must still find an epoch left to checkpoint.
+    # 20 epochs, not the fixture's 3: tiny steps finish faster than an interrupt stops the workers (idle
+    # machine), and a loaded machine delivers the signal an epoch or two late; each later phase must still
+    # find epochs left to checkpoint.
     spec = _write(job, tmp_path / "job.yaml", output={"dir": str(tmp_path / "run")},
-                  logging={"tensorboard": str(tmp_path / "tb")}, trainer={**job["trainer"], "epochs": 6})
+                  logging={"tensorboard": str(tmp_path / "tb")}, trainer={**job["trainer"], "epochs": 20})
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
 
     proc = _run_until_checkpoint(["run", str(spec)], last, tmp_path / "1.log")
@@ -443,7 +444,7 @@ def test_killed_driver_leaves_no_ray_and_resume_continues(tmp_path, job):
     assert "Traceback" not in out, out[-6000:]
     assert f"checkpoint damaged, passed over: {last / 'checkpoint' / 'mp_rank_00_model_states.pt'}" in out
     assert f"resuming from {last.with_name('best.ckpt')}" in out
-    assert _global_step(last) == 6 * 4
+    assert _global_step(last) == 20 * 4
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     from tests.tb_events import load_events, scalar_values
 
