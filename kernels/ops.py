@@ -395,6 +395,18 @@ def binary_conv2d(
 # ---------------------------------------------------------------- depthwise convolution
 
 
+def _check_3x3_input(x: Tensor, stride: int, padding: int, name: str) -> tuple[int, int, int, int]:
+    """(B, C, H, W) of a float input that the 3x3 kernels (depthwise, stem) support, else a one-line error."""
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"{name}: expected a float [B, C, H, W] input, got {x.dtype} {list(x.shape)}")
+    b, c, h, w = x.shape
+    if stride not in (1, 2) or padding not in (0, 1) or h + 2 * padding < 3 or w + 2 * padding < 3:
+        raise ValueError(f"{name}: supports stride 1/2, padding 0/1 and inputs of at least 3x3 padded "
+                         f"(got stride {stride}, padding {padding}, {h}x{w})")  # fmt: skip
+    return b, c, h, w
+
+
+
 @torch.library.custom_op("distill::depthwise_conv2d", mutates_args=())
 def depthwise_conv2d(
     x: Tensor,
@@ -409,20 +421,15 @@ def depthwise_conv2d(
     (spec: reference.depthwise3x3). weight [3, 3, C]; stride 1 or 2; padding 0 or 1.
     Returns NCHW in channels-last memory (what the next packed layer reads without a copy)."""
     name = "depthwise_conv2d"
-    if x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(f"{name}: expected a float [B, C, H, W] input, got {x.dtype} {list(x.shape)}")
-    b, c, h, w = x.shape
+    b, c, h, w = _check_3x3_input(x, stride, padding, name)
     if weight.shape != (3, 3, c):
         raise ValueError(f"{name}: weight must be [3, 3, {c}] (kh, kw, C), got {list(weight.shape)}")
-    if stride not in (1, 2) or padding not in (0, 1) or h + 2 * padding < 3 or w + 2 * padding < 3:
-        raise ValueError(f"{name}: supports stride 1/2, padding 0/1 and inputs of at least 3x3 padded "
-                         f"(got stride {stride}, padding {padding}, {h}x{w})")  # fmt: skip
     bv = _check_vec(bias, c, name, "bias")
     if not _use_cpp(x):
         return reference.depthwise3x3(x, weight, bv, stride, padding, act_min, act_max).to(x.dtype)
     xc = x.float().contiguous(memory_format=torch.channels_last)
     wc = weight.float().contiguous()
-    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    ho, wo = reference.conv3x3_out_hw(h, w, stride, padding)
     y = torch.empty(b, c, ho, wo, memory_format=torch.channels_last)
     rc = _cpu.lib().dl_depthwise3x3_nhwc(
         xc.data_ptr(), b, h, w, c, stride, padding, wc.data_ptr(), _cpu.ptr(bv), y.data_ptr(),
@@ -435,7 +442,7 @@ def depthwise_conv2d(
 @depthwise_conv2d.register_fake
 def _(x, weight, bias=None, stride=1, padding=1, act_min=None, act_max=None):
     b, c, h, w = x.shape
-    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    ho, wo = reference.conv3x3_out_hw(h, w, stride, padding)
     return x.new_empty((b, c, ho, wo)).contiguous(memory_format=torch.channels_last)
 
 
@@ -490,7 +497,7 @@ def depthwise_direct(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int
     if not x.is_contiguous(memory_format=torch.channels_last) or x.shape[1] != weight.shape[2]:
         return None
     b, c, h, w = x.shape
-    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    ho, wo = reference.conv3x3_out_hw(h, w, stride, padding)
     y = torch.empty(b, c, ho, wo, memory_format=torch.channels_last)
     rc = _cpu.lib().dl_depthwise3x3_nhwc(
         x.data_ptr(), b, h, w, c, stride, padding, weight.data_ptr(), _cpu.ptr(bias), y.data_ptr(),
@@ -607,13 +614,9 @@ def conv3x3(
     (spec: reference.conv3x3). weight [3, 3, Cin, Cout]; x NCHW in any memory format (the
     kernel reads it through its strides); returns NCHW in channels-last memory."""
     name = "conv3x3"
-    if x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(f"{name}: expected a float [B, C, H, W] input, got {x.dtype} {list(x.shape)}")
-    b, c, h, w = x.shape
+    b, c, h, w = _check_3x3_input(x, stride, padding, name)
     if weight.dim() != 4 or weight.shape[:3] != (3, 3, c):
         raise ValueError(f"{name}: weight must be [3, 3, {c}, C_out], got {list(weight.shape)}")
-    if stride not in (1, 2) or padding not in (0, 1) or h + 2 * padding < 3 or w + 2 * padding < 3:
-        raise ValueError(f"{name}: supports stride 1/2, padding 0/1 and inputs of at least 3x3 padded")
     bv = _check_vec(bias, weight.shape[3], name, "bias")
     if not _use_cpp(x):
         return reference.conv3x3(x, weight, bv, stride, padding, act_min, act_max).to(x.dtype)
@@ -624,7 +627,7 @@ def conv3x3(
 @conv3x3.register_fake
 def _(x, weight, bias=None, stride=1, padding=1, act_min=None, act_max=None):
     b, c, h, w = x.shape
-    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    ho, wo = reference.conv3x3_out_hw(h, w, stride, padding)
     return x.new_empty((b, weight.shape[3], ho, wo)).contiguous(memory_format=torch.channels_last)
 
 
@@ -635,7 +638,7 @@ def conv3x3_direct(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, 
     if c != weight.shape[2]:
         raise RuntimeError(f"conv3x3: expected input [B, {weight.shape[2]}, H, W], got {list(x.shape)}")
     cout = weight.shape[3]
-    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    ho, wo = reference.conv3x3_out_hw(h, w, stride, padding)
     y = torch.empty(b, cout, ho, wo, memory_format=torch.channels_last)
     sb, sc, sh, sw = x.stride()
     rc = _cpu.lib().dl_conv3x3_nhwc(

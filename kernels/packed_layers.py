@@ -374,6 +374,15 @@ def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor
                                                       bn.bias)  # fmt: skip
 
 
+def _kernel_3x3(conv: nn.Conv2d) -> bool:
+    """The window the 3x3 kernels run: 3x3, equal stride 1 or 2, equal zero padding 0 or 1, no dilation."""
+    return (
+        conv.kernel_size == (3, 3) and conv.stride[0] == conv.stride[1] in (1, 2)
+        and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+        and conv.padding[0] == conv.padding[1] in (0, 1) and conv.dilation == (1, 1)
+    )  # fmt: skip
+
+
 class PackedDepthwiseConv2d(_Packed):
     """A float32 depthwise 3x3 conv on the project's NHWC kernel (ops.depthwise_conv2d), with
     its BatchNorm folded in (``from_conv``) and a following ReLU / ReLU6 fused (``fuse_activation``).
@@ -400,10 +409,7 @@ class PackedDepthwiseConv2d(_Packed):
     def supports(conv: nn.Module) -> bool:
         """True for the convs this kernel runs: depthwise 3x3, stride 1/2, padding 0/1, no dilation."""
         return (
-            type(conv) is nn.Conv2d and conv.groups == conv.in_channels == conv.out_channels
-            and conv.kernel_size == (3, 3) and conv.stride[0] == conv.stride[1] in (1, 2)
-            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
-            and conv.padding[0] == conv.padding[1] in (0, 1) and conv.dilation == (1, 1)
+            type(conv) is nn.Conv2d and conv.groups == conv.in_channels == conv.out_channels and _kernel_3x3(conv)
         )  # fmt: skip
 
     @classmethod
@@ -471,9 +477,7 @@ class PackedConv3x3(_Packed):
         """True for dense 3x3 convs with at most MAX_IN_CHANNELS inputs, stride 1/2, padding 0/1."""
         return (
             type(conv) is nn.Conv2d and conv.groups == 1 and conv.in_channels <= cls.MAX_IN_CHANNELS
-            and conv.kernel_size == (3, 3) and conv.stride[0] == conv.stride[1] in (1, 2)
-            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
-            and conv.padding[0] == conv.padding[1] in (0, 1) and conv.dilation == (1, 1)
+            and _kernel_3x3(conv)
         )  # fmt: skip
 
     @classmethod

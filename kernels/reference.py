@@ -262,6 +262,20 @@ def _check_channels(x: torch.Tensor, c: int, name: str) -> None:
         raise RuntimeError(f"{name}: expected input [B, {c}, H, W], got {list(x.shape)}")
 
 
+def conv3x3_out_hw(h: int, w: int, stride: int, padding: int) -> tuple[int, int]:
+    """Output height and width of a 3x3 window with this stride and padding (every 3x3 op here)."""
+    return (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+
+
+def _taps(x: torch.Tensor, stride: int, padding: int, ho: int, wo: int):
+    """The nine (kh, kw, input window) of a 3x3 conv over ``x`` zero-padded, in (kh, kw) order:
+    the order the kernels accumulate in."""
+    xp = F.pad(x.float(), (padding,) * 4)
+    for i in range(3):
+        for j in range(3):
+            yield i, j, xp[:, :, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
+
+
 def depthwise3x3(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -282,13 +296,10 @@ def depthwise3x3(
     """
     b, c, h, w = x.shape
     _check_channels(x, weight.shape[2], "depthwise3x3")
-    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
-    xp = F.pad(x.float(), (padding,) * 4)
+    ho, wo = conv3x3_out_hw(h, w, stride, padding)
     acc = torch.zeros(b, c, ho, wo).contiguous(memory_format=torch.channels_last)
-    for i in range(3):
-        for j in range(3):
-            xs = xp[:, :, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
-            acc = acc + xs * weight[i, j].float().view(1, c, 1, 1)
+    for i, j, xs in _taps(x, stride, padding, ho, wo):
+        acc = acc + xs * weight[i, j].float().view(1, c, 1, 1)
     if bias is not None:
         acc = acc + bias.float().view(1, c, 1, 1)
     return clamp_output(acc, act_min, act_max).contiguous(memory_format=torch.channels_last)
@@ -336,14 +347,11 @@ def conv3x3(
     b, cin, h, w = x.shape
     _check_channels(x, weight.shape[2], "conv3x3")
     cout = weight.shape[3]
-    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
-    xp = F.pad(x.float(), (padding,) * 4)
+    ho, wo = conv3x3_out_hw(h, w, stride, padding)
     acc = torch.zeros(b, cout, ho, wo).contiguous(memory_format=torch.channels_last)
-    for i in range(3):
-        for j in range(3):
-            xs = xp[:, :, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
-            for ci in range(cin):
-                acc = acc + xs[:, ci : ci + 1] * weight[i, j, ci].float().view(1, cout, 1, 1)
+    for i, j, xs in _taps(x, stride, padding, ho, wo):
+        for ci in range(cin):
+            acc = acc + xs[:, ci : ci + 1] * weight[i, j, ci].float().view(1, cout, 1, 1)
     if bias is not None:
         acc = acc + bias.float().view(1, cout, 1, 1)
     return clamp_output(acc, act_min, act_max).contiguous(memory_format=torch.channels_last)
