@@ -161,11 +161,13 @@ class TeacherPool:
 
     def flush_report(self) -> None:
         """Send this job's counts since the last report to the shared service (no-op without one).
-        Called once a second while training and once at its end: a job shorter than a report
-        interval would otherwise never show up in ``distill status``."""
-        if self.link is not None and (self._unreported[1] or self._unreported[2]):
-            self.link.controller.report.remote(self.link.job, *self._unreported)
-            self._unreported = [0.0, 0, 0, 0]
+        Called once a second while training and by the ``Prefetcher`` at the end of each pass over
+        its loader: a job shorter than a report interval would otherwise never show up in
+        ``distill status``."""
+        with self._lock:
+            if self.link is not None and (self._unreported[1] or self._unreported[2]):
+                self.link.controller.report.remote(self.link.job, *self._unreported)
+                self._unreported = [0.0, 0, 0, 0]
 
     @property
     def handles(self) -> list[list[Any]]:
@@ -301,9 +303,13 @@ class Prefetcher:
 
     def __iter__(self) -> Iterator[tuple[Any, TeacherOutput]]:
         self.pool.stats.window = self.window
-        if not self.thread:
-            return self._answers(student_waits=True)
-        return _ahead(self._answers(student_waits=False), self.pool.record)
+        try:
+            if not self.thread:
+                yield from self._answers(student_waits=True)
+            else:
+                yield from _ahead(self._answers(student_waits=False), self.pool.record)
+        finally:  # also when the trainer stops mid-pass: this pass's last counts reach a shared service
+            self.pool.flush_report()
 
     def _answers(self, student_waits: bool) -> Iterator[tuple[Any, TeacherOutput]]:
         pending: deque[tuple[Any, Request]] = deque()

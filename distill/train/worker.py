@@ -134,8 +134,6 @@ def train_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             atomic_write_text(str(exc), run_dir / STOPPED_FILE)
         return
-    if isinstance(pool, TeacherPool):
-        pool.flush_report()  # the service's last view of this job (distill status)
     guard = next(c for c in trainer.callbacks if isinstance(c, NonFiniteGuard))
     if guard.skipped and rank == 0:
         print(f"skipped {guard.skipped} step(s) with a non-finite loss or gradient (trainer.on_nonfinite: skip)",
