@@ -71,6 +71,10 @@ class AllOps(nn.Module):
             ("inverted_residual", 24, 20, dict(mid=None, stride=2, residual=False, bias=False)),
             ("conv3x3", 3, 19, dict(stride=2, pad=1, bias=True, act_min=0.0, act_max=6.0)),  # a stem (channels-last in)
             ("conv3x3", 5, 8, dict(stride=1, pad=0, bias=False)),  # NCHW in
+            # over a million multiply-adds: two threads split them (rows of panels, two-stage and banded blocks)
+            ("ternary_conv2d_cl", 64, 96, dict(ks=1, stride=1, pad=0, scale_neg=False, bias=True, hw=(16, 16))),
+            ("inverted_residual", 48, 48, dict(mid=288, stride=1, residual=True, bias=True, hw=(8, 8))),
+            ("inverted_residual", 16, 16, dict(mid=96, stride=1, residual=True, bias=True, hw=(40, 12))),
         ]
         for i, (op, c, n, kw) in enumerate(self.calls):
             # (torch.export refuses None buffers: absent ones are simply not registered)
@@ -100,11 +104,11 @@ class AllOps(nn.Module):
     def inputs(self, seed: int = 1) -> list[torch.Tensor]:
         g = torch.Generator().manual_seed(seed)
         xs = []
-        for i, (op, c, _, _) in enumerate(self.calls):
+        for i, (op, c, _, kw) in enumerate(self.calls):
             if "linear" in op:
                 xs.append(torch.randn(5, c, generator=g))
             else:  # alternate NCHW and channels-last inputs
-                x = torch.randn(2, c, 7, 6, generator=g)
+                x = torch.randn(2, c, *kw.get("hw", (7, 6)), generator=g)
                 xs.append(x.contiguous(memory_format=torch.channels_last) if i % 2 else x)
         return xs
 

@@ -208,6 +208,16 @@ static inline uint32_t dl_load_u32(const void* p) {
 extern "C" {
 #endif
 
+// Who runs the parallel loops. By default an OpenMP team per call (the ctypes binding, inside
+// torch's process). A host with its own thread pool installs a runner instead, so that the kernels
+// and the host's other work share one set of threads: the ExecuTorch library runs them on
+// ExecuTorch's pthreadpool, the one XNNPACK uses (two pools spinning on the same cores cost
+// more than the second thread gains). runner(task, ctx, n, nthreads) must call task(ctx, i) once
+// for every i in [0, n), on up to nthreads threads, and return when all are done. NULL: OpenMP.
+typedef void (*DlTask)(void* ctx, int64_t i);
+typedef void (*DlParallelFor)(DlTask task, void* ctx, int64_t n, int nthreads);
+void dl_set_parallel_for(DlParallelFor runner);
+
 // ISA codes are enum DlIsa. dl_set_isa(-1): the best one. Returns the ISA in use, or -1.
 int dl_isa_supported(int isa);
 int dl_get_isa(void);

@@ -1,6 +1,7 @@
 // C entry points of the packed low-bit kernels: instruction-set dispatch,
-// activation preparation, and the OpenMP split of the work (built without
-// OpenMP, the pragmas are ignored and everything runs on the calling thread).
+// activation preparation, and the split of the work across threads (parallel_for: OpenMP by
+// default, or the runner a host installs with dl_set_parallel_for; built without OpenMP and
+// with no runner, everything runs on the calling thread).
 //
 // The library is loaded with ctypes (kernels/_cpu.py) and deliberately
 // includes no torch headers, so a build takes seconds rather than minutes.
@@ -9,6 +10,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <type_traits>
 
 #include "lowbit.h"
 
@@ -85,6 +88,30 @@ const DlKernels* kernels() {
   return g_kernels;
 }
 
+// ---------------------------------------------------------------- threads
+
+void omp_parallel_for(DlTask task, void* ctx, int64_t n, int nthreads) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+  for (int64_t i = 0; i < n; ++i) task(ctx, i);
+}
+
+DlParallelFor g_parallel_for = omp_parallel_for;
+
+// Below about a million multiply-adds (some 10 us on one core) a call runs on one thread: waking
+// a second one and joining it costs more than it saves.
+constexpr int64_t kMinParallelMacs = (int64_t)1 << 20;
+
+// fn(i) for i in [0, n) on up to nthreads threads (the installed runner), or in order on this one.
+template <class F>
+void parallel_for(int64_t n, int nthreads, F&& fn) {
+  if (nthreads <= 1 || n <= 1) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  using Fn = typename std::remove_reference<F>::type;
+  g_parallel_for([](void* ctx, int64_t i) { (*static_cast<Fn*>(ctx))(i); }, (void*)&fn, n, nthreads);
+}
+
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 void* alloc(int64_t bytes) { return aligned_alloc(64, (size_t)round_up(bytes > 0 ? bytes : 1, 64)); }
@@ -156,9 +183,7 @@ void run(DlGemm* g, const float* x, Prep prep, DlGemmFn gemm, int nthreads, bool
     }
   };
   int nth = nthreads < 1 ? 1 : nthreads;
-  // Below ~4M multiply-adds (about 10 us on one core) waking and joining a second
-  // thread costs more than it saves, more so on busy shared machines.
-  if (g->M * g->N * g->Kp < (int64_t)1 << 22) nth = 1;
+  if (g->M * g->N * g->Kp < kMinParallelMacs) nth = 1;
   if (use_panels(g, prep)) return run_panels(g, x, gemm, nth);
   const bool parallel_prep = nth > 1 && g->M >= 64;
   if (!parallel_prep)
@@ -168,15 +193,11 @@ void run(DlGemm* g, const float* x, Prep prep, DlGemmFn gemm, int nthreads, bool
     return;
   }
   const Tasks tasks = make_tasks(g, nth);
-#pragma omp parallel num_threads(nth)
-  {
-    if (parallel_prep) {
-#pragma omp for schedule(dynamic, 16)
-      for (int64_t m = 0; m < g->M; ++m) prepare(m);
-    }
-#pragma omp for schedule(dynamic, 1) nowait
-    for (int64_t i = 0; i < tasks.count; ++i) run_task(g, gemm, tasks, i);
-  }
+  if (parallel_prep)
+    parallel_for((g->M + 15) / 16, nth, [&](int64_t i) {
+      for (int64_t m = 16 * i; m < g->M && m < 16 * i + 16; ++m) prepare(m);
+    });
+  parallel_for(tasks.count, nth, [&](int64_t i) { run_task(g, gemm, tasks, i); });
 }
 
 // Many rows, few weights (the 1x1 convolutions of a CNN): the rows are cut into panels of
@@ -194,6 +215,8 @@ void run_panels(const DlGemm* g, const float* x, DlGemmFn gemm, int nth) {
   const DlKernels* kt = kernels();
   int64_t rows = kPanelBytes / g->Kp / 8 * 8;
   if (rows > 256) rows = 256;
+  const int64_t share = round_up((g->M + nth - 1) / nth, 8);  // at least one panel per thread
+  if (rows > share) rows = share;
   const int64_t panels = (g->M + rows - 1) / rows, blocks = (g->N + DL_NB - 1) / DL_NB;
   auto panel = [&](int64_t i) {
     alignas(64) int8_t xq[kPanelBytes];
@@ -205,12 +228,7 @@ void run_panels(const DlGemm* g, const float* x, DlGemmFn gemm, int nth) {
     h.M = n, h.xq = xq, h.xsum = sums, h.xscale = scales, h.y = g->y + m0 * g->N;
     gemm(&h, 0, n, 0, blocks);
   };
-  if (nth == 1 || panels == 1) {
-    for (int64_t i = 0; i < panels; ++i) panel(i);
-    return;
-  }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
-  for (int64_t i = 0; i < panels; ++i) panel(i);
+  parallel_for(panels, nth, panel);
 }
 
 // Output clamp [lo, hi] (a fused ReLU / ReLU6); -inf, +inf: none.
@@ -277,8 +295,9 @@ void split_rows(void (*fn)(const Args*, int64_t, int64_t), const Args* args, int
   const int nth = nthreads < 1 || rows < 2 ? 1 : nthreads;
   if (nth == 1) return fn(args, 0, rows);
   const int64_t step = (rows + 4 * nth - 1) / (4 * nth);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
-  for (int64_t r = 0; r < rows; r += step) fn(args, r, r + step < rows ? r + step : rows);
+  parallel_for((rows + step - 1) / step, nth, [&](int64_t i) {
+    fn(args, i * step, (i + 1) * step < rows ? (i + 1) * step : rows);
+  });
 }
 
 // ---------------------------------------------------------------- fused inverted residual
@@ -315,6 +334,20 @@ void pointwise_rows(const DlPointwise* p, const float* x, int64_t n, float* y, c
   kt->ternary(&g, 0, n, 0, (p->N + DL_NB - 1) / DL_NB);
 }
 
+// Output row oh of image b from its expanded input rows in[kh] (the valid taps): the depthwise
+// row, the project GEMM on it, and the residual add.
+void block_row(const float* x, int64_t b, int64_t oh, const float* const* in, const DlDepthwise& d,
+               const DlPointwise* project, int residual, float* y, const BlockBufs& bufs) {
+  const int64_t cout = project->N;
+  kernels()->depthwise3x3_row(&d, oh, in, bufs.dwrow);
+  float* yrow = y + (b * d.Ho + oh) * d.Wo * cout;
+  pointwise_rows(project, bufs.dwrow, d.Wo, yrow, bufs);
+  if (residual) {  // y = x + y, as the block's forward adds them (float addition commutes)
+    const float* xrow = x + (b * d.H + oh) * d.W * cout;
+    for (int64_t i = 0; i < d.Wo * cout; ++i) yrow[i] = xrow[i] + yrow[i];
+  }
+}
+
 // Output rows [oh0, oh1) of image b.
 bool block_band(const float* x, int64_t b, int64_t oh0, int64_t oh1, const DlPointwise* expand, const DlDepthwise& d,
                 const DlPointwise* project, int residual, float* y) {
@@ -337,20 +370,52 @@ bool block_band(const float* x, int64_t b, int64_t oh0, int64_t oh1, const DlPoi
       if (tag[ih % 3] != ih) pointwise_rows(expand, xrow, W, slot, bufs), tag[ih % 3] = ih;
       in[kh] = slot;
     }
-    kernels()->depthwise3x3_row(&d, oh, in, bufs.dwrow);
-    float* yrow = y + (b * d.Ho + oh) * d.Wo * cout;
-    pointwise_rows(project, bufs.dwrow, d.Wo, yrow, bufs);
-    if (residual) {  // y = x + y, as the block's forward adds them (float addition commutes)
-      const float* xrow = x + (b * H + oh) * W * cin;
-      for (int64_t i = 0; i < d.Wo * cout; ++i) yrow[i] = xrow[i] + yrow[i];
-    }
+    block_row(x, b, oh, in, d, project, residual, y, bufs);
   }
   return true;
+}
+
+thread_local Scratch t_stage_scratch;
+
+// The block in two stages, for maps too small to cut into bands without recomputing much of the
+// expansion at their edges: expand every row into e (threads take panels of rows or of output
+// channels: dl_ternary_linear), then the output rows (threads take rows). e lives in the calling
+// thread's scratch until the call returns.
+bool block_staged(const float* x, int64_t B, const DlPointwise* expand, const DlDepthwise& d,
+                  const DlPointwise* project, int residual, float* y, int nth) {
+  const int64_t H = d.H, W = d.W, cmid = d.C;
+  const float* e = x;
+  if (expand) {
+    float* buf = (float*)t_stage_scratch.get(B * H * W * cmid * 4);
+    if (!buf || dl_ternary_linear(x, B * H * W, expand->K, expand->w, cmid, expand->scale_pos, expand->scale_neg,
+                                  expand->bias, buf, nth, expand->act_lo, expand->act_hi) != 0)
+      return false;
+    e = buf;
+  }
+  const int64_t kmax = project->K;
+  int failed = 0;
+  parallel_for(B * d.Ho, nth, [&](int64_t r) {
+    const int64_t b = r / d.Ho, oh = r % d.Ho;
+    BlockBufs bufs;
+    if (!block_bufs(W, d.Wo, cmid, kmax, &bufs)) {
+      failed = 1;
+      return;
+    }
+    const float* in[3] = {nullptr, nullptr, nullptr};
+    for (int kh = 0; kh < 3; ++kh) {
+      const int64_t ih = oh * d.stride - d.pad + kh;
+      if (ih >= 0 && ih < H) in[kh] = e + (b * H + ih) * W * cmid;
+    }
+    block_row(x, b, oh, in, d, project, residual, y, bufs);
+  });
+  return !failed;
 }
 
 }  // namespace
 
 extern "C" {
+
+void dl_set_parallel_for(DlParallelFor runner) { g_parallel_for = runner ? runner : omp_parallel_for; }
 
 int dl_isa_supported(int isa) { return table_for(isa) != nullptr; }
 
@@ -484,22 +549,25 @@ int dl_inverted_residual_nhwc(const float* x, int64_t B, int64_t H, int64_t W, c
   d.act_lo = dw_lo, d.act_hi = dw_hi;
   int nth = nthreads < 1 ? 1 : nthreads;
   const int64_t macs = B * H * W * (expand ? cin * cmid : 0) + B * d.Ho * d.Wo * cmid * (9 + project->N);
-  if (macs < (int64_t)1 << 22) nth = 1;
-  // Bands: one per image on one thread; else about 2 per thread, at least 4 rows each.
-  int64_t per = nth == 1 ? d.Ho : (d.Ho + 2 * nth - 1) / (2 * nth);
-  if (per < 4) per = 4;
-  const int64_t bands = (d.Ho + per - 1) / per, tasks = B * bands;
+  if (macs < kMinParallelMacs) nth = 1;
+  // Bands: one per image on one thread; else a multiple of the threads, at least kMinBand rows
+  // each (a band recomputes the expanded rows at its top edge). Fewer rows: two stages.
+  constexpr int64_t kMinBand = 16;
+  int64_t bands = 1;
+  if (nth > 1) {
+    const int64_t per_thread = d.Ho / (kMinBand * nth);
+    if (per_thread > 0)
+      bands = nth * per_thread;
+    else if (B < 2 * nth)  // too few images to give each thread whole ones
+      return block_staged(x, B, expand, d, project, residual, y, nth) ? 0 : -1;
+  }
+  const int64_t per = (d.Ho + bands - 1) / bands, tasks = B * bands;
   int failed = 0;
   auto task = [&](int64_t t) {
     const int64_t b = t / bands, oh0 = (t % bands) * per, oh1 = oh0 + per < d.Ho ? oh0 + per : d.Ho;
     if (!block_band(x, b, oh0, oh1, expand, d, project, residual, y)) failed = 1;
   };
-  if (nth == 1 || tasks == 1) {
-    for (int64_t t = 0; t < tasks; ++t) task(t);
-  } else {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
-    for (int64_t t = 0; t < tasks; ++t) task(t);
-  }
+  parallel_for(tasks, nth, task);
   return failed ? -1 : 0;
 }
 

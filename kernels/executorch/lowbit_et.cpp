@@ -30,13 +30,20 @@
 
 #include "lowbit.h"  // the C contract of kernels/csrc
 
-// ExecuTorch's threadpool (libexecutorch_threadpool.so; thread_parallel_interface.h declares it
-// under ET_USE_THREADPOOL): the one XNNPACK runs on, sized by _unsafe_reset_threadpool in Python.
+// ExecuTorch's threadpool (libexecutorch_threadpool.so; the wheel ships no header for it, so the
+// few functions used are declared here): the one XNNPACK runs on, sized by _unsafe_reset_threadpool
+// in Python. The packed kernels run their parallel loops on it too (pool_parallel_for below).
+struct pthreadpool;
 namespace executorch {
 namespace extension {
 int64_t get_thread_count();
+namespace threadpool {
+pthreadpool* get_pthreadpool();
+}  // namespace threadpool
 }  // namespace extension
 }  // namespace executorch
+extern "C" void pthreadpool_parallelize_1d(pthreadpool* pool, void (*task)(void*, size_t), void* ctx, size_t range,
+                                           uint32_t flags);
 
 namespace distill_et {
 
@@ -58,6 +65,28 @@ int threads() {
   const int64_t t = executorch::extension::get_thread_count();
   return t < 1 ? 1 : (int)t;
 }
+
+// The kernels' parallel loops on ExecuTorch's pthreadpool, whose workers spin between calls (as they
+// do for XNNPACK): one wake-up costs about a microsecond, where a second (OpenMP) pool, spinning on
+// the same cores as the first, made a two-thread program slower than a one-thread one.
+struct PoolTask {
+  DlTask task;
+  void* ctx;
+};
+
+void pool_parallel_for(DlTask task, void* ctx, int64_t n, int nthreads) {
+  pthreadpool* pool = nthreads > 1 ? executorch::extension::threadpool::get_pthreadpool() : nullptr;
+  if (!pool) {
+    for (int64_t i = 0; i < n; ++i) task(ctx, i);
+    return;
+  }
+  PoolTask t{task, ctx};
+  pthreadpool_parallelize_1d(
+      pool, [](void* c, size_t i) { static_cast<PoolTask*>(c)->task(static_cast<PoolTask*>(c)->ctx, (int64_t)i); },
+      &t, (size_t)n, 0);
+}
+
+const bool g_pool_installed = (dl_set_parallel_for(pool_parallel_for), true);
 
 const float* fptr(const OptTensor& t) { return t.has_value() ? t->const_data_ptr<float>() : nullptr; }
 
