@@ -110,6 +110,9 @@ typedef struct DlKernels {
   DlDepthwiseFn depthwise3x3;
   DlDepthwiseRowFn depthwise3x3_row;
   DlConv3x3Fn conv3x3;
+  // quantize_row on n rows x[i * K ...] -> q[i * Kp ...], scale[i], sum[i]: the same bits, the
+  // per-row reductions done for many rows at once. NULL: quantize_row row by row.
+  void (*quantize_rows)(const float* x, int64_t n, int64_t K, int64_t Kp, int8_t* q, float* scale, int32_t* sum);
 } DlKernels;
 
 // Each returns NULL when the compiler could not build that instruction set.

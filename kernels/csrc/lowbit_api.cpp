@@ -101,6 +101,9 @@ DlParallelFor g_parallel_for = omp_parallel_for;
 // a second one and joining it costs more than it saves.
 constexpr int64_t kMinParallelMacs = (int64_t)1 << 20;
 
+// The threads a call of that many multiply-adds uses.
+int threads_for(int64_t macs, int nthreads) { return nthreads < 1 || macs < kMinParallelMacs ? 1 : nthreads; }
+
 // fn(i) for i in [0, n) on up to nthreads threads (the installed runner), or in order on this one.
 template <class F>
 void parallel_for(int64_t n, int nthreads, F&& fn) {
@@ -163,40 +166,44 @@ void run_task(const DlGemm* g, DlGemmFn gemm, const Tasks& t, int64_t i) {
     gemm(g, 0, g->M, lo, lo + t.size < t.blocks ? lo + t.size : t.blocks);
 }
 
+// Rows [m0, m1) of x [., K] quantized into q [., Kp] (the kernels' batched quantizer, else row by row).
+void quantize_rows(const float* x, int64_t m0, int64_t m1, int64_t K, int64_t Kp, int8_t* q, float* scale,
+                   int32_t* sum) {
+  const DlKernels* kt = kernels();
+  if (kt->quantize_rows) return kt->quantize_rows(x + m0 * K, m1 - m0, K, Kp, q + m0 * Kp, scale + m0, sum + m0);
+  for (int64_t m = m0; m < m1; ++m) kt->quantize_row(x + m * K, K, Kp, q + m * Kp, scale + m, sum + m);
+}
+
 enum Prep { PREP_NONE, PREP_QUANTIZE, PREP_BINARIZE };
 bool use_panels(const DlGemm* g, Prep prep);
 void run_panels(const DlGemm* g, const float* x, DlGemmFn gemm, int nth);
 
-// Prepares the activations (quantize or binarize each row of x) and runs the
-// GEMM, in one parallel region.
+// Prepares the activations (quantize or binarize each row of x) and runs the GEMM on nth threads
+// (threads_for(M * N * Kp) for a call of its own; a fused block passes its own count).
 // unit_xscale: binarized rows keep scale 1 instead of mean |x| (XNOR without K).
-void run(DlGemm* g, const float* x, Prep prep, DlGemmFn gemm, int nthreads, bool unit_xscale = false) {
+void run(DlGemm* g, const float* x, Prep prep, DlGemmFn gemm, int nth, bool unit_xscale = false) {
   const DlKernels* kt = kernels();
-  auto prepare = [&](int64_t m) {
-    float* xscale = const_cast<float*>(g->xscale) + m;
-    if (prep == PREP_QUANTIZE) {
-      kt->quantize_row(x + m * g->K, g->K, g->Kp, const_cast<int8_t*>(g->xq) + m * g->Kp, xscale,
-                       const_cast<int32_t*>(g->xsum) + m);
-    } else if (prep == PREP_BINARIZE) {
-      kt->binarize_row(x + m * g->K, g->K, g->Kp, const_cast<uint8_t*>(g->xbits) + m * (g->Kp / 8), xscale);
-      if (unit_xscale) *xscale = 1.0f;
-    }
+  auto prepare = [&](int64_t m0, int64_t m1) {  // rows [m0, m1)
+    float* xscale = const_cast<float*>(g->xscale);
+    if (prep == PREP_QUANTIZE)
+      return quantize_rows(x, m0, m1, g->K, g->Kp, const_cast<int8_t*>(g->xq), xscale, const_cast<int32_t*>(g->xsum));
+    if (prep == PREP_BINARIZE)
+      for (int64_t m = m0; m < m1; ++m) {
+        kt->binarize_row(x + m * g->K, g->K, g->Kp, const_cast<uint8_t*>(g->xbits) + m * (g->Kp / 8), xscale + m);
+        if (unit_xscale) xscale[m] = 1.0f;
+      }
   };
-  int nth = nthreads < 1 ? 1 : nthreads;
-  if (g->M * g->N * g->Kp < kMinParallelMacs) nth = 1;
+  if (nth < 1) nth = 1;
   if (use_panels(g, prep)) return run_panels(g, x, gemm, nth);
   const bool parallel_prep = nth > 1 && g->M >= 64;
-  if (!parallel_prep)
-    for (int64_t m = 0; m < g->M; ++m) prepare(m);
+  if (!parallel_prep) prepare(0, g->M);
   if (nth == 1) {
     gemm(g, 0, g->M, 0, (g->N + DL_NB - 1) / DL_NB);
     return;
   }
   const Tasks tasks = make_tasks(g, nth);
   if (parallel_prep)
-    parallel_for((g->M + 15) / 16, nth, [&](int64_t i) {
-      for (int64_t m = 16 * i; m < g->M && m < 16 * i + 16; ++m) prepare(m);
-    });
+    parallel_for((g->M + 15) / 16, nth, [&](int64_t i) { prepare(16 * i, 16 * i + 16 < g->M ? 16 * i + 16 : g->M); });
   parallel_for(tasks.count, nth, [&](int64_t i) { run_task(g, gemm, tasks, i); });
 }
 
@@ -212,7 +219,6 @@ bool use_panels(const DlGemm* g, Prep prep) {
 }
 
 void run_panels(const DlGemm* g, const float* x, DlGemmFn gemm, int nth) {
-  const DlKernels* kt = kernels();
   int64_t rows = kPanelBytes / g->Kp / 8 * 8;
   if (rows > 256) rows = 256;
   const int64_t share = round_up((g->M + nth - 1) / nth, 8);  // at least one panel per thread
@@ -223,7 +229,7 @@ void run_panels(const DlGemm* g, const float* x, DlGemmFn gemm, int nth) {
     alignas(64) int32_t sums[256];
     alignas(64) float scales[256];
     const int64_t m0 = i * rows, n = m0 + rows < g->M ? rows : g->M - m0;
-    for (int64_t m = 0; m < n; ++m) kt->quantize_row(x + (m0 + m) * g->K, g->K, g->Kp, xq + m * g->Kp, scales + m, sums + m);
+    quantize_rows(x + m0 * g->K, 0, n, g->K, g->Kp, xq, scales, sums);
     DlGemm h = *g;
     h.M = n, h.xq = xq, h.xsum = sums, h.xscale = scales, h.y = g->y + m0 * g->N;
     gemm(&h, 0, n, 0, blocks);
@@ -248,20 +254,22 @@ DlGemm make_gemm(int64_t M, int64_t K, int64_t tile_k, const uint8_t* w, int64_t
 
 // Float linear on int8 activations: quantize x per row, then the GEMM.
 int linear_i8(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, int64_t tile_k, const float* sp,
-              const float* sn, const float* bias, float* y, DlGemmFn gemm, int nthreads, float lo, float hi) {
+              const float* sn, const float* bias, float* y, DlGemmFn gemm, int nthreads, float lo, float hi,
+              bool decided = false) {
   DlGemm g = make_gemm(M, K, tile_k, w, N);
   set_clamp(&g, lo, hi);
+  const int nth = decided ? nthreads : threads_for(M * N * g.Kp, nthreads);
   g.scale_pos = sp, g.scale_neg = sn, g.bias = bias, g.y = y;
   if (use_panels(&g, PREP_QUANTIZE)) {
     g.xscale = sp;  // any non-NULL pointer: float output (run_panels gives each panel its own)
-    run(&g, x, PREP_QUANTIZE, gemm, nthreads);
+    run(&g, x, PREP_QUANTIZE, gemm, nth);
     return 0;
   }
   const int64_t kq = round_up(M * g.Kp, 64), ks = round_up(M * 4, 64);
   int8_t* xq = (int8_t*)t_scratch.get(kq + 2 * ks);
   if (!xq) return -1;
   g.xq = xq, g.xsum = (int32_t*)(xq + kq), g.xscale = (float*)(xq + kq + ks);
-  run(&g, x, PREP_QUANTIZE, gemm, nthreads);
+  run(&g, x, PREP_QUANTIZE, gemm, nth);
   return 0;
 }
 
@@ -283,7 +291,7 @@ int mm_i8(const int8_t* xq, int64_t M, int64_t K, const uint8_t* w, int64_t N, i
     memset(xp + m * g.Kp + K, 0, (size_t)(g.Kp - K));
   }
   g.xq = xp, g.xsum = sums, g.yi = y;
-  run(&g, nullptr, PREP_NONE, gemm, nthreads);
+  run(&g, nullptr, PREP_NONE, gemm, threads_for(M * N * g.Kp, nthreads));
   free(xp), free(sums);
   return 0;
 }
@@ -307,14 +315,26 @@ thread_local Scratch t_block_scratch;
 // Work space of one band of a fused block: three expanded rows (a ring indexed by input row
 // mod 3), one depthwise output row, and the int8 rows of one GEMM.
 struct BlockBufs {
+  int64_t ring_stride;  // floats from one ring row to the next
   float *ring, *dwrow, *scales;
   int8_t* xq;
   int32_t* sums;
 };
 
+// Floats between the ring's rows: a whole number of cache lines that is 16 more than a multiple
+// of 64 (4 KiB), so that the three rows and the depthwise row start 1 KiB apart modulo 4 KiB. Rows
+// a multiple of 4 KiB long (32 pixels x 96 channels) made every store to the depthwise row alias
+// the loads from the ring in the store buffer ("4K aliasing"), which halved the depthwise's speed.
+int64_t ring_stride(int64_t W, int64_t cmid) {
+  int64_t lines = (W * cmid * 4 + 63) / 64;
+  lines += ((16 - lines % 64) + 64) % 64;
+  return lines * 16;
+}
+
 bool block_bufs(int64_t W, int64_t Wo, int64_t cmid, int64_t kmax, BlockBufs* b) {
   const int64_t rows = W > Wo ? W : Wo;
-  const int64_t ring = round_up(3 * W * cmid * 4, 64), dw = round_up(Wo * cmid * 4, 64);
+  b->ring_stride = ring_stride(W, cmid);
+  const int64_t ring = 3 * b->ring_stride * 4, dw = round_up(Wo * cmid * 4, 64);
   const int64_t xq = round_up(rows * round_up(kmax, DL_TK), 64), vec = round_up(rows * 4, 64);
   char* p = (char*)t_block_scratch.get(ring + dw + xq + 2 * vec);
   if (!p) return false;
@@ -328,7 +348,7 @@ void pointwise_rows(const DlPointwise* p, const float* x, int64_t n, float* y, c
   const DlKernels* kt = kernels();
   DlGemm g = make_gemm(n, p->K, DL_TK, p->w, p->N);
   set_clamp(&g, p->act_lo, p->act_hi);
-  for (int64_t m = 0; m < n; ++m) kt->quantize_row(x + m * p->K, p->K, g.Kp, b.xq + m * g.Kp, b.scales + m, b.sums + m);
+  quantize_rows(x, 0, n, p->K, g.Kp, b.xq, b.scales, b.sums);
   g.xq = b.xq, g.xsum = b.sums, g.xscale = b.scales;
   g.scale_pos = p->scale_pos, g.scale_neg = p->scale_neg, g.bias = p->bias, g.y = y;
   kt->ternary(&g, 0, n, 0, (p->N + DL_NB - 1) / DL_NB);
@@ -366,7 +386,7 @@ bool block_band(const float* x, int64_t b, int64_t oh0, int64_t oh1, const DlPoi
         in[kh] = xrow;
         continue;
       }
-      float* slot = bufs.ring + (ih % 3) * W * cmid;
+      float* slot = bufs.ring + (ih % 3) * bufs.ring_stride;
       if (tag[ih % 3] != ih) pointwise_rows(expand, xrow, W, slot, bufs), tag[ih % 3] = ih;
       in[kh] = slot;
     }
@@ -387,8 +407,8 @@ bool block_staged(const float* x, int64_t B, const DlPointwise* expand, const Dl
   const float* e = x;
   if (expand) {
     float* buf = (float*)t_stage_scratch.get(B * H * W * cmid * 4);
-    if (!buf || dl_ternary_linear(x, B * H * W, expand->K, expand->w, cmid, expand->scale_pos, expand->scale_neg,
-                                  expand->bias, buf, nth, expand->act_lo, expand->act_hi) != 0)
+    if (!buf || linear_i8(x, B * H * W, expand->K, expand->w, cmid, DL_TK, expand->scale_pos, expand->scale_neg,
+                          expand->bias, buf, kernels()->ternary, nth, expand->act_lo, expand->act_hi, true) != 0)
       return false;
     e = buf;
   }
@@ -437,14 +457,14 @@ int dl_set_isa(int isa) {
 
 int dl_quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* scale, int nthreads) {
   (void)nthreads;
-  const DlKernels* kt = kernels();
-  const int64_t Kp = round_up(K, 32);
-  int8_t* buf = (int8_t*)alloc(Kp);
+  const int64_t Kp = round_up(K, 32), chunk = 64;  // rows quantized at a time into [chunk, Kp]
+  int8_t* buf = (int8_t*)alloc(chunk * Kp);
+  int32_t sums[64];
   if (!buf) return -1;
-  for (int64_t m = 0; m < M; ++m) {
-    int32_t s;
-    kt->quantize_row(x + m * K, K, Kp, buf, scale + m, &s);
-    memcpy(q + m * K, buf, (size_t)K);
+  for (int64_t m0 = 0; m0 < M; m0 += chunk) {
+    const int64_t n = M - m0 < chunk ? M - m0 : chunk;
+    quantize_rows(x + m0 * K, 0, n, K, Kp, buf, scale + m0, sums);
+    for (int64_t m = 0; m < n; ++m) memcpy(q + (m0 + m) * K, buf + m * Kp, (size_t)K);
   }
   free(buf);
   return 0;
@@ -491,7 +511,7 @@ int dl_xnor_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, int64
     return -1;
   }
   g.xbits = bits, g.xscale = beta, g.scale_pos = scale, g.bias = bias, g.y = y;
-  run(&g, x, PREP_BINARIZE, kernels()->xnor, nthreads, act_scale == 0);
+  run(&g, x, PREP_BINARIZE, kernels()->xnor, threads_for(M * N * g.Kp, nthreads), act_scale == 0);
   free(bits), free(beta);
   return 0;
 }
@@ -500,7 +520,7 @@ int dl_xnor_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, int64
 int dl_xnor_mm(const uint8_t* xbits, int64_t M, int64_t K, const uint8_t* w, int64_t N, int32_t* y, int nthreads) {
   DlGemm g = make_gemm(M, K, DL_BK, w, N);
   g.xbits = xbits, g.yi = y;
-  run(&g, nullptr, PREP_NONE, kernels()->xnor, nthreads);
+  run(&g, nullptr, PREP_NONE, kernels()->xnor, threads_for(M * N * g.Kp, nthreads));
   return 0;
 }
 
@@ -513,8 +533,7 @@ int dl_depthwise3x3_nhwc(const float* x, int64_t B, int64_t H, int64_t W, int64_
   if (H + 2 * pad < 3 || W + 2 * pad < 3) return -2;
   d.clamp = act_lo > -INFINITY || act_hi < INFINITY;
   d.act_lo = act_lo, d.act_hi = act_hi;
-  // ~0.5M multiply-adds and less: one thread
-  split_rows(kernels()->depthwise3x3, &d, B * d.Ho, B * d.Ho * d.Wo * C * 9 >= (int64_t)1 << 19 ? nthreads : 1);
+  split_rows(kernels()->depthwise3x3, &d, B * d.Ho, threads_for(B * d.Ho * d.Wo * C * 9, nthreads));
   return 0;
 }
 
@@ -530,7 +549,7 @@ int dl_conv3x3_nhwc(const float* x, int64_t B, int64_t H, int64_t W, int64_t Cin
   c.Ho = (H + 2 * pad - 3) / stride + 1, c.Wo = (W + 2 * pad - 3) / stride + 1;
   c.clamp = act_lo > -INFINITY || act_hi < INFINITY;
   c.act_lo = act_lo, c.act_hi = act_hi;
-  split_rows(kernels()->conv3x3, &c, B * c.Ho, B * c.Ho * c.Wo * Cout * Cin * 9 >= (int64_t)1 << 21 ? nthreads : 1);
+  split_rows(kernels()->conv3x3, &c, B * c.Ho, threads_for(B * c.Ho * c.Wo * Cout * Cin * 9, nthreads));
   return 0;
 }
 
@@ -547,9 +566,8 @@ int dl_inverted_residual_nhwc(const float* x, int64_t B, int64_t H, int64_t W, c
   d.Ho = (H - 1) / stride + 1, d.Wo = (W - 1) / stride + 1;
   d.clamp = dw_lo > -INFINITY || dw_hi < INFINITY;
   d.act_lo = dw_lo, d.act_hi = dw_hi;
-  int nth = nthreads < 1 ? 1 : nthreads;
   const int64_t macs = B * H * W * (expand ? cin * cmid : 0) + B * d.Ho * d.Wo * cmid * (9 + project->N);
-  if (macs < kMinParallelMacs) nth = 1;
+  const int nth = threads_for(macs, nthreads);
   // Bands: one per image on one thread; else a multiple of the threads, at least kMinBand rows
   // each (a band recomputes the expanded rows at its top edge). Fewer rows: two stages.
   constexpr int64_t kMinBand = 16;

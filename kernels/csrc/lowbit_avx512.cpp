@@ -76,6 +76,79 @@ TGT void quantize_row_z(const float* x, int64_t K, int64_t Kp, int8_t* q, float*
   *sum = _mm512_reduce_add_epi32(vsum);
 }
 
+struct MaxPs {
+  TGT ALWAYS_INLINE __m512 operator()(__m512 a, __m512 b) const { return _mm512_max_ps(a, b); }
+};
+struct AddEpi32 {
+  TGT ALWAYS_INLINE __m512 operator()(__m512 a, __m512 b) const {
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+  }
+};
+
+// Lane r of the result is op over the 16 lanes of v[r]: the horizontal reductions of 16 rows in
+// 45 shuffles and ops instead of 16 x 8 (each step halves the vectors and the lanes per row).
+template <class Op>
+TGT ALWAYS_INLINE __m512 reduce16(__m512* v, Op op) {
+  for (int i = 0; i < 8; ++i)  // 16 -> 8: lower half row 2i, upper half row 2i+1 (8 lanes each)
+    v[i] = op(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; ++i)  // 8 -> 4: 128-bit chunk c holds row 4i + c (4 lanes each)
+    v[i] = op(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x88), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xDD));
+  for (int i = 0; i < 2; ++i)  // 4 -> 2: chunk c holds rows 8i + c and 8i + 4 + c (2 lanes each)
+    v[i] = op(_mm512_shuffle_ps(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_ps(v[2 * i], v[2 * i + 1], 0xEE));
+  // 2 -> 1: lane 4c + j holds row c + 4j; the permute puts row r in lane r
+  const __m512 r = op(_mm512_shuffle_ps(v[0], v[1], 0x88), _mm512_shuffle_ps(v[0], v[1], 0xDD));
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), r);
+}
+
+// quantize_row_z on n rows, 16 at a time: one reduction network for the 16 absmax values, one
+// vector division for their 127 / absmax and scales, one network for the 16 sums (the same bits:
+// max and integer sums do not depend on the order, and vdivps rounds as the scalar division).
+TGT void quantize_rows_z(const float* x, int64_t n, int64_t K, int64_t Kp, int8_t* q, float* scale, int32_t* sum) {
+  const int64_t full = K & ~(int64_t)15;
+  const __mmask16 tail = (__mmask16)((1u << (K - full)) - 1);
+  const int64_t tail_end = tail ? full + 16 : full;  // bytes of q written by the quantize loop
+  for (int64_t r0 = 0; r0 < n; r0 += 16) {
+    const int nr = n - r0 < 16 ? (int)(n - r0) : 16;
+    const float* xr = x + r0 * K;
+    __m512 v[16];
+    for (int r = 0; r < 16; ++r) {
+      __m512 m = _mm512_setzero_ps();
+      if (r < nr) {
+        for (int64_t k = 0; k < full; k += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(xr + r * K + k)));
+        if (tail) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail, xr + r * K + full)));
+      }
+      v[r] = m;
+    }
+    const __m512 amax = reduce16(v, MaxPs());
+    const __mmask16 rows = (__mmask16)((1u << nr) - 1);
+    const __m512 c127 = _mm512_set1_ps(127.0f);
+    alignas(64) float inv[16];
+    _mm512_store_ps(inv, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_GT_OQ), c127, amax));
+    _mm512_mask_storeu_ps(scale + r0, rows, _mm512_div_ps(amax, c127));
+    for (int r = 0; r < 16; ++r) {
+      __m512i vs = _mm512_setzero_si512();
+      if (r < nr) {
+        const __m512 vinv = _mm512_set1_ps(inv[r]);
+        int8_t* qr = q + (r0 + r) * Kp;
+        for (int64_t k = 0; k < full; k += 16) {
+          const __m512i t = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + r * K + k), vinv));
+          vs = _mm512_add_epi32(vs, t);
+          _mm_storeu_si128((__m128i*)(qr + k), _mm512_cvtsepi32_epi8(t));
+        }
+        if (tail) {  // masked-off lanes load 0 and quantize to 0: the padding after K
+          const __m512i t = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(tail, xr + r * K + full), vinv));
+          vs = _mm512_add_epi32(vs, t);
+          _mm_storeu_si128((__m128i*)(qr + full), _mm512_cvtsepi32_epi8(t));
+        }
+        for (int64_t k = tail_end; k < Kp; k += 16) _mm_storeu_si128((__m128i*)(qr + k), _mm_setzero_si128());
+      }
+      v[r] = _mm512_castsi512_ps(vs);
+    }
+    const __m512 sums = reduce16(v, AddEpi32());
+    _mm512_mask_storeu_epi32(sum + r0, rows, _mm512_castps_si512(sums));
+  }
+}
+
 // ---------------------------------------------------------------- ternary
 
 template <bool TTQ>
@@ -245,7 +318,8 @@ TGT void depthwise3x3_z_row(const DlDepthwise* d, int64_t oh, const float* const
   dw3x3_row<VDw16>(d, in, kh0, kh1, yrow);
 }
 
-const DlKernels kTable = {quantize_row_z, binarize_row, ternary_z, binary_i8_z, xnor_z, depthwise3x3_z, depthwise3x3_z_row, conv3x3_z};
+const DlKernels kTable = {quantize_row_z, binarize_row,       ternary_z, binary_i8_z,    xnor_z,
+                          depthwise3x3_z, depthwise3x3_z_row, conv3x3_z, quantize_rows_z};
 
 }  // namespace
 
