@@ -71,7 +71,7 @@ class AllOps(nn.Module):
             ("inverted_residual", 24, 20, dict(mid=None, stride=2, residual=False, bias=False)),
             ("conv3x3", 3, 19, dict(stride=2, pad=1, bias=True, act_min=0.0, act_max=6.0)),  # a stem (channels-last in)
             ("conv3x3", 5, 8, dict(stride=1, pad=0, bias=False)),  # NCHW in
-            # over a million multiply-adds: two threads split them (rows of panels, two-stage and banded blocks)
+            # big enough for two threads: panels of rows, and blocks in bands of rows (small and large maps)
             ("ternary_conv2d_cl", 64, 96, dict(ks=1, stride=1, pad=0, scale_neg=False, bias=True, hw=(16, 16))),
             ("inverted_residual", 48, 48, dict(mid=288, stride=1, residual=True, bias=True, hw=(8, 8))),
             ("inverted_residual", 16, 16, dict(mid=96, stride=1, residual=True, bias=True, hw=(40, 12))),

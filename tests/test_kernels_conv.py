@@ -157,9 +157,9 @@ BLOCKS = [
     (16, 96, 16, 1, 9, 8, True, True, False), (8, 48, 24, 2, 11, 7, True, False, True),
     (16, 16, 8, 1, 6, 6, False, False, False), (24, 144, 24, 1, 1, 1, True, True, False),
     (40, 240, 48, 2, 2, 3, True, False, False),
-    # big enough for two threads (over a million multiply-adds): in two stages (a small map) ...
+    # big enough for two threads (over 256k multiply-adds): one band per thread on small maps ...
     (48, 288, 48, 1, 8, 8, True, True, False), (64, 384, 64, 2, 12, 12, True, False, True),
-    # ... and in bands of at least 16 output rows
+    # ... and bands of at least 16 output rows
     (16, 96, 16, 1, 40, 12, True, True, False), (32, 32, 24, 1, 36, 10, False, False, False),
 ]  # fmt: skip
 

@@ -159,10 +159,13 @@ struct TernaryZ {
     const DlGemm* g = &gl;
     const __m512i mask3 = _mm512_set1_epi8(3), mask2 = _mm512_set1_epi8(2);
     __m512i acc[MT][NB], acc2[MT][NB];  // acc2 (TTQ only): sum of (code & 2) * x = 2 * pos
+    // acc starts at -sum(x): sum code * x - sum x = sum w * x, with no subtraction per output
 #pragma GCC unroll 16
-    for (int i = 0; i < MT; ++i)
+    for (int i = 0; i < MT; ++i) {
+      const __m512i start = _mm512_set1_epi32(-g->xsum[m0 + i]);
 #pragma GCC unroll 16
-      for (int j = 0; j < NB; ++j) acc[i][j] = acc2[i][j] = _mm512_setzero_si512();
+      for (int j = 0; j < NB; ++j) acc[i][j] = start, acc2[i][j] = _mm512_setzero_si512();
+    }
     const int8_t* x = g->xq + m0 * g->Kp;
     for (int64_t kb = 0; kb < g->kblocks; ++kb) {
 #pragma GCC unroll 8
@@ -185,14 +188,35 @@ struct TernaryZ {
         }
       }
     }
+    if (!g->xscale) {  // integer output
 #pragma GCC unroll 16
-    for (int i = 0; i < MT; ++i) {
-      const __m512i xsum = _mm512_set1_epi32(g->xsum[m0 + i]);
+      for (int i = 0; i < MT; ++i)
 #pragma GCC unroll 16
-      for (int j = 0; j < NB; ++j) {
-        const __m512i dot = _mm512_sub_epi32(acc[i][j], xsum);
-        const __m512i pos = TTQ ? _mm512_srai_epi32(acc2[i][j], 1) : dot;
-        store16<TTQ>(g, m0 + i, (b0 + j) * DL_NB, dot, pos);
+        for (int j = 0; j < NB; ++j) store16<false>(g, m0 + i, (b0 + j) * DL_NB, acc[i][j], acc[i][j]);
+      return;
+    }
+    // The float epilogue of store16, with each block's scales and bias loaded once for its MT rows.
+    const __m512 lo = _mm512_set1_ps(g->act_lo), hi = _mm512_set1_ps(g->act_hi);
+#pragma GCC unroll 16
+    for (int j = 0; j < NB; ++j) {
+      const int64_t n = (b0 + j) * DL_NB, valid = g->N - n;
+      const __mmask16 mask = valid >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << valid) - 1);
+      const __m512 wp = _mm512_maskz_loadu_ps(mask, g->scale_pos + n);
+      const __m512 wn = TTQ ? _mm512_maskz_loadu_ps(mask, g->scale_neg + n) : wp;
+      const __m512 b = g->bias ? _mm512_maskz_loadu_ps(mask, g->bias + n) : _mm512_setzero_ps();
+#pragma GCC unroll 16
+      for (int i = 0; i < MT; ++i) {
+        const __m512 sx = _mm512_set1_ps(g->xscale[m0 + i]);
+        __m512 y;
+        if constexpr (TTQ) {
+          const __m512i pos = _mm512_srai_epi32(acc2[i][j], 1), neg = _mm512_sub_epi32(pos, acc[i][j]);
+          y = _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(pos), wp), _mm512_mul_ps(_mm512_cvtepi32_ps(neg), wn));
+          y = _mm512_add_ps(_mm512_mul_ps(y, sx), b);
+        } else {
+          y = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][j]), wp), sx), b);
+        }
+        if (g->clamp) y = _mm512_min_ps(hi, _mm512_max_ps(lo, y));  // NaN passes, as dl_clamp
+        _mm512_mask_storeu_ps(g->y + (m0 + i) * g->N + n, mask, y);
       }
     }
   }
