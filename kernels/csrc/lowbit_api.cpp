@@ -152,9 +152,9 @@ Tasks make_tasks(const DlGemm* g, int nth) {
   t.blocks = (g->N + DL_NB - 1) / DL_NB;
   t.by_rows = !(t.blocks >= 4 * nth || g->M < 8 * nth);
   const int64_t units = t.by_rows ? g->M : t.blocks;
-  const int64_t min_size = t.by_rows ? 16 : 8;  // keep each task big enough for the kernels' blocking
-  t.size = round_up((units + 4 * nth - 1) / (4 * nth), t.by_rows ? 4 : 8);
-  if (t.size < min_size) t.size = min_size;
+  // Two tasks per thread, in multiples of the kernels' 4 rows or 4 blocks: the threadpool hands
+  // each thread a contiguous run, so equal tasks keep the threads equal (rows 49 -> 32 + 17 was 1.3x).
+  t.size = round_up((units + 2 * nth - 1) / (2 * nth), 4);
   t.count = (units + t.size - 1) / t.size;
   return t;
 }
@@ -176,7 +176,7 @@ void quantize_rows(const float* x, int64_t m0, int64_t m1, int64_t K, int64_t Kp
 }
 
 enum Prep { PREP_NONE, PREP_QUANTIZE, PREP_BINARIZE };
-bool use_panels(const DlGemm* g, Prep prep);
+bool use_panels(const DlGemm* g, Prep prep, int nth);
 void run_panels(const DlGemm* g, const float* x, DlGemmFn gemm, int nth);
 
 // Prepares the activations (quantize or binarize each row of x) and runs the GEMM on nth threads
@@ -195,7 +195,7 @@ void run(DlGemm* g, const float* x, Prep prep, DlGemmFn gemm, int nth, bool unit
       }
   };
   if (nth < 1) nth = 1;
-  if (use_panels(g, prep)) return run_panels(g, x, gemm, nth);
+  if (use_panels(g, prep, nth)) return run_panels(g, x, gemm, nth);
   const bool parallel_prep = nth > 1 && g->M >= 64;
   if (!parallel_prep) prepare(0, g->M);
   if (nth == 1) {
@@ -214,16 +214,19 @@ void run(DlGemm* g, const float* x, Prep prep, DlGemmFn gemm, int nth, bool unit
 // weights (at most kPanelWeights bytes) stay in L2 across panels. Threads take panels.
 constexpr int64_t kPanelBytes = 16384, kPanelWeights = 1 << 19;
 
-bool use_panels(const DlGemm* g, Prep prep) {
+bool use_panels(const DlGemm* g, Prep prep, int nth) {
   const int64_t weights = (g->N + DL_NB - 1) / DL_NB * g->kblocks * 64;
-  return prep == PREP_QUANTIZE && g->M >= 32 && g->Kp * 8 <= kPanelBytes && weights <= kPanelWeights;
+  return prep == PREP_QUANTIZE && g->M >= 32 * nth && g->Kp * 8 <= kPanelBytes && weights <= kPanelWeights;
 }
 
 void run_panels(const DlGemm* g, const float* x, DlGemmFn gemm, int nth) {
   int64_t rows = kPanelBytes / g->Kp / 8 * 8;
   if (rows > 256) rows = 256;
-  const int64_t share = round_up((g->M + nth - 1) / nth, 8);  // at least one panel per thread
-  if (rows > share) rows = share;
+  if (nth > 1) {  // panels of (nearly) equal size, a multiple of the threads
+    int64_t panels = (g->M + rows - 1) / rows;
+    panels = (panels + nth - 1) / nth * nth;
+    rows = round_up((g->M + panels - 1) / panels, 4);
+  }
   const int64_t panels = (g->M + rows - 1) / rows, blocks = (g->N + DL_NB - 1) / DL_NB;
   auto panel = [&](int64_t i) {
     alignas(64) int8_t xq[kPanelBytes];
@@ -260,7 +263,7 @@ int linear_i8(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N,
   set_clamp(&g, lo, hi);
   const int nth = threads_for(M * N * g.Kp, nthreads);
   g.scale_pos = sp, g.scale_neg = sn, g.bias = bias, g.y = y;
-  if (use_panels(&g, PREP_QUANTIZE)) {
+  if (use_panels(&g, PREP_QUANTIZE, nth)) {
     g.xscale = sp;  // any non-NULL pointer: float output (run_panels gives each panel its own)
     run(&g, x, PREP_QUANTIZE, gemm, nth);
     return 0;
