@@ -109,7 +109,7 @@ def executorch_fp32(model: nn.Module, x: torch.Tensor, path: Path, int8: bool = 
 
 
 def executorch_lowbit(qmodel: nn.Module, x: torch.Tensor, path: Path, depthwise: str = "project"):
-    export_lowbit(qmodel, x, path, depthwise=depthwise)
+    export_lowbit(qmodel, x, path)
     return _et_runner(path, x)
 
 

@@ -36,12 +36,12 @@
 struct pthreadpool;
 namespace executorch {
 namespace extension {
-int64_t get_thread_count();
 namespace threadpool {
 pthreadpool* get_pthreadpool();
 }  // namespace threadpool
 }  // namespace extension
 }  // namespace executorch
+extern "C" size_t pthreadpool_get_threads_count(pthreadpool* pool);
 extern "C" void pthreadpool_parallelize_1d(pthreadpool* pool, void (*task)(void*, size_t), void* ctx, size_t range,
                                            uint32_t flags);
 
@@ -55,14 +55,16 @@ using executorch::runtime::KernelRuntimeContext;
 using OptTensor = std::optional<Tensor>;
 using OptDouble = std::optional<double>;
 
-// Threads for the packed kernels: 0 follows ExecuTorch's threadpool (so one setting sizes both
-// halves of a program); distill_et_set_num_threads(n > 0) pins it.
+// Threads for the packed kernels: 0 follows ExecuTorch's threadpool as it is now (so one setting,
+// _unsafe_reset_threadpool, sizes both halves of a program); distill_et_set_num_threads(n > 0)
+// pins it (n = 1: the kernels run on the calling thread alone).
 std::atomic<int> g_threads{0};
 
 int threads() {
   const int n = g_threads.load();
   if (n > 0) return n;
-  const int64_t t = executorch::extension::get_thread_count();
+  pthreadpool* pool = executorch::extension::threadpool::get_pthreadpool();
+  const size_t t = pool ? pthreadpool_get_threads_count(pool) : 1;
   return t < 1 ? 1 : (int)t;
 }
 
@@ -389,7 +391,7 @@ EXECUTORCH_LIBRARY(distill, "conv3x3.out", distill_et::conv3x3_out);
 // Controls for Python (ctypes): the kernels' thread count (XNNPACK has its own
 // threadpool) and instruction set (this library's own copy of kernels/csrc).
 extern "C" __attribute__((visibility("default"))) void distill_et_set_num_threads(int n) {
-  distill_et::g_threads.store(n < 1 ? 1 : n);
+  distill_et::g_threads.store(n < 0 ? 0 : n);
 }
 extern "C" __attribute__((visibility("default"))) int distill_et_get_num_threads(void) {
   return distill_et::threads();

@@ -45,19 +45,19 @@ def load(path: str | Path | None = None) -> ctypes.CDLL:
 
 
 def set_num_threads(n: int) -> None:
-    """Threads for the whole program: ExecuTorch's threadpool (XNNPACK's) and the packed kernels.
-
-    Unpinned, the kernels read the threadpool's size themselves; but after a program has run,
-    that read was seen to stay at its earlier value (executorch 1.5.1), so this pins them too."""
+    """Threads for the whole program: ExecuTorch's threadpool, which XNNPACK and the packed kernels
+    share (the kernels, unpinned, read the pool's size at each call). A method loaded before the
+    pool is resized must be loaded again (students.deploy.runner: the delegates keep the old pool)."""
     from executorch.extension.pybindings import portable_lib
 
-    pin_kernel_threads(n)
+    pin_kernel_threads(None)
     if portable_lib._threadpool_get_thread_count() != n:
         portable_lib._unsafe_reset_threadpool(int(n))
 
 
 def pin_kernel_threads(n: int | None) -> int:
-    """Pin the packed kernels' thread count (None: follow ExecuTorch's threadpool); returns the count in use."""
+    """Pin the packed kernels' thread count (None: follow ExecuTorch's threadpool); returns the count
+    in use. More threads than the pool has do not add any: the kernels run on the pool's threads."""
     lib = load()
     lib.distill_et_set_num_threads(0 if n is None else max(1, int(n)))
     return lib.distill_et_get_num_threads()

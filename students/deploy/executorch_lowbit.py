@@ -9,9 +9,10 @@ fused). Here each packed layer becomes one ``distill::`` op (kernels/executorch/
 linears as ``ternary_linear`` / ``binary_linear`` / ``xnor_linear``, convolutions as
 ``ternary_conv2d_cl`` / ``binary_conv2d_cl``, whose runtime kernels (lowbit_et.cpp) run the
 same C kernels as the packed torch module, so the program computes the packed module's
-numbers. Everything else (the fp32 stem, depthwise convs, pooling, adds, an fp32 head)
-goes to XNNPACK (``delegate="xnnpack"``) or stays on ExecuTorch's portable kernels
-(``delegate="portable"``, a baseline for what XNNPACK buys).
+numbers. ``students.export`` also puts the fp32 stem and depthwise convs on the project's
+kernels and fuses each MobileNetV2 block into one ``inverted_residual`` op. What is left
+(pooling, an fp32 head, adds outside blocks) goes to XNNPACK (``delegate="xnnpack"``) or stays
+on ExecuTorch's portable kernels (``delegate="portable"``, a baseline for what XNNPACK buys).
 
 Layout: the program's tensors are NCHW in channels-last memory throughout (the deployed
 model's conv weights are channels-last, and the packed convs return channels-last), so
@@ -29,23 +30,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kernels.packed_layers import (
-    PackedBinaryConv2d,
-    PackedConv3x3,
-    PackedDepthwiseConv2d,
-    PackedInvertedResidual,
-    PackedTernaryConv2d,
-    fuse_activation,
-    fuse_inverted_residuals,
-)
+from kernels.packed_layers import PackedBinaryConv2d, PackedInvertedResidual, PackedTernaryConv2d
 
 from ..export import export
+from ..layers import PoolLinearHead
 from ..qlayers import QConv2d, QLinear
 
 __all__ = ["DELEGATES", "export_lowbit", "load_lowbit", "lowbit_module", "program_summary", "run_lowbit"]
 
 DELEGATES = ("xnnpack", "portable")
-DEPTHWISE = ("project", "xnnpack")  # who runs the depthwise convs (default: the first)
 
 
 class _TernaryConvOp(nn.Module):
@@ -78,40 +71,32 @@ class _BinaryConvOp(nn.Module):
         )  # fmt: skip
 
 
-def _project_kernels(model: nn.Module) -> None:
-    """The fp32 stem (dense 3x3) and depthwise 3x3 convs onto the project's kernels (PackedConv3x3,
-    PackedDepthwiseConv2d, the ReLU / ReLU6 after each fused in), then each MobileNetV2 block of
-    packed layers into one fused op (kernels.packed_layers.fuse_inverted_residuals), in place."""
-    for parent in list(model.modules()):
-        if not isinstance(parent, nn.Sequential):
-            continue
-        names = list(parent._modules)
-        for i, name in enumerate(names):
-            conv = parent._modules[name]
-            cls = next((c for c in (PackedDepthwiseConv2d, PackedConv3x3) if c.supports(conv)), None)
-            if cls is None:
-                continue
-            new = parent._modules[name] = cls.from_conv(conv)
-            after = [n for n in names[i + 1 :] if type(parent._modules[n]) is not nn.Identity][:1]
-            if after and type(parent._modules[after[0]]) in (nn.ReLU, nn.ReLU6, nn.Hardtanh):
-                fuse_activation(new, parent._modules[after[0]])
-                parent._modules[after[0]] = nn.Identity()
-    fuse_inverted_residuals(model)
+class _MeanHW(nn.Module):
+    """Global average pooling straight to [N, C], in place of ``AdaptiveAvgPool2d(1)`` + flatten:
+    flattening the channels-last [N, C, 1, 1] pooled map was an ``as_strided`` copy outside the
+    delegates (12-15 us per image, more than the pooling). Its channels-last memory, permuted to
+    [N, 1, 1, C], is already the [N, C] rows: XNNPACK takes mean, permute and reshape with the
+    classifier in one call, and nothing runs outside a delegate or a custom op."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean((2, 3), keepdim=True).permute(0, 2, 3, 1).reshape(x.shape[0], x.shape[1])
 
 
-def lowbit_module(model: nn.Module, depthwise: str = "project") -> nn.Module:
+def _flat_pool(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, PoolLinearHead) and isinstance(m.pool, nn.AdaptiveAvgPool2d) and m.pool.output_size in (1, (1, 1)):
+            m.pool = _MeanHW()
+
+
+def lowbit_module(model: nn.Module) -> nn.Module:
     """The module torch.export traces: ``students.export(model)`` (unless ``model`` is already
-    packed) with each packed conv calling its single-op form, and with ``depthwise="project"``
-    the stem, the depthwise convs and MobileNetV2 blocks on the project's kernels (``"xnnpack"``:
-    those stay nn.Conv2d, for XNNPACK). ``model`` is untouched."""
+    packed: the stem, depthwise convs and MobileNetV2 blocks on the project's kernels) with each
+    packed conv calling its single-op form. ``model`` is untouched."""
     import kernels.executorch.ops  # noqa: F401  (defines the ops and .out overloads)
 
-    if depthwise not in DEPTHWISE:
-        raise ValueError(f"export_lowbit: depthwise={depthwise!r}; choose one of {list(DEPTHWISE)}")
     quantized = any(isinstance(m, QConv2d | QLinear) for m in model.modules())
     deployed = export(model) if quantized else _copy_eval(model)
-    if depthwise == "project":
-        _project_kernels(deployed)
+    _flat_pool(deployed)
     for m in deployed.modules():  # XNNPACK lays out its own weights and refuses channels-last ones
         if type(m) is nn.Conv2d:
             m.weight.data = m.weight.data.contiguous()
@@ -135,7 +120,7 @@ def _copy_eval(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).float().eval().to(memory_format=torch.channels_last)
 
 
-def lowbit_program(model: nn.Module, example_input: Tensor, delegate: str = "xnnpack", depthwise: str = "project") -> Any:
+def lowbit_program(model: nn.Module, example_input: Tensor, delegate: str = "xnnpack") -> Any:
     """The ExecuTorch program manager (``.buffer``, ``.exported_program()``) of ``model``."""
     if delegate not in DELEGATES:
         raise ValueError(f"export_lowbit: unknown delegate {delegate!r}; choose one of {list(DELEGATES)}")
@@ -143,7 +128,7 @@ def lowbit_program(model: nn.Module, example_input: Tensor, delegate: str = "xnn
         from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
     except ImportError as e:
         raise RuntimeError(f"export_lowbit: executorch is not installed ({e}); pip install executorch") from e
-    module = lowbit_module(model, depthwise)
+    module = lowbit_module(model)
     with torch.no_grad():
         ep = torch.export.export(module, (example_input.float(),))
     partitioners = []
@@ -157,13 +142,12 @@ def lowbit_program(model: nn.Module, example_input: Tensor, delegate: str = "xnn
     return edge.to_executorch()
 
 
-def export_lowbit(model: nn.Module, example_input: Tensor, path: str | Path, delegate: str = "xnnpack",
-                  depthwise: str = "project") -> Path:
+def export_lowbit(model: nn.Module, example_input: Tensor, path: str | Path, delegate: str = "xnnpack") -> Path:
     """Write ``model`` (a trained quantized student, or its packed export) as a .pte file.
 
     ``example_input``: a batch of the shape the program will run (shapes are static).
     """
-    program = lowbit_program(model, example_input, delegate, depthwise)
+    program = lowbit_program(model, example_input, delegate)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(program.buffer)
