@@ -19,9 +19,17 @@ export apart (a fresh net answers nearly the same class for every input).
 
 Forms are entries of ``FORMS`` (``Form``): runtime, form name, the scheme of the student it
 takes (None: the float student), and ``make(model, example, path, calibration)`` which writes
-the file and returns ``load(threads) -> callable``. ``lowbit`` (packed ternary layers as
-ExecuTorch custom kernels, students.deploy.executorch_lowbit) is one such entry; a form whose
-code is missing prints a row with ``skipped`` and the reason.
+the file and returns ``load(threads) -> callable``. ``lowbit`` (the TWN student's packed layers,
+depthwise convs, stem and fused MobileNetV2 blocks as ExecuTorch custom kernels,
+students.deploy.executorch_lowbit) and ``lowbit-xnor`` (an XNOR-Net student, binary weights and
+activations) are such entries; a form whose runtime is missing prints a row with ``skipped`` and
+the reason. Low-bit students quantize their classifier too (``LOWBIT_OPTIONS``: at 224 the fp32
+1280x1000 classifier alone is 5.1 MB, a third of the fp32 file); the stem stays fp32.
+
+    python -m benchmarks.deploy --students mobilenet_v2_224 --profile   # + ETDump time per op of lowbit files
+
+``--profile`` prints, for each ``lowbit`` file, the mean microseconds per inference of every
+custom op and delegate call (and XNNPACK's ops inside them) from ExecuTorch's ETDump, 1 thread.
 """
 
 from __future__ import annotations
@@ -53,10 +61,9 @@ STUDENTS = {
     "shufflenet_v2_32": ({"name": "shufflenet_v2", "variant": "cifar", "width": 0.5}, 32, 10),
 }
 LOWBIT_SCHEME = "twn"
-
-
-class Unavailable(Exception):
-    """A form that cannot run here (its code or runtime is missing); the row says why."""
+# students.quantize options of the low-bit students here. XNOR keeps its depthwise convs fp32: the
+# binary-input depthwise conv (K * conv(sgn(x), W)) has no custom kernel and would run on portable ops.
+LOWBIT_OPTIONS = {"twn": {"keep_last": False}, "xnor": {"keep_last": False, "skip_depthwise": True}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,13 +90,10 @@ def _file(write: Callable[[nn.Module, Tensor, Path, list[Tensor]], Any]) -> Call
 
 
 def _lowbit(model: nn.Module, example: Tensor, path: Path, calib: list[Tensor]) -> Loader:
-    try:
-        from students.deploy.executorch_lowbit import export_lowbit, load_lowbit
-    except ImportError as exc:
-        raise Unavailable(f"students.deploy.executorch_lowbit not available ({exc})") from None
+    from students.deploy.executorch_lowbit import export_lowbit
+
     export_lowbit(model, example[:1], path)
-    load_lowbit(path)  # registers the custom kernels (once per process); then any runner loads the file
-    return lambda t: deploy.load(path, threads=t)
+    return lambda t: deploy.load(path, threads=t)  # the runner registers the custom kernels
 
 
 FORMS: list[Form] = [
@@ -105,6 +109,7 @@ FORMS: list[Form] = [
     Form("executorch", "portable", LOWBIT_SCHEME,
          _file(lambda m, x, p, c: deploy.to_executorch(portable(m, "float"), x, p)), ".pte", quick=False),
     Form("executorch", "lowbit", LOWBIT_SCHEME, _lowbit, ".pte"),
+    Form("executorch", "lowbit-xnor", "xnor", _lowbit, ".pte", quick=False),
 ]  # fmt: skip
 
 
@@ -129,7 +134,7 @@ def build(arch: dict[str, Any], num_classes: int, in_chans: int, scheme: str | N
     torch.manual_seed(0)
     model = students.create_model(**arch, num_classes=num_classes, in_chans=in_chans)
     realistic_bn_(model)
-    model = students.quantize(model, scheme) if scheme else model
+    model = students.quantize(model, scheme, **LOWBIT_OPTIONS.get(scheme, {})) if scheme else model
     model.deploy_arch = {**arch, "num_classes": num_classes, "in_chans": in_chans}
     return model.eval()
 
@@ -165,7 +170,7 @@ def accuracy(forms: list[Form], arch: dict[str, Any], data: dict[str, Tensor], s
             ref = model(data["xv"]).argmax(1)
         try:
             run = f.make(model, data["xv"][:2], tmp / f"digits-{f.runtime}-{f.form}{f.suffix}", calib)(1)
-        except (Unavailable, deploy.DeployError) as exc:
+        except deploy.DeployError as exc:  # a runtime missing here: the row says why
             out[(f.runtime, f.form)] = {"accuracy_skipped": str(exc)}
             continue
         pred = deploy.predict(run, data["xv"]).argmax(1)
@@ -175,7 +180,8 @@ def accuracy(forms: list[Form], arch: dict[str, Any], data: dict[str, Tensor], s
     return out
 
 
-def latency(name: str, forms: list[Form], threads: list[int], rounds: int, acc: dict, tmp: Path) -> None:
+def latency(name: str, forms: list[Form], threads: list[int], rounds: int, acc: dict, tmp: Path,
+            prof: bool = False) -> None:
     arch, size, classes = STUDENTS[name]
     models = {s: build(arch, classes, 3, s) for s in {f.scheme for f in forms}}
     example = torch.randn(2, 3, size, size)
@@ -186,7 +192,7 @@ def latency(name: str, forms: list[Form], threads: list[int], rounds: int, acc: 
         path = tmp / f"{name}-{f.runtime}-{f.form}{f.suffix}"
         try:
             loaders[f] = f.make(models[f.scheme], example, path, calib)
-        except (Unavailable, deploy.DeployError) as exc:
+        except deploy.DeployError as exc:  # a runtime missing here: the row says why
             skipped[f] = str(exc)
     cpu = _cpu_model()
     for t in threads:
@@ -207,6 +213,43 @@ def latency(name: str, forms: list[Form], threads: list[int], rounds: int, acc: 
                        speedup_vs_best_int8_runtime=round(best["int8"] / ms[f], 3) if best["int8"] else None,
                        accuracy_on="digits 8x8 (trained, same arch)", rounds=rounds, cpu=cpu)
             print(json.dumps(row), flush=True)
+    if prof:
+        from students.deploy.runner import _executorch_pool
+
+        _executorch_pool(1)
+        for f in loaders:
+            if f.form.startswith("lowbit"):
+                us = profile(tmp / f"{name}-{f.runtime}-{f.form}{f.suffix}", example[:1])
+                print(json.dumps({"bench": "deploy", "student": name, "form": f.form, "threads": 1, "profile_us": us}))
+
+
+def profile(path: Path, x: Tensor, runs: int = 20) -> dict[str, float]:
+    """Mean microseconds per inference by event, from an ETDump: Method::execute (the whole run),
+    each custom op, DELEGATE_CALL (all XNNPACK calls) and inside them XNNPACK's ops by kind (a
+    layout change there would show as a Transpose), OPERATOR_CALL (all non-delegated ops)."""
+    from executorch.devtools import Inspector
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(path, enable_etdump=True, debug_buffer_size=0)
+    method = program.load_method("forward")
+    for _ in range(runs):
+        method.execute([x])
+    with tempfile.TemporaryDirectory() as tmp:
+        etdump = Path(tmp) / "run.etdp"
+        program.write_etdump_result_to_file(str(etdump), str(Path(tmp) / "debug.bin"))
+        inspector = Inspector(etdump_path=str(etdump))
+    totals: dict[str, float] = {}
+    for block in inspector.event_blocks:
+        for event in block.events:
+            if event.perf_data is None or event.name in ("Program::load_method", "Method::init"):
+                continue
+            # custom ops by name; XNNPACK's own ops (delegate debug events) by kind, e.g.
+            # "Convolution (NHWC, F32) DWConv #3" -> "xnnpack: Convolution (NHWC, F32) DWConv"
+            key = event.name.split("::")[-1] if "distill" in event.name else event.name
+            if event.is_delegated_op or "#" in key:
+                key = "xnnpack: " + key.split(" #")[0]
+            totals[key] = totals.get(key, 0.0) + sum(event.perf_data.raw)
+    return {k: round(1000 * v / runs, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
 def _cpu_model() -> str:
@@ -224,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", nargs="+", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None, help="digits training steps per student form")
+    ap.add_argument("--profile", action="store_true", help="ETDump time per op of each lowbit file (1 thread)")
     args = ap.parse_args(argv)
     names = args.students or (["mobilenet_v2_32"] if args.quick else list(STUDENTS))
     threads = args.threads or ([1] if args.quick else [1, 2])
@@ -236,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             arch = STUDENTS[name][0]
             # Accuracy once per architecture: the 224 MobileNetV2 is the 32 one's architecture at another size.
             acc = accuracy(forms, {**arch, "variant": "cifar"}, data, steps, Path(tmp))
-            latency(name, forms, threads, rounds, acc, Path(tmp))
+            latency(name, forms, threads, rounds, acc, Path(tmp), args.profile)
     return 0
 
 

@@ -238,7 +238,9 @@ class ExportSpec(_Section):
 
     to: Literal["onnx", "executorch", "packed"]
     int8: bool = Field(False, description="static int8 (onnx: QDQ; executorch: PT2E/XNNPACK), float students only")
-    file: Path | None = Field(None, description="default <output.dir>/export/student[-int8].onnx|.pte|.pt")
+    kernels: bool = Field(False, description="executorch, ternary/binary students: the packed layers as the "
+                                             "project's custom kernels (else the portable int8-weight form)")
+    file: Path | None = Field(None, description="default <output.dir>/export/student[-int8|-lowbit].onnx|.pte|.pt")
 
     @model_validator(mode="before")
     @classmethod

@@ -355,3 +355,14 @@ def conv3x3(
     if bias is not None:
         acc = acc + bias.float().view(1, cout, 1, 1)
     return clamp_output(acc, act_min, act_max).contiguous(memory_format=torch.channels_last)
+
+
+def mean_hw(x: torch.Tensor) -> torch.Tensor:
+    """Global average pooling [N, C, H, W] -> [N, C] in float32, in a fixed order: the pixels summed
+    one after another in row-major order, then divided by H * W (the ExecuTorch kernel's order)."""
+    x = x.float()
+    acc = torch.zeros(x.shape[:2], dtype=torch.float32, device=x.device)
+    for i in range(x.shape[2]):
+        for j in range(x.shape[3]):
+            acc = acc + x[:, :, i, j]
+    return acc / float(x.shape[2] * x.shape[3])

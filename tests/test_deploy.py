@@ -100,6 +100,8 @@ def test_eval_reports_exports_beside_student(run):
 def test_bad_requests_are_one_line(run, capsys, monkeypatch):
     err = one_line_error(capsys, ["export", str(run), "--to", "packed"])
     assert "packed" in err and "twn" in err  # a float student has no packed form; says which schemes do
+    err = one_line_error(capsys, ["export", str(run), "--to", "executorch", "--kernels"])
+    assert "--kernels" in err and "ternary/binary" in err
     err = one_line_error(capsys, ["export", str(run), "--to", "onnx", "--out", str(run / "x.pte")])
     assert ".onnx" in err
     err = one_line_error(capsys, ["export", str(run / "nowhere"), "--to", "onnx"])

@@ -90,6 +90,21 @@ def test_executorch_portable_gives_the_students_predictions(runs, capsys, scheme
         assert e["delegation"]["undelegated_compute"] == [], e["delegation"]
 
 
+@pytest.mark.parametrize("scheme", ["twn", "ttq"])  # (xnor's binary depthwise convs have no custom kernel)
+def test_executorch_custom_kernels_from_the_cli(runs, capsys, scheme):
+    """--to executorch --kernels: the packed layers as the project's ExecuTorch kernels, run by
+    executorch.runtime (the runner registers them); int8 activations per row are the one
+    approximation of an unsimulated student, so agreement is stated, not exact."""
+    e = export(runs[scheme], capsys, "--to", "executorch", "--kernels")
+    assert e["form"] == "lowbit" and e["runtime"] == "executorch" and e["agreement_top1"] > 0.9, e
+    made = json.loads((runs[scheme] / "export" / "student-lowbit.pte.json").read_text())
+    ops = made["program"]["custom_ops"]
+    assert sum(ops.values()) >= 5 and all(k.startswith("distill.") for k in ops), made["program"]
+    portable = runs[scheme] / "export" / "student.pte"
+    if portable.is_file():  # 2-/1-bit weights against the portable form's rebuilt fp32 ones
+        assert e["bytes"] < 0.5 * portable.stat().st_size
+
+
 def test_packed_file_from_the_cli(runs, capsys):
     """--to packed: the project's 2-bit file, in PyTorch on the packed kernels (int8 activations per row:
     the one approximation, so agreement is stated, not exact), smaller than the portable ONNX file."""
@@ -104,6 +119,11 @@ def test_refusals_are_one_line(runs, capsys, tmp_path, digits_root):
     assert main(["export", str(runs["twn"]), "--to", "onnx", "--int8"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "int8 weights" in err
+    for args, words in ((["--to", "onnx", "--kernels"], "--to executorch"), (["--to", "executorch", "--kernels",
+                                                                               "--int8"], "exclude")):
+        assert main(["export", str(runs["twn"]), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and words in err, err
     dorefa = short_run(tmp_path / "dorefa", digits_root, options={"alpha": 0.25}, scheme="dorefa", steps=1)
     assert main(["export", str(dorefa), "--to", "onnx"]) == 2
     err = capsys.readouterr().err.strip()

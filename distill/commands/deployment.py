@@ -1,7 +1,7 @@
 """The trained student as files for ONNX Runtime, ExecuTorch and the packed kernels, each
 validated by running it in its own runtime.
 
-    distill export RUN_DIR --to onnx|executorch|packed [--int8] [--out FILE]
+    distill export RUN_DIR --to onnx|executorch|packed [--int8 | --kernels] [--out FILE]
     output.export: [onnx, executorch, {to: onnx, int8: true}]      # distill run exports at the end
 
 A file's entry in the report: top-1 on the validation split, top-1 agreement with the trained
@@ -13,16 +13,21 @@ the XNNPACK delegate. A sidecar ``FILE.json`` keeps how the file was made, for `
 Which form a target gets (``student_form``): a float student exports as is (fp32, or int8 with
 ``int8``: calibrated on ``output.calibration_batches`` training batches); a ternary/binary
 student exports its portable form (``students.deploy.portable``: exact int8 weights, any
-runtime); ``packed`` is the project's own 2-/1-bit file (students.export).
+runtime), or with ``kernels`` (ExecuTorch only) its packed layers as the project's ExecuTorch
+custom kernels (``students.deploy.executorch_lowbit``: 2-/1-bit weights, fused MobileNetV2
+blocks; the runtime must load kernels/executorch's library); ``packed`` is the project's own
+2-/1-bit file for PyTorch (students.export).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +45,14 @@ RUNTIME = {"onnx": "onnxruntime", "executorch": "executorch", "packed": "torch"}
 THREADS = (1, 2)
 
 
-def default_file(run_dir: Path, target: str, int8: bool) -> Path:
-    return Path(run_dir) / "export" / f"student{'-int8' if int8 else ''}{SUFFIX[target]}"
+def default_file(run_dir: Path, req: ExportSpec) -> Path:
+    tag = "-int8" if req.int8 else "-lowbit" if req.kernels else ""
+    return Path(run_dir) / "export" / f"student{tag}{SUFFIX[req.to]}"
+
+
+def describe(req: ExportSpec) -> str:
+    """The request as the command line says it, for errors."""
+    return f"export --to {req.to}{' --int8' if req.int8 else ''}{' --kernels' if req.kernels else ''}"
 
 
 def calibration_batches(spec: JobSpec, root: Path, meta: DatasetMeta) -> list[Tensor]:
@@ -53,11 +64,20 @@ def calibration_batches(spec: JobSpec, root: Path, meta: DatasetMeta) -> list[Te
     return [collate_keys(b)[0] for b in itertools.islice(iter(loader), n)]
 
 
-def student_form(student: nn.Module, target: str, int8: bool) -> tuple[nn.Module, str]:
+def student_form(student: nn.Module, target: str, int8: bool, kernels: bool = False) -> tuple[nn.Module, str]:
     """(the module the target's exporter gets, the form's name) for this student."""
     from students.deploy.portable_model import is_low_bit, portable
 
     low_bit = is_low_bit(student)
+    if kernels:
+        if target != "executorch":
+            raise DeployError("--kernels applies to --to executorch (the project's ExecuTorch custom kernels)")
+        if not low_bit:
+            raise DeployError("--kernels needs a ternary/binary student (student.quantization.scheme twn, ttq, "
+                              "binary-connect or xnor); a float student exports to XNNPACK as it is")
+        if int8:
+            raise DeployError("--kernels and --int8 exclude each other: the custom kernels run 2-/1-bit weights")
+        return student, "lowbit"
     if target == "packed":
         if not low_bit:
             raise DeployError("--to packed needs a ternary/binary student (student.quantization.scheme twn, ttq, "
@@ -73,16 +93,21 @@ def student_form(student: nn.Module, target: str, int8: bool) -> tuple[nn.Module
     return student, "int8" if int8 else "fp32"
 
 
-def export_file(spec: JobSpec, root: Path, meta: DatasetMeta, student: nn.Module, target: str, int8: bool,
+def export_file(spec: JobSpec, root: Path, meta: DatasetMeta, student: nn.Module, req: ExportSpec,
                 out: Path) -> dict[str, Any]:
     """Write one export of ``student`` to ``out`` (and its sidecar); returns what the sidecar holds."""
-    model, form = student_form(student, target, int8)
+    target, int8 = req.to, req.int8
+    model, form = student_form(student, target, int8, req.kernels)
     example = load_split(root, meta, "val")[0][:2]
     calib = calibration_batches(spec, root, meta) if int8 else None
     made: dict[str, Any] = {"target": target, "runtime": RUNTIME[target], "form": form, "int8": int8,
                             "calibration_batches": len(calib) if calib else 0}
     if target == "onnx":
         deploy.to_onnx(model.eval(), example, out, calibration=calib)
+    elif form == "lowbit":
+        from students.deploy.executorch_lowbit import export_lowbit
+
+        made["program"] = export_lowbit(model.eval(), example[:1], out)
     elif target == "executorch":
         d = deploy.to_executorch(model.eval(), example, out, calibration=calib)
         made["delegation"] = {"subgraphs": d.subgraphs, "delegated_nodes": d.delegated_nodes,
@@ -102,6 +127,20 @@ def export_file(spec: JobSpec, root: Path, meta: DatasetMeta, student: nn.Module
     return made
 
 
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """Python's cycle collector off (after one collection): it runs inside whichever call crosses
+    its allocation threshold, 0.5 ms at a time next to torch and executorch, in any candidate."""
+    gc.collect()
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 def interleaved_ms(candidates: dict[str, Callable[[Tensor], Any]], x: Tensor, rounds: int = 11,
                    target_s: float = 0.005) -> dict[str, float]:
     """Median per-call milliseconds of each candidate over ``rounds`` that alternate their order; a
@@ -109,7 +148,7 @@ def interleaved_ms(candidates: dict[str, Callable[[Tensor], Any]], x: Tensor, ro
     times: dict[str, list[float]] = {k: [] for k in candidates}
     reps: dict[str, int] = {}
     names = list(candidates)
-    with torch.inference_mode():
+    with no_gc(), torch.inference_mode():
         for name, fn in candidates.items():
             fn(x)
             start = time.perf_counter()
@@ -169,11 +208,11 @@ def export_and_validate(spec: JobSpec, root: Path, meta: DatasetMeta, student: n
     x_val, y_val = load_split(root, meta, "val")
     entries = []
     for req in requests:
-        out = Path(req.file) if req.file else default_file(run_dir, req.to, req.int8)
+        out = Path(req.file) if req.file else default_file(run_dir, req)
         try:
-            export_file(spec, root, meta, student, req.to, req.int8, out)
+            export_file(spec, root, meta, student, req, out)
         except DeployError as exc:
-            raise SpecError(f"export --to {req.to}{' --int8' if req.int8 else ''}: {exc}") from None
+            raise SpecError(f"{describe(req)}: {exc}") from None
         entries.append(validate_file(out, student, x_val, y_val))
     return entries
 
@@ -206,12 +245,16 @@ def add_export_command(sub: Any) -> None:
                                    "top-1 on the validation split, agreement with the trained student, bytes, "
                                    "batch-1 latency at 1 and 2 threads (interleaved with eager PyTorch). Float "
                                    "students export fp32 (or int8 with --int8); ternary/binary students export "
-                                   "their portable form (exact int8 weights) or, with --to packed, the 2-/1-bit file.")
+                                   "their portable form (exact int8 weights), with --kernels an ExecuTorch program "
+                                   "on the project's 2-/1-bit custom kernels, or with --to packed the 2-/1-bit file.")
     p.add_argument("run_dir", type=Path, help="run folder (student.pt + config.yaml) or a student.pt")
     p.add_argument("--to", required=True, choices=tuple(SUFFIX), help="target runtime")
     p.add_argument("--int8", action="store_true", help="static int8, calibrated on output.calibration_batches "
                                                        "training batches (float students)")
-    p.add_argument("--out", type=Path, default=None, help="file to write (default RUN_DIR/export/student[-int8].EXT)")
+    p.add_argument("--kernels", action="store_true", help="ternary/binary students, --to executorch: the packed "
+                                                          "layers as the project's ExecuTorch custom kernels")
+    p.add_argument("--out", type=Path, default=None,
+                   help="file to write (default RUN_DIR/export/student[-int8|-lowbit].EXT)")
     p.add_argument("--config", type=Path, default=None, help="job spec (default: config.yaml beside the weights)")
     p.add_argument("--json", action="store_true", help="print the file's entry as JSON")
     p.add_argument("--rounds", type=int, default=11, help="interleaved latency rounds per thread count (default 11)")
@@ -225,13 +268,14 @@ def cmd_export(args: Any) -> int:
         raise SpecError("--rounds must be at least 1")
     if out is not None and out.suffix != SUFFIX[args.to]:
         raise SpecError(f"--out {out}: a {args.to} file must end in {SUFFIX[args.to]}")
+    req = ExportSpec(to=args.to, int8=args.int8, kernels=args.kernels)
     spec, root, meta, student, _, weights = load_student(args.run_dir, args.config)
     run_dir = weights.parent
-    out = out or default_file(run_dir, args.to, args.int8)
+    out = out or default_file(run_dir, req)
     try:
-        export_file(spec, root, meta, student, args.to, args.int8, out)
+        export_file(spec, root, meta, student, req, out)
     except DeployError as exc:
-        raise SpecError(f"export --to {args.to}{' --int8' if args.int8 else ''}: {exc}") from None
+        raise SpecError(f"{describe(req)}: {exc}") from None
     x_val, y_val = load_split(root, meta, "val")
     entry = validate_file(out, student, x_val, y_val, rounds=args.rounds)
     record_exports(run_dir, [entry])

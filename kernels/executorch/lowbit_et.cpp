@@ -377,6 +377,28 @@ Tensor& conv3x3_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& we
   return out;
 }
 
+// Global average pooling [N, C, H, W] -> [N, C], as kernels/reference.py (mean_hw): per channel
+// the pixels summed one after another in row-major order, then divided by H * W.
+Tensor& mean_hw_out(KernelRuntimeContext& ctx, const Tensor& x, Tensor& out) {
+  ET_KERNEL_CHECK_MSG(ctx, x.dim() == 4 && x.scalar_type() == ScalarType::Float &&
+                               out.scalar_type() == ScalarType::Float, InvalidArgument, out,
+                      "distill mean_hw: needs a 4-D float input");
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  executorch::aten::SizesType sizes[2] = {(executorch::aten::SizesType)B, (executorch::aten::SizesType)C};
+  ET_KERNEL_CHECK(ctx, executorch::runtime::resize_tensor(out, {sizes, 2}) == Error::Ok, InvalidArgument, out);
+  const bool cl = channels_last(x) || P == 1;
+  const float* s = x.const_data_ptr<float>();
+  float* y = out.mutable_data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) {
+    float* acc = y + b * C;
+    for (int64_t c = 0; c < C; ++c) acc[c] = 0.0f;
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t c = 0; c < C; ++c) acc[c] += cl ? s[(b * P + p) * C + c] : s[(b * C + c) * P + p];
+    for (int64_t c = 0; c < C; ++c) acc[c] = acc[c] / (float)P;
+  }
+  return out;
+}
+
 }  // namespace distill_et
 
 EXECUTORCH_LIBRARY(distill, "ternary_linear.out", distill_et::ternary_linear_out);
@@ -387,6 +409,7 @@ EXECUTORCH_LIBRARY(distill, "binary_conv2d_cl.out", distill_et::binary_conv2d_ou
 EXECUTORCH_LIBRARY(distill, "depthwise_conv2d.out", distill_et::depthwise_conv2d_out);
 EXECUTORCH_LIBRARY(distill, "inverted_residual.out", distill_et::inverted_residual_out);
 EXECUTORCH_LIBRARY(distill, "conv3x3.out", distill_et::conv3x3_out);
+EXECUTORCH_LIBRARY(distill, "mean_hw.out", distill_et::mean_hw_out);
 
 // Controls for Python (ctypes): the kernels' thread count (XNNPACK has its own
 // threadpool) and instruction set (this library's own copy of kernels/csrc).

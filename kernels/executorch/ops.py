@@ -7,7 +7,7 @@ This module adds ``distill::ternary_linear.out``, ``binary_linear.out`` and
 the two cannot drift apart), and defines the convolutions as single ops,
 ``distill::ternary_conv2d_cl`` and ``distill::binary_conv2d_cl`` (+ ``.out``); the fp32
 ops of kernels/ops.py (``depthwise_conv2d``, ``conv3x3``, the fused MobileNetV2 block
-``inverted_residual``) get their ``.out`` too. In
+``inverted_residual``) get their ``.out`` too, and ``distill::mean_hw`` pools a map to [N, C]. In
 kernels/ops.py a packed conv is a composite of im2col views and a linear, which an
 exported graph would run as permute/pad/as_strided copies between the runtime kernels.
 As one op, the runtime kernel (lowbit_et.cpp) reads a channels-last input in place and
@@ -24,14 +24,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels import ops
+from kernels import ops, reference
 
 _lib = torch.library.Library("distill", "FRAGMENT")
 
 # ops of kernels/ops.py that get an .out overload here
 KERNEL_OPS = ("ternary_linear", "binary_linear", "xnor_linear", "depthwise_conv2d", "inverted_residual", "conv3x3")
 # ops defined here (each with its .out)
-OWN_OPS = ("ternary_conv2d_cl", "binary_conv2d_cl")
+OWN_OPS = ("ternary_conv2d_cl", "binary_conv2d_cl", "mean_hw")
 
 
 def _out_schema(functional: torch._C.FunctionSchema) -> str:
@@ -131,6 +131,19 @@ def binary_conv2d_cl(
 def _(x, w_packed, kernel_size, scale, bias, stride, padding, dilation, xnor=False, act_scale=True, act_min=None,
       act_max=None):  # fmt: skip
     return _channels_last_empty(x, scale.shape[0], *_conv_out_hw(x, kernel_size, stride, padding, dilation))
+
+
+@torch.library.custom_op("distill::mean_hw", mutates_args=())
+def mean_hw(x: Tensor) -> Tensor:
+    """Global average pooling to [N, C] (kernels.reference.mean_hw). A program's classifier then
+    takes plain [N, C] rows: no channels-last [N, C, 1, 1] map crosses into XNNPACK (executorch
+    1.5.1's XNNPACK failed on those, "Propagating input shapes failed"), and no copy flattens one."""
+    return reference.mean_hw(x)
+
+
+@mean_hw.register_fake
+def _(x):
+    return x.new_empty((x.shape[0], x.shape[1]))
 
 
 for _name in (*KERNEL_OPS, *OWN_OPS):

@@ -72,14 +72,13 @@ class _BinaryConvOp(nn.Module):
 
 
 class _MeanHW(nn.Module):
-    """Global average pooling straight to [N, C], in place of ``AdaptiveAvgPool2d(1)`` + flatten:
-    flattening the channels-last [N, C, 1, 1] pooled map was an ``as_strided`` copy outside the
-    delegates (12-15 us per image, more than the pooling). Its channels-last memory, permuted to
-    [N, 1, 1, C], is already the [N, C] rows: XNNPACK takes mean, permute and reshape with the
-    classifier in one call, and nothing runs outside a delegate or a custom op."""
+    """Global average pooling straight to [N, C] on the project's kernel (``distill::mean_hw``),
+    in place of ``AdaptiveAvgPool2d(1)`` + flatten. Flattening a channels-last [N, C, 1, 1]
+    pooled map was an ``as_strided`` copy outside the delegates (12-15 us per image, more than
+    the pooling), and a map that reached 1x1 before the pool made XNNPACK fail at run time."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.mean((2, 3), keepdim=True).permute(0, 2, 3, 1).reshape(x.shape[0], x.shape[1])
+        return torch.ops.distill.mean_hw(x)
 
 
 def _flat_pool(model: nn.Module) -> None:
@@ -142,17 +141,19 @@ def lowbit_program(model: nn.Module, example_input: Tensor, delegate: str = "xnn
     return edge.to_executorch()
 
 
-def export_lowbit(model: nn.Module, example_input: Tensor, path: str | Path, delegate: str = "xnnpack") -> Path:
-    """Write ``model`` (a trained quantized student, or its packed export) as a .pte file.
+def export_lowbit(model: nn.Module, example_input: Tensor, path: str | Path, delegate: str = "xnnpack") -> dict[str, Any]:
+    """Write ``model`` (a trained quantized student, or its packed export) as a .pte file; returns
+    its ``program_summary``.
 
     ``example_input``: a batch of the shape the program will run (shapes are static).
     """
     program = lowbit_program(model, example_input, delegate)
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(program.buffer)
     tmp.replace(path)  # atomic
-    return path
+    return program_summary(program)
 
 
 def program_summary(program: Any) -> dict[str, Any]:

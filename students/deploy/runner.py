@@ -1,6 +1,9 @@
 """Run an exported file in its own runtime: ``.onnx`` in onnxruntime, ``.pte`` in ExecuTorch,
 ``.pt`` (the packed low-bit file) in PyTorch with the project's kernels.
 
+A ``.pte`` that calls the project's low-bit kernels (``distill::`` ops, students.deploy.executorch_lowbit)
+gets them registered first (kernels/executorch, built on first use).
+
 ``load(path, threads)`` gives a ``Runner``: call it on a float batch, get float logits. Thread
 counts are the runtime's own: an onnxruntime session is built with ``intra_op_num_threads``;
 ExecuTorch's XNNPACK delegate shares one process-wide threadpool, resized when a runner needs
@@ -87,8 +90,23 @@ def _executorch_pool(threads: int) -> int:
     return _ET_POOL["generation"]
 
 
+def uses_distill_kernels(path: Path) -> bool:
+    """True for a program that calls the project's ``distill::`` kernels (an ``export_lowbit``
+    file): the program names each operator it calls, so the name is in its bytes."""
+    with open(path, "rb") as f:
+        return b"distill::" in f.read()
+
+
 def _executorch(path: Path, threads: int) -> Runner:
     rt = require("executorch.runtime", f"running {path.name}")
+    if uses_distill_kernels(path):  # register the custom kernels first (builds them on first use)
+        from kernels.executorch import runtime as distill_kernels
+        from kernels.executorch.build import BuildError
+
+        try:
+            distill_kernels.load()
+        except BuildError as exc:
+            raise DeployError(f"{path}: needs the project's ExecuTorch kernels, which did not build: {exc}") from None
     loaded: dict[str, object] = {}
 
     def load_method() -> None:
@@ -102,7 +120,10 @@ def _executorch(path: Path, threads: int) -> Runner:
     def run(x: Tensor) -> Tensor:
         if loaded["generation"] != _executorch_pool(threads):
             load_method()
-        return loaded["method"].execute([x.contiguous()])[0]
+        try:
+            return loaded["method"].execute([x.contiguous()])[0]
+        except RuntimeError as exc:  # the runtime logs its reason above; say which file failed
+            raise DeployError(f"{path}: ExecuTorch failed to run it ({str(exc).strip().splitlines()[0]})") from None
 
     load_method()
     return Runner(path, "executorch", run, 1)
