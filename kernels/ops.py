@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from kernels import _cpu, reference
-from kernels.packing import binary_packed_shape, sign_bytes, ternary_packed_shape
+from kernels.packing import binary_packed_shape, dw_codes_shape, sign_bytes, ternary_packed_shape
 
 __all__ = [
     "quantize_rows_int8",
@@ -407,6 +407,16 @@ def _check_3x3_input(x: Tensor, stride: int, padding: int, name: str) -> tuple[i
 
 
 
+def _dw_weight(weight: Tensor, scale: Tensor | None, c: int, name: str) -> Tensor:
+    """A depthwise weight as float [3, 3, C]: itself, or its ternary codes (uint8) times ``scale`` [C]."""
+    if scale is None:
+        return weight
+    if scale.shape != (c,) or weight.dtype != torch.uint8 or tuple(weight.shape) != dw_codes_shape(c):
+        raise ValueError(f"{name}: a ternary depthwise weight is uint8 {list(dw_codes_shape(c))} codes with a [{c}] "
+                         f"scale (got {weight.dtype} {list(weight.shape)}, scale {list(scale.shape)})")  # fmt: skip
+    return reference.depthwise_weight(weight, scale)
+
+
 @torch.library.custom_op("distill::depthwise_conv2d", mutates_args=())
 def depthwise_conv2d(
     x: Tensor,
@@ -416,11 +426,14 @@ def depthwise_conv2d(
     padding: int = 1,
     act_min: float | None = None,
     act_max: float | None = None,
+    weight_scale: Tensor | None = None,
 ) -> Tensor:
     """Depthwise 3x3 conv, float32, channels last, BatchNorm folded, ReLU / ReLU6 fused
-    (spec: reference.depthwise3x3). weight [3, 3, C]; stride 1 or 2; padding 0 or 1.
+    (spec: reference.depthwise3x3). weight [3, 3, C], or with ``weight_scale`` [C] ternary codes
+    (reference.depthwise_weight); stride 1 or 2; padding 0 or 1.
     Returns NCHW in channels-last memory (what the next packed layer reads without a copy)."""
     name = "depthwise_conv2d"
+    weight = _dw_weight(weight, weight_scale, x.shape[1] if x.dim() == 4 else 0, name)
     b, c, h, w = _check_3x3_input(x, stride, padding, name)
     if weight.shape != (3, 3, c):
         raise ValueError(f"{name}: weight must be [3, 3, {c}] (kh, kw, C), got {list(weight.shape)}")
@@ -440,7 +453,7 @@ def depthwise_conv2d(
 
 
 @depthwise_conv2d.register_fake
-def _(x, weight, bias=None, stride=1, padding=1, act_min=None, act_max=None):
+def _(x, weight, bias=None, stride=1, padding=1, act_min=None, act_max=None, weight_scale=None):
     b, c, h, w = x.shape
     ho, wo = reference.conv3x3_out_hw(h, w, stride, padding)
     return x.new_empty((b, c, ho, wo)).contiguous(memory_format=torch.channels_last)
@@ -560,14 +573,17 @@ def inverted_residual(
     p_act_min: float | None,
     p_act_max: float | None,
     residual: bool,
+    dw_scale: Tensor | None = None,
 ) -> Tensor:
     """A whole MobileNetV2 block (spec: reference.inverted_residual): [expand 1x1 ternary,]
     depthwise 3x3 (padding 1), project 1x1 ternary, [+ x], channels last, one kernel call
     (lowbit.h, dl_inverted_residual_nhwc). e_* None: no expansion (e_w None). Widths come from
-    the scales: Cmid = len(e_scale_pos) (or C_in), C_out = len(p_scale_pos)."""
+    the scales: Cmid = len(e_scale_pos) (or C_in), C_out = len(p_scale_pos). ``dw_scale``: the
+    depthwise weight is ternary codes (as depthwise_conv2d's ``weight_scale``)."""
     name = "inverted_residual"
     c = x.shape[1]
     cmid = c if e_w is None else e_scale_pos.shape[0]
+    dw_w = _dw_weight(dw_w, dw_scale, cmid, name)
     n = p_scale_pos.shape[0]
     expand = None if e_w is None else (e_w, e_scale_pos, e_scale_neg, e_bias, e_act_min, e_act_max)
     if expand is not None:
@@ -594,7 +610,7 @@ def inverted_residual(
 
 @inverted_residual.register_fake
 def _(x, e_w, e_scale_pos, e_scale_neg, e_bias, e_act_min, e_act_max, dw_w, dw_bias, stride, dw_act_min, dw_act_max,
-      p_w, p_scale_pos, p_scale_neg, p_bias, p_act_min, p_act_max, residual):  # fmt: skip
+      p_w, p_scale_pos, p_scale_neg, p_bias, p_act_min, p_act_max, residual, dw_scale=None):  # fmt: skip
     b, _, h, w = x.shape
     n = p_scale_pos.shape[0]
     return x.new_empty((b, n, (h - 1) // stride + 1, (w - 1) // stride + 1)).contiguous(memory_format=torch.channels_last)

@@ -36,7 +36,9 @@ from kernels import ops, reference
 from kernels.packing import (
     binary_from_float,
     binary_packed_shape,
+    dw_codes_shape,
     pack_binary,
+    pack_dw_ternary,
     pack_ternary,
     ternary_from_float,
     ternary_packed_shape,
@@ -390,20 +392,28 @@ class PackedDepthwiseConv2d(_Packed):
     Why not nn.Conv2d: the depthwise convs of a MobileNet are memory-bound, and oneDNN's
     channels-last depthwise path took 22-29% of the packed model's time; this kernel reads
     the packed 1x1 convs' channels-last output directly and writes what the next one reads.
-    Weight buffer: [3, 3, C] (kh, kw, C), the kernel's layout.
+    Weight buffer: [3, 3, C] (kh, kw, C), the kernel's layout; or, ``ternary``, 2-bit codes
+    ``weight_codes`` (kernels.packing.pack_dw_ternary) and a scale per channel ``weight_scale``:
+    a TWN student's depthwise weights, BN folded, are exactly code x scale, so they ship in 1/16
+    of the bytes and compute the same numbers (``float_weight``).
     """
 
     kind = "depthwise_conv2d"
 
     def __init__(self, channels: int, stride: int = 1, padding: int = 1, bias: bool = True,
-                 act_min: float | None = None, act_max: float | None = None):  # fmt: skip
+                 act_min: float | None = None, act_max: float | None = None, ternary: bool = False):  # fmt: skip
         super().__init__()
-        self.channels, self.stride, self.padding = channels, int(stride), int(padding)
+        self.channels, self.stride, self.padding, self.ternary = channels, int(stride), int(padding), ternary
         self.in_channels = self.out_channels = self.groups = channels  # a conv's geometry, for readers
         self.kernel_size, self.dilation = (3, 3), (1, 1)
         self._init_clamp(act_min, act_max)
-        self.register_buffer("weight", torch.zeros(3, 3, channels))
+        if ternary:
+            self.register_buffer("weight_codes", torch.zeros(dw_codes_shape(channels), dtype=torch.uint8))
+            self.register_buffer("weight_scale", torch.zeros(channels))
+        else:
+            self.register_buffer("weight", torch.zeros(3, 3, channels))
         self.register_buffer("bias", torch.zeros(channels) if bias else None)
+        self._unpacked: tuple[tuple[int, int, int, int], Tensor] | None = None
 
     @staticmethod
     def supports(conv: nn.Module) -> bool:
@@ -415,31 +425,57 @@ class PackedDepthwiseConv2d(_Packed):
     @classmethod
     @torch.no_grad()
     def from_conv(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None) -> PackedDepthwiseConv2d:
-        """From a depthwise nn.Conv2d (``supports``), folding an eval-mode BatchNorm that follows it."""
+        """From a depthwise nn.Conv2d (``supports``), folding an eval-mode BatchNorm that follows it.
+        Ternary form when every channel's folded weights are exactly 0 or +-(one value)."""
         if not cls.supports(conv):
             raise ValueError(f"PackedDepthwiseConv2d: not a depthwise 3x3 conv with stride 1/2 and padding 0/1: {conv}")
         w, b = _fold_bn(conv, bn)
-        layer = cls(conv.in_channels, conv.stride[0], conv.padding[0], b is not None)
-        layer.weight.copy_(w.reshape(-1, 3, 3).permute(1, 2, 0))
+        w = w.reshape(-1, 3, 3).permute(1, 2, 0).float()
+        scale = w.abs().amax(dim=(0, 1))
+        ternary = bool(((w == 0) | (w.abs() == scale)).all())
+        layer = cls(conv.in_channels, conv.stride[0], conv.padding[0], b is not None, ternary=ternary)
+        if ternary:
+            layer.weight_codes.copy_(pack_dw_ternary(torch.sign(w).to(torch.int8)))
+            layer.weight_scale.copy_(scale)
+        else:
+            layer.weight.copy_(w)
         if b is not None:
             layer.bias.copy_(b.reshape(-1))
         return layer.eval()
 
+    def float_weight(self) -> Tensor:
+        """The float32 weight [3, 3, C] the kernel computes with (unpacked once per codes version)."""
+        if not self.ternary:
+            return self.weight
+        key = (self.weight_codes.data_ptr(), self.weight_codes._version, self.weight_scale.data_ptr(),
+               self.weight_scale._version)  # fmt: skip
+        if self._unpacked is None or self._unpacked[0] != key or torch.compiler.is_compiling():
+            self._unpacked = (key, reference.depthwise_weight(self.weight_codes, self.weight_scale))
+        return self._unpacked[1]
+
+    def kernel_weight(self) -> tuple[Tensor, Tensor | None]:
+        """(weight, scale) as the ops take them: the float weight and None, or the codes and scales."""
+        return (self.weight_codes, self.weight_scale) if self.ternary else (self.weight, None)
+
     def forward(self, x: Tensor) -> Tensor:
         if not self.use_reference and ops.direct(x):
-            y = ops.depthwise_direct(x, self.weight, self.bias, self.stride, self.padding, self.act_min, self.act_max)
+            y = ops.depthwise_direct(x, self.float_weight(), self.bias, self.stride, self.padding, self.act_min,
+                                     self.act_max)  # fmt: skip
             if y is not None:
                 return y
-        impl = reference.depthwise3x3 if self.use_reference else ops.depthwise_conv2d
-        return impl(x, self.weight, self.bias, self.stride, self.padding, self.act_min, self.act_max)
+        if self.use_reference:
+            return reference.depthwise3x3(x, self.float_weight(), self.bias, self.stride, self.padding, self.act_min,
+                                          self.act_max)  # fmt: skip
+        w, scale = self.kernel_weight()
+        return ops.depthwise_conv2d(x, w, self.bias, self.stride, self.padding, self.act_min, self.act_max, scale)
 
     def dequantize(self) -> Tensor:
         """The torch depthwise weight [C, 1, 3, 3]."""
-        return self.weight.permute(2, 0, 1).unsqueeze(1)
+        return self.float_weight().permute(2, 0, 1).unsqueeze(1)
 
     def config(self) -> dict[str, Any]:
         return {"channels": self.channels, "stride": self.stride, "padding": self.padding,
-                "bias": self.bias is not None, **self._clamp()}  # fmt: skip
+                "bias": self.bias is not None, **self._clamp(), **({"ternary": True} if self.ternary else {})}  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"{self.channels}, stride={self.stride}, padding={self.padding}, bias={self.bias is not None}" + (
@@ -571,15 +607,17 @@ class PackedInvertedResidual(nn.Module):
             out = self.conv(x)
             return x + out if self.use_residual else out
         if ops.direct(x):
-            dw = (d.weight, d.bias, d.stride, d.act_min, d.act_max)
+            dw = (d.float_weight(), d.bias, d.stride, d.act_min, d.act_max)
             expand = None if e_layer is None else _pointwise_args(e_layer)
             y = ops.inverted_residual_direct(x, expand, dw, _pointwise_args(p_layer), self.use_residual)
             if y is not None:
                 return y
         e = (None,) * 8 if e_layer is None else _pointwise_args(e_layer)
         p = _pointwise_args(p_layer)
-        return ops.inverted_residual(x, e[0], e[3], e[4], e[5], e[6], e[7], d.weight, d.bias, d.stride, d.act_min,
-                                     d.act_max, p[0], p[3], p[4], p[5], p[6], p[7], self.use_residual)  # fmt: skip
+        dw_w, dw_scale = d.kernel_weight()
+        return ops.inverted_residual(x, e[0], e[3], e[4], e[5], e[6], e[7], dw_w, d.bias, d.stride, d.act_min,
+                                     d.act_max, p[0], p[3], p[4], p[5], p[6], p[7], self.use_residual,
+                                     dw_scale)  # fmt: skip
 
 
 def fuse_inverted_residuals(model: nn.Module) -> nn.Module:

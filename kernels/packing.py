@@ -193,3 +193,28 @@ def binary_from_float(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if bool((nonzero.sum(dim=1) < w.shape[1]).logical_and(scale > 0).any()):
         raise ValueError("binary_from_float: a row mixes zeros with nonzero weights; it is not binary")
     return signs, scale.contiguous()
+
+
+def dw_codes_shape(c: int) -> tuple[int, int, int]:
+    """Bytes of a ternary depthwise 3x3 weight's codes: [3, 3, ceil(C / 4)]."""
+    return (3, 3, _cdiv(c, 4))
+
+
+def pack_dw_ternary(codes: torch.Tensor) -> torch.Tensor:
+    """Ternary depthwise codes int8 [3, 3, C] in {-1, 0, +1} (the kernels' (kh, kw, C) layout) as
+    uint8 [3, 3, ceil(C / 4)]: byte j of tap (kh, kw) holds channel 4j + i's code + 1 in bits 2i..2i+1."""
+    if codes.dim() != 3 or tuple(codes.shape[:2]) != (3, 3):
+        raise ValueError(f"pack_dw_ternary: expected codes [3, 3, C], got {list(codes.shape)}")
+    c = codes.shape[2]
+    u = (codes.to(torch.int16) + 1).clamp(0, 2).to(torch.uint8)
+    u = torch.nn.functional.pad(u, (0, 4 * _cdiv(c, 4) - c), value=1).view(3, 3, -1, 4)
+    return (u << _shifts(4, 2, codes.device)).sum(dim=3, dtype=torch.uint8)
+
+
+def unpack_dw_ternary(packed: torch.Tensor, c: int) -> torch.Tensor:
+    """Inverse of :func:`pack_dw_ternary`: int8 [3, 3, C] in {-1, 0, +1}."""
+    if packed.dtype != torch.uint8 or tuple(packed.shape) != dw_codes_shape(c):
+        raise ValueError(f"unpack_dw_ternary: expected uint8 {list(dw_codes_shape(c))}, got {packed.dtype} "
+                         f"{list(packed.shape)}")  # fmt: skip
+    t = (packed.unsqueeze(3) >> _shifts(4, 2, packed.device)) & 3
+    return t.reshape(3, 3, -1)[:, :, :c].to(torch.int8) - 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.packing import pack_signs, unpack_binary, unpack_signs, unpack_ternary
+from kernels.packing import pack_signs, unpack_binary, unpack_dw_ternary, unpack_signs, unpack_ternary
 
 
 def _int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -366,3 +366,12 @@ def mean_hw(x: torch.Tensor) -> torch.Tensor:
         for j in range(x.shape[3]):
             acc = acc + x[:, :, i, j]
     return acc / float(x.shape[2] * x.shape[3])
+
+
+def depthwise_weight(weight: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The float32 depthwise weight [3, 3, C] of either form: ``weight`` itself (float), or with
+    ``scale`` [C] the ternary codes ``weight`` (kernels.packing.pack_dw_ternary, uint8) times the
+    channel's scale, exactly (code in {-1, 0, +1})."""
+    if scale is None:
+        return weight.float()
+    return unpack_dw_ternary(weight, scale.shape[0]).float() * scale.float()

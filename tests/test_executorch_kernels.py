@@ -21,7 +21,7 @@ pytest.importorskip("executorch", reason="the ExecuTorch kernels need the execut
 import students  # noqa: E402
 from kernels import _cpu, reference  # noqa: E402
 from kernels.executorch import build, runtime  # noqa: E402
-from kernels.packing import pack_binary, pack_ternary  # noqa: E402
+from kernels.packing import pack_binary, pack_dw_ternary, pack_ternary  # noqa: E402
 from students.deploy.executorch_lowbit import (  # noqa: E402
     export_lowbit,
     load_lowbit,
@@ -76,12 +76,18 @@ class AllOps(nn.Module):
             ("inverted_residual", 48, 48, dict(mid=288, stride=1, residual=True, bias=True, hw=(8, 8))),
             ("inverted_residual", 16, 16, dict(mid=96, stride=1, residual=True, bias=True, hw=(40, 12))),
             ("mean_hw", 40, 40, {}), ("mean_hw", 24, 24, dict(hw=(1, 1))),  # pooling to [N, C]
+            # ternary depthwise weights (2-bit codes and a scale per channel)
+            ("depthwise_conv2d", 21, 21, dict(stride=1, pad=1, bias=True, act_max=6.0, ternary=True)),
+            ("inverted_residual", 16, 24, dict(mid=48, stride=2, residual=False, bias=True, ternary=True)),
         ]
         for i, (op, c, n, kw) in enumerate(self.calls):
             # (torch.export refuses None buffers: absent ones are simply not registered)
             if op == "mean_hw":
                 continue
-            if op == "depthwise_conv2d":
+            if op == "depthwise_conv2d" and kw.get("ternary"):
+                self.register_buffer(f"w{i}", pack_dw_ternary(torch.randint(-1, 2, (3, 3, c), generator=g, dtype=torch.int8)))
+                self.register_buffer(f"t{i}", pos(c))
+            elif op == "depthwise_conv2d":
                 self.register_buffer(f"w{i}", torch.randn(3, 3, c, generator=g))
             elif op == "conv3x3":
                 self.register_buffer(f"w{i}", torch.randn(3, 3, c, n, generator=g))
@@ -91,7 +97,12 @@ class AllOps(nn.Module):
                     self.register_buffer(f"ew{i}", _ternary(mid, c, g))
                     self.register_buffer(f"es{i}", pos(mid) / c)
                     self.register_buffer(f"eb{i}", torch.randn(mid, generator=g))
-                self.register_buffer(f"dw{i}", torch.randn(3, 3, mid, generator=g))
+                if kw.get("ternary"):
+                    self.register_buffer(f"dw{i}", pack_dw_ternary(torch.randint(-1, 2, (3, 3, mid), generator=g,
+                                                                                 dtype=torch.int8)))  # fmt: skip
+                    self.register_buffer(f"t{i}", pos(mid))
+                else:
+                    self.register_buffer(f"dw{i}", torch.randn(3, 3, mid, generator=g))
                 self.register_buffer(f"db{i}", torch.randn(mid, generator=g))
                 self.register_buffer(f"w{i}", _ternary(n, mid, g))
             else:
@@ -135,19 +146,22 @@ class AllOps(nn.Module):
             return impl.binary_linear(x, w, c, s, b, lo, hi)
         if op == "xnor_linear":
             return impl.xnor_linear(x, w, c, s, b, kw["act_scale"], lo, hi)
+        t = getattr(self, f"t{i}", None)  # scales of a ternary depthwise weight
         if op == "depthwise_conv2d":
-            f = reference.depthwise3x3 if spec else impl.depthwise_conv2d
-            return f(x, w, b, kw["stride"], kw["pad"], lo, hi)
+            if spec:
+                return reference.depthwise3x3(x, reference.depthwise_weight(w, t), b, kw["stride"], kw["pad"], lo, hi)
+            return impl.depthwise_conv2d(x, w, b, kw["stride"], kw["pad"], lo, hi, t)
         if op == "conv3x3":
             return impl.conv3x3(x, w, b, kw["stride"], kw["pad"], lo, hi)
         if op == "inverted_residual":
             ew, es, eb, dw, db = (getattr(self, f"{p}{i}", None) for p in ("ew", "es", "eb", "dw", "db"))
             if spec:
                 expand = None if ew is None else (ew, es, None, eb, 0.0, 6.0)
-                return reference.inverted_residual(x, expand, (dw, db, kw["stride"], 0.0, 6.0),
+                dwf = reference.depthwise_weight(dw, t)
+                return reference.inverted_residual(x, expand, (dwf, db, kw["stride"], 0.0, 6.0),
                                                    (w, s, sn, b, None, None), kw["residual"])  # fmt: skip
             return impl.inverted_residual(x, ew, es, None, eb, 0.0, 6.0, dw, db, kw["stride"], 0.0, 6.0,
-                                          w, s, sn, b, None, None, kw["residual"])  # fmt: skip
+                                          w, s, sn, b, None, None, kw["residual"], t)  # fmt: skip
         ks, st, pad = [kw["ks"]] * 2, [kw["stride"]] * 2, [kw["pad"]] * 2
         if op == "ternary_conv2d_cl":
             f = reference.ternary_conv2d if spec else impl.ternary_conv2d_cl

@@ -112,6 +112,41 @@ def test_depthwise_layer_folds_bn_fuses_relu6_and_round_trips(tmp_path):
     assert torch.equal(load_packed(tmp_path / "dw.pt")(x), got)
 
 
+def test_ternary_depthwise_ships_codes_and_computes_the_same(tmp_path):
+    """A TWN depthwise conv (weights code x one value per channel), BN folded, is stored as 2-bit codes
+    and a scale per channel: 1/16 of the float bytes, the same output bits as its float form."""
+    conv, bn = nn.Conv2d(24, 24, 3, 1, 1, groups=24, bias=False), nn.BatchNorm2d(24)
+    g = _gen(3)
+    with torch.no_grad():
+        codes = torch.randint(-1, 2, (24, 1, 3, 3), generator=g).float()
+        conv.weight.copy_(codes * (torch.rand(24, 1, 1, 1, generator=g) + 0.1))
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(-2, 2)
+    bn.eval()
+    layer = PackedDepthwiseConv2d.from_conv(conv, bn)
+    assert layer.ternary and layer.weight_codes.dtype == torch.uint8 and not hasattr(layer, "weight")
+    conv.weight.data[0, 0, 0, 0] += 1e-3  # no longer one value per channel: the float form
+    assert not PackedDepthwiseConv2d.from_conv(conv, bn).ternary
+    conv.weight.data[0, 0, 0, 0] -= 1e-3
+    layer.act_min, layer.act_max = 0.0, 6.0
+    x = torch.randn(2, 24, 9, 7).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = F.relu6(bn(conv(x)))
+        got = layer(x)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        w, scale = layer.kernel_weight()
+        assert torch.equal(ops.depthwise_conv2d(x, w, layer.bias, 1, 1, 0.0, 6.0, scale), got)  # the op on codes
+        assert torch.equal(ops.depthwise_conv2d(x, layer.float_weight(), layer.bias, 1, 1, 0.0, 6.0), got)
+        layer.use_reference = True
+        assert torch.equal(layer(x), got)
+        layer.use_reference = False
+    stored = sum(b.numel() * b.element_size() for n, b in layer.named_buffers() if n.startswith("weight"))
+    assert stored < 3 * 3 * 24 * 4 / 4  # codes + scales: under a quarter of the float weight
+    save_packed(layer, tmp_path / "tdw.pt")
+    assert torch.equal(load_packed(tmp_path / "tdw.pt")(x), got)
+    with pytest.raises(ValueError, match="ternary depthwise"):
+        ops.depthwise_conv2d(x, w, layer.bias, 1, 1, 0.0, 6.0, scale[:5])
+
+
 def test_direct_pointwise_path_equals_the_op():
     """A 1x1 packed conv on a channels-last input skips the dispatcher; same bits as the op and
     the spec, and an NCHW input (no direct path) too."""

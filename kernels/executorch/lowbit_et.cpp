@@ -25,7 +25,10 @@
 #include <string.h>
 
 #include <atomic>
+#include <mutex>
 #include <optional>
+#include <unordered_map>
+#include <vector>
 
 
 #include "lowbit.h"  // the C contract of kernels/csrc
@@ -311,16 +314,51 @@ void fail_rc(KernelRuntimeContext& ctx, int rc) {
   if (rc != 0) ctx.fail(rc == -1 ? Error::MemoryAllocationFailed : Error::InvalidArgument);
 }
 
+// The float [3, 3, C] depthwise weight of either form: the float tensor itself, or ternary codes
+// (kernels/packing.py, pack_dw_ternary: 4 channels per byte, code + 1 in 2 bits) times the channel
+// scales, unpacked once per (codes, scales) content and kept: a program's weights never change,
+// and the bytes are compared on every call, so a buffer reused by another program is unpacked anew.
+struct UnpackedDw {
+  std::vector<uint8_t> codes;
+  std::vector<float> scale, w;
+};
+
+const float* dw_weights(const Tensor& w, const OptTensor& scale, int64_t C) {
+  if (!scale.has_value()) return w.scalar_type() == ScalarType::Float && w.numel() == 9 * C ? w.const_data_ptr<float>() : nullptr;
+  const int64_t bytes = 9 * ((C + 3) / 4);
+  if (w.scalar_type() != ScalarType::Byte || w.numel() != bytes || scale->scalar_type() != ScalarType::Float ||
+      scale->numel() != C)
+    return nullptr;
+  static std::mutex mutex;
+  static std::unordered_map<const void*, UnpackedDw> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  const uint8_t* codes = w.const_data_ptr<uint8_t>();
+  const float* sc = scale->const_data_ptr<float>();
+  UnpackedDw& u = cache[codes];
+  if ((int64_t)u.codes.size() != bytes || memcmp(u.codes.data(), codes, (size_t)bytes) != 0 ||
+      memcmp(u.scale.data(), sc, (size_t)C * sizeof(float)) != 0 || (int64_t)u.scale.size() != C) {
+    u.codes.assign(codes, codes + bytes);
+    u.scale.assign(sc, sc + C);
+    u.w.resize((size_t)(9 * C));
+    for (int64_t t = 0; t < 9; ++t)
+      for (int64_t c = 0; c < C; ++c)
+        u.w[t * C + c] = (float)((int)((codes[t * ((C + 3) / 4) + c / 4] >> (2 * (c % 4))) & 3) - 1) * sc[c];
+  }
+  return u.w.data();
+}
+
 Tensor& depthwise_conv2d_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& weight, const OptTensor& bias,
-                             int64_t stride, int64_t padding, OptDouble act_min, OptDouble act_max, Tensor& out) {
-  ET_KERNEL_CHECK(ctx, x.dim() == 4 && x.scalar_type() == ScalarType::Float &&
-                           weight.scalar_type() == ScalarType::Float && is_f32(bias), InvalidArgument, out);
+                             int64_t stride, int64_t padding, OptDouble act_min, OptDouble act_max,
+                             const OptTensor& weight_scale, Tensor& out) {
+  ET_KERNEL_CHECK(ctx, x.dim() == 4 && x.scalar_type() == ScalarType::Float && is_f32(bias), InvalidArgument, out);
+  const float* w = dw_weights(weight, weight_scale, x.size(1));
+  ET_KERNEL_CHECK_MSG(ctx, w != nullptr, InvalidArgument, out, "distill depthwise: bad weight or weight_scale");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t Ho = (H + 2 * padding - 3) / stride + 1, Wo = (W + 2 * padding - 3) / stride + 1;
   if (!nhwc_out(ctx, out, B, C, Ho, Wo)) return out;
   float* scratch;
   const float* xs = nhwc(x, &scratch);
-  const int rc = xs ? dl_depthwise3x3_nhwc(xs, B, H, W, C, (int)stride, (int)padding, weight.const_data_ptr<float>(),
+  const int rc = xs ? dl_depthwise3x3_nhwc(xs, B, H, W, C, (int)stride, (int)padding, w,
                                            fptr(bias), out.mutable_data_ptr<float>(), threads(),
                                            lo_of(act_min), hi_of(act_max))
                     : -1;
@@ -340,11 +378,14 @@ Tensor& inverted_residual_out(KernelRuntimeContext& ctx, const Tensor& x, const 
                               OptDouble e_min, OptDouble e_max, const Tensor& dw_w, const OptTensor& dw_bias,
                               int64_t stride, OptDouble dw_min, OptDouble dw_max, const Tensor& p_w,
                               const Tensor& p_scale_pos, const OptTensor& p_scale_neg, const OptTensor& p_bias,
-                              OptDouble p_min, OptDouble p_max, bool residual, Tensor& out) {
+                              OptDouble p_min, OptDouble p_max, bool residual, const OptTensor& dw_scale,
+                              Tensor& out) {
   ET_KERNEL_CHECK(ctx, x.dim() == 4 && x.scalar_type() == ScalarType::Float && e_w.has_value() == e_scale_pos.has_value(),
                   InvalidArgument, out);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t mid = e_w.has_value() ? e_scale_pos->size(0) : C;
+  const float* dw = dw_weights(dw_w, dw_scale, mid);
+  ET_KERNEL_CHECK_MSG(ctx, dw != nullptr, InvalidArgument, out, "distill inverted_residual: bad dw_w or dw_scale");
   const DlPointwise project = pointwise(p_w, mid, p_scale_pos, p_scale_neg, p_bias, p_min, p_max);
   if (!nhwc_out(ctx, out, B, project.N, (H - 1) / stride + 1, (W - 1) / stride + 1)) return out;
   DlPointwise expand;
@@ -352,7 +393,7 @@ Tensor& inverted_residual_out(KernelRuntimeContext& ctx, const Tensor& x, const 
   float* scratch;
   const float* xs = nhwc(x, &scratch);
   const int rc = xs ? dl_inverted_residual_nhwc(xs, B, H, W, e_w.has_value() ? &expand : nullptr,
-                                                dw_w.const_data_ptr<float>(), fptr(dw_bias), (int)stride,
+                                                dw, fptr(dw_bias), (int)stride,
                                                 lo_of(dw_min), hi_of(dw_max), &project, residual ? 1 : 0,
                                                 out.mutable_data_ptr<float>(), threads())
                     : -1;
