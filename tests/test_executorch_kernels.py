@@ -85,7 +85,8 @@ class AllOps(nn.Module):
             if op == "mean_hw":
                 continue
             if op == "depthwise_conv2d" and kw.get("ternary"):
-                self.register_buffer(f"w{i}", pack_dw_ternary(torch.randint(-1, 2, (3, 3, c), generator=g, dtype=torch.int8)))
+                codes = torch.randint(-1, 2, (3, 3, c), generator=g, dtype=torch.int8)
+                self.register_buffer(f"w{i}", pack_dw_ternary(codes))
                 self.register_buffer(f"t{i}", pos(c))
             elif op == "depthwise_conv2d":
                 self.register_buffer(f"w{i}", torch.randn(3, 3, c, generator=g))
