@@ -244,7 +244,7 @@ def test_fused_block_op_and_export():
 # (B, C_in, C_out, H, W, stride, padding): the stems (3 -> 32 / 16), one input channel, a
 # vector tail of C_out, images narrower than the 4-column steps.
 STEMS = [(1, 3, 32, 20, 18, 2, 1), (2, 3, 16, 9, 7, 1, 1), (1, 1, 5, 3, 3, 1, 0), (1, 4, 33, 1, 1, 1, 1),
-         (1, 3, 17, 6, 5, 2, 0)]  # fmt: skip
+         (1, 3, 17, 6, 5, 2, 0), (1, 3, 24, 5, 40, 1, 1)]  # fmt: skip
 
 
 @pytest.mark.parametrize("b,c,o,h,w,s,p", STEMS)

@@ -94,31 +94,63 @@ DL_DW_INLINE void dw3x3_rows(const DlDepthwise* d, int64_t r0, int64_t r1) {
   }
 }
 
-// The dense 3x3 conv (DlConv3x3): output channels are the vector lanes. Inside the image,
-// four output columns at a time: four independent sums, each weight row loaded once for them
-// (one pixel's 9 * Cin dependent adds alone would leave the adder's latency exposed).
-template <class V, int P>
+// The dense 3x3 conv (DlConv3x3): output channels are the vector lanes. Inside the image, P output
+// columns and NC vectors of channels at a time: P x NC independent sums (one pixel's 9 * Cin dependent
+// adds alone would leave the adder's latency exposed), each input value broadcast once for the NC
+// vectors and each weight vector loaded once for the P columns. Every sum keeps the spec's order.
+template <class V, int P, int NC>
 DL_DW_INLINE void conv3x3_pixels(const DlConv3x3* c, int64_t b, int64_t ih0, int kh0, int kh1, int64_t ow, int kw0,
-                                 int kw1, int64_t c0, typename V::Mask m, typename V::T bias, typename V::T lo,
-                                 typename V::T hi, float* yrow) {
+                                 int kw1, int64_t c0, const typename V::Mask* m, const typename V::T* bias,
+                                 typename V::T lo, typename V::T hi, float* yrow) {
   const int64_t Cin = c->Cin, Cout = c->Cout, s = c->stride;
   const int64_t iw0 = ow * s - c->pad;
-  typename V::T acc[P];
-  for (int q = 0; q < P; ++q) acc[q] = V::zero();
+  typename V::T acc[P][NC];
+  for (int q = 0; q < P; ++q)
+    for (int j = 0; j < NC; ++j) acc[q][j] = V::zero();
   for (int kh = kh0; kh < kh1; ++kh)
     for (int kw = kw0; kw < kw1; ++kw) {
       const float* xp = c->x + b * c->sb + (ih0 + kh) * c->sh + (iw0 + kw) * c->sw;
       const float* wp = c->w + (kh * 3 + kw) * Cin * Cout + c0;
       for (int64_t ci = 0; ci < Cin; ++ci) {
-        const typename V::T wv = V::load(wp + ci * Cout, m);
-        for (int q = 0; q < P; ++q)
-          acc[q] = V::add(acc[q], V::mul(V::set1(xp[q * s * c->sw + ci * c->sc]), wv));
+        typename V::T wv[NC];
+        for (int j = 0; j < NC; ++j) wv[j] = V::load(wp + ci * Cout + j * V::N, m[j]);
+        for (int q = 0; q < P; ++q) {
+          const typename V::T xv = V::set1(xp[q * s * c->sw + ci * c->sc]);
+          for (int j = 0; j < NC; ++j) acc[q][j] = V::add(acc[q][j], V::mul(xv, wv[j]));
+        }
       }
     }
-  for (int q = 0; q < P; ++q) {
-    typename V::T y = V::add(acc[q], bias);
-    if (c->clamp) y = V::clamp(y, lo, hi);
-    V::store(yrow + (ow + q) * Cout + c0, y, m);
+  for (int q = 0; q < P; ++q)
+    for (int j = 0; j < NC; ++j) {
+      typename V::T y = V::add(acc[q][j], bias[j]);
+      if (c->clamp) y = V::clamp(y, lo, hi);
+      V::store(yrow + (ow + q) * Cout + c0 + j * V::N, y, m[j]);
+    }
+}
+
+// One output row's channels [c0, c0 + NC * N): P columns at a time inside the image, one at a time
+// where the window crosses the left or right border.
+template <class V, int P, int NC>
+DL_DW_INLINE void conv3x3_row_chunk(const DlConv3x3* c, int64_t b, int64_t ih0, int kh0, int kh1, int64_t ow_lo,
+                                    int64_t ow_hi, int64_t c0, typename V::T lo, typename V::T hi, float* yrow) {
+  const int64_t Cout = c->Cout, s = c->stride, p = c->pad, W = c->W;
+  typename V::Mask m[NC];
+  typename V::T bias[NC];
+  for (int j = 0; j < NC; ++j) {
+    const int64_t left = Cout - c0 - j * V::N;
+    m[j] = V::mask(left < V::N ? (int)left : V::N);
+    bias[j] = c->bias ? V::load(c->bias + c0 + j * V::N, m[j]) : V::zero();
+  }
+  for (int64_t ow = 0; ow < c->Wo;) {
+    if (ow >= ow_lo && ow + P <= ow_hi) {
+      conv3x3_pixels<V, P, NC>(c, b, ih0, kh0, kh1, ow, 0, 3, c0, m, bias, lo, hi, yrow);
+      ow += P;
+      continue;
+    }
+    const int64_t iw0 = ow * s - p;
+    const int kw0 = iw0 < 0 ? (int)-iw0 : 0, kw1 = iw0 + 3 > W ? (int)(W - iw0) : 3;
+    conv3x3_pixels<V, 1, NC>(c, b, ih0, kh0, kh1, ow, kw0, kw1, c0, m, bias, lo, hi, yrow);
+    ++ow;
   }
 }
 
@@ -133,21 +165,10 @@ DL_DW_INLINE void conv3x3_rows(const DlConv3x3* c, int64_t r0, int64_t r1) {
     const int64_t b = r / c->Ho, oh = r % c->Ho, ih0 = oh * s - p;
     const int kh0 = ih0 < 0 ? (int)-ih0 : 0, kh1 = ih0 + 3 > c->H ? (int)(c->H - ih0) : 3;
     float* yrow = c->y + r * c->Wo * Cout;
-    for (int64_t c0 = 0; c0 < Cout; c0 += V::N) {
-      const typename V::Mask m = V::mask(Cout - c0 < V::N ? (int)(Cout - c0) : V::N);
-      const typename V::T bias = c->bias ? V::load(c->bias + c0, m) : V::zero();
-      for (int64_t ow = 0; ow < c->Wo;) {
-        if (ow >= ow_lo && ow + 4 <= ow_hi) {
-          conv3x3_pixels<V, 4>(c, b, ih0, kh0, kh1, ow, 0, 3, c0, m, bias, lo, hi, yrow);
-          ow += 4;
-          continue;
-        }
-        const int64_t iw0 = ow * s - p;
-        const int kw0 = iw0 < 0 ? (int)-iw0 : 0, kw1 = iw0 + 3 > W ? (int)(W - iw0) : 3;
-        conv3x3_pixels<V, 1>(c, b, ih0, kh0, kh1, ow, kw0, kw1, c0, m, bias, lo, hi, yrow);
-        ++ow;
-      }
-    }
+    int64_t c0 = 0;
+    for (; c0 + V::N < Cout; c0 += 2 * V::N)  // two vectors of channels (and a masked second one)
+      conv3x3_row_chunk<V, 6, 2>(c, b, ih0, kh0, kh1, ow_lo, ow_hi, c0, lo, hi, yrow);
+    if (c0 < Cout) conv3x3_row_chunk<V, 8, 1>(c, b, ih0, kh0, kh1, ow_lo, ow_hi, c0, lo, hi, yrow);
   }
 }
 
