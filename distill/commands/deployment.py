@@ -142,9 +142,14 @@ def no_gc() -> Iterator[None]:
 
 
 def interleaved_ms(candidates: dict[str, Callable[[Tensor], Any]], x: Tensor, rounds: int = 11,
-                   target_s: float = 0.005) -> dict[str, float]:
+                   target_s: float = 0.005, settle_s: float = 0.02) -> dict[str, float]:
     """Median per-call milliseconds of each candidate over ``rounds`` that alternate their order; a
-    round times as many calls of a candidate as fill ``target_s`` (so fast files are not timer noise)."""
+    round times as many calls of a candidate as fill ``target_s`` (so fast files are not timer noise).
+
+    Before each candidate's calls the process idles ``settle_s``: every runtime's worker threads
+    spin for a while after a call (onnxruntime's, OpenMP's, ExecuTorch's pthreadpool), and with two
+    threads on two cores the previous candidate's spinning workers took the core the next one's
+    needed (every runtime ran 1.5-2x slower on two threads than on one, measured)."""
     times: dict[str, list[float]] = {k: [] for k in candidates}
     reps: dict[str, int] = {}
     names = list(candidates)
@@ -156,6 +161,7 @@ def interleaved_ms(candidates: dict[str, Callable[[Tensor], Any]], x: Tensor, ro
             reps[name] = max(1, min(50, int(target_s / max(time.perf_counter() - start, 1e-6))))
         for r in range(rounds):
             for name in names if r % 2 == 0 else reversed(names):
+                time.sleep(settle_s)
                 start = time.perf_counter()
                 for _ in range(reps[name]):
                     candidates[name](x)
