@@ -170,10 +170,10 @@ def accuracy(forms: list[Form], arch: dict[str, Any], data: dict[str, Tensor], s
             ref = model(data["xv"]).argmax(1)
         try:
             run = f.make(model, data["xv"][:2], tmp / f"digits-{f.runtime}-{f.form}{f.suffix}", calib)(1)
-        except deploy.DeployError as exc:  # a runtime missing here: the row says why
+            pred = deploy.predict(run, data["xv"]).argmax(1)
+        except deploy.DeployError as exc:  # a runtime missing here, or a file it cannot run: the row says why
             out[(f.runtime, f.form)] = {"accuracy_skipped": str(exc)}
             continue
-        pred = deploy.predict(run, data["xv"]).argmax(1)
         out[(f.runtime, f.form)] = {"top1": round(float((pred == data["yv"]).float().mean()), 4),
                                     "agreement": round(float((pred == ref).float().mean()), 4),
                                     "student_top1": round(float((ref == data["yv"]).float().mean()), 4)}

@@ -25,6 +25,7 @@ plain data only, loadable with ``weights_only=True``).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -562,6 +563,12 @@ def _sole_layer(stage: nn.Module) -> nn.Module:
     return rest[0] if len(rest) == 1 else stage
 
 
+def _block_layers(conv: nn.Sequential) -> tuple[nn.Module | None, nn.Module, nn.Module]:
+    """(expand or None, depthwise, project) of a block's stages."""
+    layers = [_sole_layer(s) for s in conv]
+    return (layers[0] if len(layers) == 3 else None, layers[-2], layers[-1])
+
+
 def _pointwise_args(layer: nn.Module) -> tuple | None:
     ok = isinstance(layer, PackedTernaryConv2d) and layer._pointwise
     return (layer.weight_packed, layer.in_channels, layer.out_channels, layer.scale_pos, layer.scale_neg,
@@ -598,43 +605,63 @@ class PackedInvertedResidual(nn.Module):
     def layers(self) -> tuple[nn.Module | None, nn.Module, nn.Module]:
         """(expand or None, depthwise, project), read from ``conv`` at each call: whoever swaps a
         layer of ``conv`` (a test's float twin) is followed."""
-        layers = [_sole_layer(s) for s in self.conv]
-        return (layers[0] if len(layers) == 3 else None, layers[-2], layers[-1])
+        return _block_layers(self.conv)
 
     def forward(self, x: Tensor) -> Tensor:
-        e_layer, d, p_layer = self.layers()
-        if not self.fusable(self.conv) or d.use_reference:  # the layers in turn (on the spec)
-            out = self.conv(x)
-            return x + out if self.use_residual else out
-        if ops.direct(x):
-            dw = (d.float_weight(), d.bias, d.stride, d.act_min, d.act_max)
-            expand = None if e_layer is None else _pointwise_args(e_layer)
-            y = ops.inverted_residual_direct(x, expand, dw, _pointwise_args(p_layer), self.use_residual)
-            if y is not None:
-                return y
-        e = (None,) * 8 if e_layer is None else _pointwise_args(e_layer)
-        p = _pointwise_args(p_layer)
-        dw_w, dw_scale = d.kernel_weight()
-        return ops.inverted_residual(x, e[0], e[3], e[4], e[5], e[6], e[7], dw_w, d.bias, d.stride, d.act_min,
-                                     d.act_max, p[0], p[3], p[4], p[5], p[6], p[7], self.use_residual,
-                                     dw_scale)  # fmt: skip
+        return _fused_block(self.conv, x, self.use_residual)
+
+
+class PackedSeparable(nn.Sequential):
+    """A MobileNet v1 depthwise-separable block ([depthwise 3x3, pointwise 1x1] conv-bn-act stages of
+    packed layers) as one fused call: the inverted-residual kernel with no expansion and no residual,
+    so the depthwise output never leaves the cache. Still a Sequential of the same stages, so its
+    state-dict keys do not change."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _fused_block(self, x, False)
+
+
+def _fused_block(conv: nn.Sequential, x: Tensor, residual: bool) -> Tensor:
+    """[x +] conv(x) for the stages of ``conv`` ([expand,] depthwise, project), in one kernel call."""
+    e_layer, d, p_layer = _block_layers(conv)
+    if not PackedInvertedResidual.fusable(conv) or d.use_reference:  # the layers in turn (on the spec)
+        out = nn.Sequential.forward(conv, x)
+        return x + out if residual else out
+    if ops.direct(x):
+        dw = (d.float_weight(), d.bias, d.stride, d.act_min, d.act_max)
+        expand = None if e_layer is None else _pointwise_args(e_layer)
+        y = ops.inverted_residual_direct(x, expand, dw, _pointwise_args(p_layer), residual)
+        if y is not None:
+            return y
+    e = (None,) * 8 if e_layer is None else _pointwise_args(e_layer)
+    p = _pointwise_args(p_layer)
+    dw_w, dw_scale = d.kernel_weight()
+    return ops.inverted_residual(x, e[0], e[3], e[4], e[5], e[6], e[7], dw_w, d.bias, d.stride, d.act_min,
+                                 d.act_max, p[0], p[3], p[4], p[5], p[6], p[7], residual, dw_scale)  # fmt: skip
 
 
 def fuse_inverted_residuals(model: nn.Module) -> nn.Module:
-    """Wrap every MobileNetV2-style block of an exported model in PackedInvertedResidual (in place).
+    """Run every MobileNet block of an exported model as one fused call (in place); returns the model.
 
-    A block is any module with an nn.Sequential ``conv`` that ``PackedInvertedResidual.fusable``
-    accepts and a bool ``use_residual`` (the zoo's InvertedResidual: forward = [x +] conv(x)).
-    Returns the model.
+    A MobileNetV2 block is any module with an nn.Sequential ``conv`` that ``PackedInvertedResidual.fusable``
+    accepts and a bool ``use_residual`` (the zoo's InvertedResidual: forward = [x +] conv(x)): it is
+    wrapped in PackedInvertedResidual. A MobileNet v1 block is an nn.Sequential of a depthwise and a
+    pointwise stage that ``fusable`` accepts, and no block's ``conv``: it becomes a PackedSeparable.
     """
+    block_convs = set()
     for parent in list(model.modules()):
         for name, child in list(parent._modules.items()):
             conv = getattr(child, "conv", None)
             residual = getattr(child, "use_residual", None)
-            if isinstance(residual, bool) and not isinstance(child, PackedInvertedResidual) and (
-                PackedInvertedResidual.fusable(conv)
-            ):
-                parent._modules[name] = PackedInvertedResidual(conv, residual)
+            if isinstance(residual, bool) and isinstance(conv, nn.Sequential):
+                block_convs.add(id(conv))
+                if not isinstance(child, PackedInvertedResidual) and PackedInvertedResidual.fusable(conv):
+                    parent._modules[name] = PackedInvertedResidual(conv, residual)
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if (isinstance(child, nn.Sequential) and not isinstance(child, PackedSeparable) and len(child) == 2
+                    and id(child) not in block_convs and PackedInvertedResidual.fusable(child)):  # fmt: skip
+                parent._modules[name] = PackedSeparable(OrderedDict(child._modules))
     return model
 
 

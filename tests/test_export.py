@@ -185,6 +185,33 @@ def test_simulated_eval_is_the_export_for_every_architecture(name):
         assert torch.equal(students.export(model)(x), model.eval()(x))
 
 
+def test_mobilenet_v1_blocks_run_fused_and_round_trip(tmp_path):
+    """MobileNet v1's depthwise-separable blocks become one fused call each (PackedSeparable: the
+    inverted-residual kernel without expansion), the same bits as their layers, and a saved file
+    keeps the zoo's keys."""
+    from kernels.packed_layers import PackedSeparable
+
+    torch.manual_seed(0)
+    arch = {"name": "mobilenet_v1", "num_classes": 10, "in_chans": 3, "variant": "cifar", "alpha": 0.25}
+    model = students.quantize(students.create_model(**arch), "twn")
+    with torch.no_grad():
+        model.train()(torch.randn(16, 3, 16, 16))
+    deployed = students.export(model.eval())
+    blocks = [m for m in deployed.modules() if isinstance(m, PackedSeparable)]
+    assert len(blocks) == 13
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        fused = deployed(x)
+        for b in blocks:
+            b[0][0].use_reference = True  # each block's layers in turn, on the spec
+        assert torch.equal(deployed(x), fused)
+        for b in blocks:
+            b[0][0].use_reference = False
+    students.save_exported(deployed, tmp_path / "v1.pt", arch=arch)
+    with torch.no_grad():
+        assert torch.equal(students.load_exported(tmp_path / "v1.pt")(x), fused)
+
+
 def test_relu6_fused_into_packed_layers(trained):
     deployed = students.export(trained["twn"])
     expand = deployed.stages[1][0].conv[0]

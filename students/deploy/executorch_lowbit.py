@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kernels.packed_layers import PackedBinaryConv2d, PackedInvertedResidual, PackedTernaryConv2d
+from kernels.packed_layers import PackedBinaryConv2d, PackedInvertedResidual, PackedSeparable, PackedTernaryConv2d
 
 from ..export import export
 from ..layers import PoolLinearHead
@@ -110,7 +110,8 @@ def lowbit_module(model: nn.Module) -> nn.Module:
 
 def _inside_fused(model: nn.Module, name: str) -> bool:
     parts = name.split(".")
-    return any(isinstance(model.get_submodule(".".join(parts[:i])), PackedInvertedResidual) for i in range(1, len(parts)))
+    fused = (PackedInvertedResidual, PackedSeparable)
+    return any(isinstance(model.get_submodule(".".join(parts[:i])), fused) for i in range(1, len(parts)))
 
 
 def _copy_eval(model: nn.Module) -> nn.Module:
