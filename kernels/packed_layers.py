@@ -612,10 +612,10 @@ class PackedInvertedResidual(nn.Module):
 
 
 class PackedSeparable(nn.Sequential):
-    """A MobileNet v1 depthwise-separable block ([depthwise 3x3, pointwise 1x1] conv-bn-act stages of
-    packed layers) as one fused call: the inverted-residual kernel with no expansion and no residual,
-    so the depthwise output never leaves the cache. Still a Sequential of the same stages, so its
-    state-dict keys do not change."""
+    """A Sequential of [1x1,] depthwise 3x3, 1x1 conv-bn-act stages of packed layers (MobileNet v1's
+    depthwise-separable block, ShuffleNet v2's branches) as one fused call: the inverted-residual
+    kernel with no residual, so the depthwise input and output never leave the cache. Still a
+    Sequential of the same stages, so its state-dict keys do not change."""
 
     def forward(self, x: Tensor) -> Tensor:
         return _fused_block(self, x, False)
@@ -645,8 +645,8 @@ def fuse_inverted_residuals(model: nn.Module) -> nn.Module:
 
     A MobileNetV2 block is any module with an nn.Sequential ``conv`` that ``PackedInvertedResidual.fusable``
     accepts and a bool ``use_residual`` (the zoo's InvertedResidual: forward = [x +] conv(x)): it is
-    wrapped in PackedInvertedResidual. A MobileNet v1 block is an nn.Sequential of a depthwise and a
-    pointwise stage that ``fusable`` accepts, and no block's ``conv``: it becomes a PackedSeparable.
+    wrapped in PackedInvertedResidual. Any other nn.Sequential that ``fusable`` accepts ([1x1,]
+    depthwise, 1x1: MobileNet v1's blocks, ShuffleNet v2's branches) becomes a PackedSeparable.
     """
     block_convs = set()
     for parent in list(model.modules()):
@@ -659,7 +659,7 @@ def fuse_inverted_residuals(model: nn.Module) -> nn.Module:
                     parent._modules[name] = PackedInvertedResidual(conv, residual)
     for parent in list(model.modules()):
         for name, child in list(parent._modules.items()):
-            if (isinstance(child, nn.Sequential) and not isinstance(child, PackedSeparable) and len(child) == 2
+            if (isinstance(child, nn.Sequential) and not isinstance(child, PackedSeparable)
                     and id(child) not in block_convs and PackedInvertedResidual.fusable(child)):  # fmt: skip
                 parent._modules[name] = PackedSeparable(OrderedDict(child._modules))
     return model

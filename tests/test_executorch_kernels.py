@@ -76,13 +76,14 @@ class AllOps(nn.Module):
             ("inverted_residual", 48, 48, dict(mid=288, stride=1, residual=True, bias=True, hw=(8, 8))),
             ("inverted_residual", 16, 16, dict(mid=96, stride=1, residual=True, bias=True, hw=(40, 12))),
             ("mean_hw", 40, 40, {}), ("mean_hw", 24, 24, dict(hw=(1, 1))),  # pooling to [N, C]
+            ("concat_shuffle", 20, 40, {}), ("slice_channels", 30, 12, dict(start=7, length=12)),  # ShuffleNet's glue
             # ternary depthwise weights (2-bit codes and a scale per channel)
             ("depthwise_conv2d", 21, 21, dict(stride=1, pad=1, bias=True, act_max=6.0, ternary=True)),
             ("inverted_residual", 16, 24, dict(mid=48, stride=2, residual=False, bias=True, ternary=True)),
         ]
         for i, (op, c, n, kw) in enumerate(self.calls):
             # (torch.export refuses None buffers: absent ones are simply not registered)
-            if op == "mean_hw":
+            if op in ("mean_hw", "concat_shuffle", "slice_channels"):
                 continue
             if op == "depthwise_conv2d" and kw.get("ternary"):
                 codes = torch.randint(-1, 2, (3, 3, c), generator=g, dtype=torch.int8)
@@ -141,6 +142,13 @@ class AllOps(nn.Module):
         spec = impl is reference
         if op == "mean_hw":
             return impl.mean_hw(x)
+        if op == "concat_shuffle":  # the spec: ShuffleNet's cat and channel_shuffle of x and 2x + 1
+            if spec:
+                return students.layers.channel_shuffle(torch.cat((x, 2 * x + 1), 1), 2)
+            return impl.concat_shuffle(x, 2 * x + 1)
+        if op == "slice_channels":
+            start, length = kw["start"], kw["length"]
+            return x[:, start : start + length] if spec else impl.slice_channels(x, start, length)
         if op == "ternary_linear":
             return impl.ternary_linear(x, w, c, s, sn, b, lo, hi)
         if op == "binary_linear":
@@ -303,3 +311,23 @@ def test_trained_ternary_student_pte_predicts_as_simulated(trained_twn, tmp_path
     # The packed layers are exact; the fp32 stem and depthwise convs (the project's kernels) round
     # differently from the simulation's oneDNN convs.
     assert (logits - simulated).abs().median() < 1e-4
+
+
+@pytest.mark.parametrize("arch", [{"name": "shufflenet_v2", "width": 0.5}, {"name": "mobilenet_v1", "alpha": 0.25}])
+def test_lowbit_programs_compute_the_packed_model(arch, tmp_path):
+    """ShuffleNet v2 (fused branches, slice_channels / concat_shuffle glue) and MobileNet v1 (fused
+    depthwise-separable blocks) as low-bit programs: every op on the project's kernels, and the
+    logits of the packed eager model (pooling and classifier sum in another order: not bit for bit)."""
+    from benchmarks.deploy import realistic_bn_
+
+    torch.manual_seed(0)
+    model = students.quantize(realistic_bn_(students.create_model(**arch, num_classes=10, variant="cifar")), "twn")
+    model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    summary = export_lowbit(model, x[:1], tmp_path / "s.pte")
+    assert summary["other_ops"] == {} and summary["delegate_calls"] <= 2, summary
+    assert summary["custom_ops"]["distill.inverted_residual.out"] >= 13, summary  # every block fused
+    with torch.no_grad():
+        want = students.export(model)(x)
+    got = run_lowbit(load_lowbit(tmp_path / "s.pte"), x, batch=1)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))

@@ -440,6 +440,50 @@ Tensor& mean_hw_out(KernelRuntimeContext& ctx, const Tensor& x, Tensor& out) {
   return out;
 }
 
+// ShuffleNet's concat and 2-group channel shuffle in one pass: out channel 2i = a's i, 2i + 1 = b's i,
+// as kernels/executorch/ops.py (concat_shuffle) defines it; channels-last output, either input layout.
+Tensor& concat_shuffle_out(KernelRuntimeContext& ctx, const Tensor& a, const Tensor& b, Tensor& out) {
+  ET_KERNEL_CHECK_MSG(ctx, a.dim() == 4 && b.dim() == 4 && a.scalar_type() == ScalarType::Float &&
+                               b.scalar_type() == ScalarType::Float && a.numel() == b.numel() &&
+                               a.size(1) == b.size(1) && a.size(2) == b.size(2) && a.size(3) == b.size(3),
+                      InvalidArgument, out, "distill concat_shuffle: a and b must be float maps of one shape");
+  const int64_t B = a.size(0), C = a.size(1), H = a.size(2), W = a.size(3), P = H * W;
+  if (!nhwc_out(ctx, out, B, 2 * C, H, W)) return out;
+  float *sa, *sb;
+  const float* xa = nhwc(a, &sa);
+  const float* xb = nhwc(b, &sb);
+  if (xa && xb) {
+    float* y = out.mutable_data_ptr<float>();
+    for (int64_t r = 0; r < B * P; ++r) {
+      const float *pa = xa + r * C, *pb = xb + r * C;
+      float* py = y + r * 2 * C;
+      for (int64_t c = 0; c < C; ++c) py[2 * c] = pa[c], py[2 * c + 1] = pb[c];
+    }
+  }
+  free(sa), free(sb);
+  if (!xa || !xb) ctx.fail(Error::MemoryAllocationFailed);
+  return out;
+}
+
+// Channels [start, start + length) of x, channels last (kernels/executorch/ops.py, slice_channels).
+Tensor& slice_channels_out(KernelRuntimeContext& ctx, const Tensor& x, int64_t start, int64_t length, Tensor& out) {
+  ET_KERNEL_CHECK_MSG(ctx, x.dim() == 4 && x.scalar_type() == ScalarType::Float && start >= 0 && length > 0 &&
+                               start + length <= x.size(1), InvalidArgument, out,
+                      "distill slice_channels: needs a float map and a channel range inside it");
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  if (!nhwc_out(ctx, out, B, length, x.size(2), x.size(3))) return out;
+  float* scratch;
+  const float* xs = nhwc(x, &scratch);
+  if (!xs) {
+    ctx.fail(Error::MemoryAllocationFailed);
+    return out;
+  }
+  float* y = out.mutable_data_ptr<float>();
+  for (int64_t r = 0; r < B * P; ++r) memcpy(y + r * length, xs + r * C + start, (size_t)length * sizeof(float));
+  free(scratch);
+  return out;
+}
+
 }  // namespace distill_et
 
 EXECUTORCH_LIBRARY(distill, "ternary_linear.out", distill_et::ternary_linear_out);
@@ -451,6 +495,8 @@ EXECUTORCH_LIBRARY(distill, "depthwise_conv2d.out", distill_et::depthwise_conv2d
 EXECUTORCH_LIBRARY(distill, "inverted_residual.out", distill_et::inverted_residual_out);
 EXECUTORCH_LIBRARY(distill, "conv3x3.out", distill_et::conv3x3_out);
 EXECUTORCH_LIBRARY(distill, "mean_hw.out", distill_et::mean_hw_out);
+EXECUTORCH_LIBRARY(distill, "concat_shuffle.out", distill_et::concat_shuffle_out);
+EXECUTORCH_LIBRARY(distill, "slice_channels.out", distill_et::slice_channels_out);
 
 // Controls for Python (ctypes): the kernels' thread count (XNNPACK has its own
 // threadpool) and instruction set (this library's own copy of kernels/csrc).

@@ -35,6 +35,7 @@ from kernels.packed_layers import PackedBinaryConv2d, PackedInvertedResidual, Pa
 from ..export import export
 from ..layers import PoolLinearHead
 from ..qlayers import QConv2d, QLinear
+from ..shufflenet_v2 import ShuffleV2Unit
 
 __all__ = ["DELEGATES", "export_lowbit", "load_lowbit", "lowbit_module", "program_summary", "run_lowbit"]
 
@@ -81,6 +82,33 @@ class _MeanHW(nn.Module):
         return torch.ops.distill.mean_hw(x)
 
 
+class _ShuffleUnit(nn.Module):
+    """A ShuffleNet v2 unit whose channel split, concat and shuffle are the project's ops
+    (``distill::slice_channels``, ``distill::concat_shuffle``) instead of XNNPACK and portable copies."""
+
+    def __init__(self, unit: ShuffleV2Unit) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def forward(self, x: Tensor) -> Tensor:
+        u = self.unit
+        if u.stride == 1:
+            half = x.shape[1] // 2
+            a, b = torch.ops.distill.slice_channels(x, 0, half), torch.ops.distill.slice_channels(x, half, half)
+        else:
+            a = b = x
+        return torch.ops.distill.concat_shuffle(u.left(a), u.right(b))
+
+
+def _glue_ops(model: nn.Module) -> None:
+    """Pooling and ShuffleNet's concat + shuffle on the project's kernels (``_MeanHW``, ``_ShuffleUnit``)."""
+    _flat_pool(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if type(child) is ShuffleV2Unit:
+                parent._modules[name] = _ShuffleUnit(child)
+
+
 def _flat_pool(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, PoolLinearHead) and isinstance(m.pool, nn.AdaptiveAvgPool2d) and m.pool.output_size in (1, (1, 1)):
@@ -95,7 +123,7 @@ def lowbit_module(model: nn.Module) -> nn.Module:
 
     quantized = any(isinstance(m, QConv2d | QLinear) for m in model.modules())
     deployed = export(model) if quantized else _copy_eval(model)
-    _flat_pool(deployed)
+    _glue_ops(deployed)
     for m in deployed.modules():  # XNNPACK lays out its own weights and refuses channels-last ones
         if type(m) is nn.Conv2d:
             m.weight.data = m.weight.data.contiguous()
