@@ -313,8 +313,11 @@ def test_trained_ternary_student_pte_predicts_as_simulated(trained_twn, tmp_path
     assert (logits - simulated).abs().median() < 1e-4
 
 
-@pytest.mark.parametrize("arch", [{"name": "shufflenet_v2", "width": 0.5}, {"name": "mobilenet_v1", "alpha": 0.25}])
-def test_lowbit_programs_compute_the_packed_model(arch, tmp_path):
+SHUFFLENET, MOBILENET_V1 = {"name": "shufflenet_v2", "width": 0.5}, {"name": "mobilenet_v1", "alpha": 0.25}
+
+
+@pytest.mark.parametrize("arch,size", [(SHUFFLENET, 32), (MOBILENET_V1, 32), (SHUFFLENET, 8)])  # 8: maps down to 1x1
+def test_lowbit_programs_compute_the_packed_model(arch, size, tmp_path):
     """ShuffleNet v2 (fused branches, slice_channels / concat_shuffle glue) and MobileNet v1 (fused
     depthwise-separable blocks) as low-bit programs: every op on the project's kernels, and the
     logits of the packed eager model (pooling and classifier sum in another order: not bit for bit)."""
@@ -323,7 +326,7 @@ def test_lowbit_programs_compute_the_packed_model(arch, tmp_path):
     torch.manual_seed(0)
     model = students.quantize(realistic_bn_(students.create_model(**arch, num_classes=10, variant="cifar")), "twn")
     model.eval()
-    x = torch.randn(3, 3, 32, 32)
+    x = torch.randn(3, 3, size, size)
     summary = export_lowbit(model, x[:1], tmp_path / "s.pte")
     assert summary["other_ops"] == {} and summary["delegate_calls"] <= 2, summary
     assert summary["custom_ops"]["distill.inverted_residual.out"] >= 13, summary  # every block fused
