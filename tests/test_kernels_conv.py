@@ -91,58 +91,57 @@ def test_depthwise_opcheck():
         torch.library.opcheck(ops.depthwise_conv2d, args)
 
 
-def test_depthwise_layer_folds_bn_fuses_relu6_and_round_trips(tmp_path):
-    conv, bn = nn.Conv2d(16, 16, 3, 2, 1, groups=16, bias=False), nn.BatchNorm2d(16)
-    with torch.no_grad():
-        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 2)
-    bn.eval()
-    assert PackedDepthwiseConv2d.supports(conv) and not PackedDepthwiseConv2d.supports(nn.Conv2d(16, 16, 3, groups=8))
-    layer = PackedDepthwiseConv2d.from_conv(conv, bn)
+def _check_depthwise_layer(layer, conv, bn, x, tmp_path) -> None:
+    """The layer (ReLU6 fused) computes relu6(bn(conv(x))); the direct path, the op on the stored weight
+    and the spec give the same bits; a saved file loads back to them."""
     layer.act_min, layer.act_max = 0.0, 6.0
-    x = torch.randn(2, 16, 11, 11).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        want = F.relu6(bn(conv(x)))
         got = layer(x)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got, F.relu6(bn(conv(x))), rtol=1e-5, atol=1e-5)
+        w, scale = layer.kernel_weight()
+        stride = layer.stride
+        assert torch.equal(ops.depthwise_conv2d(x, w, layer.bias, stride, 1, 0.0, 6.0, scale), got)
         layer.use_reference = True
-        assert torch.equal(layer(x), got)  # the direct path, the op and the spec: the same bits
+        assert torch.equal(layer(x), got)
         layer.use_reference = False
-        assert torch.equal(ops.depthwise_conv2d(x, layer.weight, layer.bias, 2, 1, 0.0, 6.0), got)
     save_packed(layer, tmp_path / "dw.pt")
     assert torch.equal(load_packed(tmp_path / "dw.pt")(x), got)
 
 
+def _bn(c: int) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(c)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(-2, 2)
+    return bn.eval()
+
+
+def test_depthwise_layer_folds_bn_fuses_relu6_and_round_trips(tmp_path):
+    conv, bn = nn.Conv2d(16, 16, 3, 2, 1, groups=16, bias=False), _bn(16)
+    assert PackedDepthwiseConv2d.supports(conv) and not PackedDepthwiseConv2d.supports(nn.Conv2d(16, 16, 3, groups=8))
+    layer = PackedDepthwiseConv2d.from_conv(conv, bn)
+    assert not layer.ternary
+    _check_depthwise_layer(layer, conv, bn, torch.randn(2, 16, 11, 11).contiguous(memory_format=torch.channels_last),
+                           tmp_path)  # fmt: skip
+
+
 def test_ternary_depthwise_ships_codes_and_computes_the_same(tmp_path):
     """A TWN depthwise conv (weights code x one value per channel), BN folded, is stored as 2-bit codes
-    and a scale per channel: 1/16 of the float bytes, the same output bits as its float form."""
-    conv, bn = nn.Conv2d(24, 24, 3, 1, 1, groups=24, bias=False), nn.BatchNorm2d(24)
-    g = _gen(3)
+    and a scale per channel: under a quarter of the float bytes, the same output bits as its float form."""
+    conv, bn, g = nn.Conv2d(24, 24, 3, 1, 1, groups=24, bias=False), _bn(24), _gen(3)
     with torch.no_grad():
         codes = torch.randint(-1, 2, (24, 1, 3, 3), generator=g).float()
         conv.weight.copy_(codes * (torch.rand(24, 1, 1, 1, generator=g) + 0.1))
-        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(-2, 2)
-    bn.eval()
     layer = PackedDepthwiseConv2d.from_conv(conv, bn)
     assert layer.ternary and layer.weight_codes.dtype == torch.uint8 and not hasattr(layer, "weight")
+    stored = sum(b.numel() * b.element_size() for n, b in layer.named_buffers() if n.startswith("weight"))
+    assert stored < 3 * 3 * 24 * 4 / 4
+    x = torch.randn(2, 24, 9, 7).contiguous(memory_format=torch.channels_last)
+    _check_depthwise_layer(layer, conv, bn, x, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(ops.depthwise_conv2d(x, layer.float_weight(), layer.bias, 1, 1, 0.0, 6.0), layer(x))
     conv.weight.data[0, 0, 0, 0] += 1e-3  # no longer one value per channel: the float form
     assert not PackedDepthwiseConv2d.from_conv(conv, bn).ternary
-    conv.weight.data[0, 0, 0, 0] -= 1e-3
-    layer.act_min, layer.act_max = 0.0, 6.0
-    x = torch.randn(2, 24, 9, 7).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        want = F.relu6(bn(conv(x)))
-        got = layer(x)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        w, scale = layer.kernel_weight()
-        assert torch.equal(ops.depthwise_conv2d(x, w, layer.bias, 1, 1, 0.0, 6.0, scale), got)  # the op on codes
-        assert torch.equal(ops.depthwise_conv2d(x, layer.float_weight(), layer.bias, 1, 1, 0.0, 6.0), got)
-        layer.use_reference = True
-        assert torch.equal(layer(x), got)
-        layer.use_reference = False
-    stored = sum(b.numel() * b.element_size() for n, b in layer.named_buffers() if n.startswith("weight"))
-    assert stored < 3 * 3 * 24 * 4 / 4  # codes + scales: under a quarter of the float weight
-    save_packed(layer, tmp_path / "tdw.pt")
-    assert torch.equal(load_packed(tmp_path / "tdw.pt")(x), got)
+    w, scale = layer.kernel_weight()
     with pytest.raises(ValueError, match="ternary depthwise"):
         ops.depthwise_conv2d(x, w, layer.bias, 1, 1, 0.0, 6.0, scale[:5])
 
