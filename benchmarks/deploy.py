@@ -30,6 +30,12 @@ the reason. Low-bit students quantize their classifier too (``LOWBIT_OPTIONS``: 
 
 ``--profile`` prints, for each ``lowbit`` file, the mean microseconds per inference of every
 custom op and delegate call (and XNNPACK's ops inside them) from ExecuTorch's ETDump, 1 thread.
+
+``--isolate`` times each file in a process of its own (``--time-file``), the files taking turns
+round by round: with two threads on a two-core machine, the worker threads that one runtime leaves
+spinning or parked in a shared process slowed the next runtime's calls (every runtime measured
+slower on two threads than on one in-process; in processes of their own they were not). The eager
+PyTorch row is then left out (it is no file).
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ import argparse
 import dataclasses
 import json
 import platform
+import statistics
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -181,7 +189,7 @@ def accuracy(forms: list[Form], arch: dict[str, Any], data: dict[str, Tensor], s
 
 
 def latency(name: str, forms: list[Form], threads: list[int], rounds: int, acc: dict, tmp: Path,
-            prof: bool = False) -> None:
+            prof: bool = False, isolate: bool = False) -> None:
     arch, size, classes = STUDENTS[name]
     models = {s: build(arch, classes, 3, s) for s in {f.scheme for f in forms}}
     example = torch.randn(2, 3, size, size)
@@ -195,9 +203,15 @@ def latency(name: str, forms: list[Form], threads: list[int], rounds: int, acc: 
         except deploy.DeployError as exc:  # a runtime missing here: the row says why
             skipped[f] = str(exc)
     cpu = _cpu_model()
+    if isolate:
+        loaders = {f: v for f, v in loaders.items() if f.runtime != "torch" or f.form != "fp32"}
+        skipped.update({f: "eager PyTorch is not timed with --isolate" for f in forms if f not in loaders})
     for t in threads:
-        fns = {f: load(t) for f, load in loaders.items()}
-        ms = interleaved_ms(fns, example[:1], rounds)
+        if isolate:
+            ms = isolated_ms({f: tmp / f"{name}-{f.runtime}-{f.form}{f.suffix}" for f in loaders}, size, t, rounds)
+        else:
+            fns = {f: load(t) for f, load in loaders.items()}
+            ms = interleaved_ms(fns, example[:1], rounds)
         best = {kind: min((v for f, v in ms.items() if f.form == kind and f.runtime != "torch"), default=None)
                 for kind in ("fp32", "int8")}
         for f in forms:
@@ -221,6 +235,26 @@ def latency(name: str, forms: list[Form], threads: list[int], rounds: int, acc: 
             if f.form.startswith("lowbit"):
                 us = profile(tmp / f"{name}-{f.runtime}-{f.form}{f.suffix}", example[:1])
                 print(json.dumps({"bench": "deploy", "student": name, "form": f.form, "threads": 1, "profile_us": us}))
+
+
+def isolated_ms(files: dict[Any, Path], size: int, threads: int, rounds: int) -> dict[Any, float]:
+    """Median milliseconds per batch-1 call of each file, each timed by a process of its own
+    (``--time-file``), the files taking turns round by round (module docstring: ``--isolate``)."""
+    times: dict[Any, list[float]] = {k: [] for k in files}
+    keys = list(files)
+    for r in range(max(1, rounds // 3)):
+        for k in keys if r % 2 == 0 else reversed(keys):
+            cmd = [sys.executable, "-m", "benchmarks.deploy", "--time-file", str(files[k]), "--threads", str(threads),
+                   "--size", str(size)]  # fmt: skip
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            times[k].append(float(out.stdout.strip().splitlines()[-1]))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def time_file(path: Path, threads: int, size: int) -> float:
+    """``--time-file``: median ms per call of one exported file in this process alone (5 interleaved rounds)."""
+    run = deploy.load(path, threads=threads)
+    return interleaved_ms({"file": run}, torch.randn(1, 3, size, size), rounds=5)["file"]
 
 
 def profile(path: Path, x: Tensor, runs: int = 20) -> dict[str, float]:
@@ -268,7 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None, help="digits training steps per student form")
     ap.add_argument("--profile", action="store_true", help="ETDump time per op of each lowbit file (1 thread)")
+    ap.add_argument("--isolate", action="store_true", help="time each file in a process of its own (docstring)")
+    ap.add_argument("--time-file", type=Path, help=argparse.SUPPRESS)  # the child of --isolate
+    ap.add_argument("--size", type=int, default=32, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.time_file:
+        print(time_file(args.time_file, (args.threads or [1])[0], args.size))
+        return 0
     names = args.students or (["mobilenet_v2_32"] if args.quick else list(STUDENTS))
     threads = args.threads or ([1] if args.quick else [1, 2])
     rounds = args.rounds or (7 if args.quick else 15)
@@ -280,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             arch = STUDENTS[name][0]
             # Accuracy once per architecture: the 224 MobileNetV2 is the 32 one's architecture at another size.
             acc = accuracy(forms, {**arch, "variant": "cifar"}, data, steps, Path(tmp))
-            latency(name, forms, threads, rounds, acc, Path(tmp), args.profile)
+            latency(name, forms, threads, rounds, acc, Path(tmp), args.profile, args.isolate)
     return 0
 
 
