@@ -31,6 +31,11 @@ the reason. Low-bit students quantize their classifier too (``LOWBIT_OPTIONS``: 
 ``--profile`` prints, for each ``lowbit`` file, the mean microseconds per inference of every
 custom op and delegate call (and XNNPACK's ops inside them) from ExecuTorch's ETDump, 1 thread.
 
+A file's profile by symbol (the kernels' share of the time; Linux perf):
+
+    python -m benchmarks.deploy --time-file FILE.pte --threads 1 --size 224 --seconds 20 &
+    perf record -F 5000 -p $! -o perf.data -- sleep 10; perf report -i perf.data --sort symbol
+
 ``--isolate`` times each file in a process of its own (``--time-file``), the files taking turns
 round by round: with two threads on a two-core machine, the worker threads that one runtime leaves
 spinning or parked in a shared process slowed the next runtime's calls (every runtime measured
@@ -48,6 +53,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -251,10 +257,15 @@ def isolated_ms(files: dict[Any, Path], size: int, threads: int, rounds: int) ->
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def time_file(path: Path, threads: int, size: int) -> float:
-    """``--time-file``: median ms per call of one exported file in this process alone (5 interleaved rounds)."""
+def time_file(path: Path, threads: int, size: int, seconds: float = 0.0) -> float:
+    """``--time-file``: median ms per call of one exported file in this process alone (5 interleaved
+    rounds); with ``seconds``, calls it for that long first (a window for a sampling profiler)."""
     run = deploy.load(path, threads=threads)
-    return interleaved_ms({"file": run}, torch.randn(1, 3, size, size), rounds=5)["file"]
+    x = torch.randn(1, 3, size, size)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        run(x)
+    return interleaved_ms({"file": run}, x, rounds=5)["file"]
 
 
 def profile(path: Path, x: Tensor, runs: int = 20) -> dict[str, float]:
@@ -305,9 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--isolate", action="store_true", help="time each file in a process of its own (docstring)")
     ap.add_argument("--time-file", type=Path, help=argparse.SUPPRESS)  # the child of --isolate
     ap.add_argument("--size", type=int, default=32, help=argparse.SUPPRESS)
+    ap.add_argument("--seconds", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.time_file:
-        print(time_file(args.time_file, (args.threads or [1])[0], args.size))
+        print(time_file(args.time_file, (args.threads or [1])[0], args.size, args.seconds))
         return 0
     names = args.students or (["mobilenet_v2_32"] if args.quick else list(STUDENTS))
     threads = args.threads or ([1] if args.quick else [1, 2])
