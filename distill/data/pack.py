@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 from PIL import Image
+from rich.console import Console
 from rich.progress import Progress
 
 from .meta import DataError, DatasetMeta, load_meta
@@ -100,7 +101,7 @@ def pack_arrays(images: np.ndarray, labels: np.ndarray, classes: list[str], dst:
         raise DataError(f"{source}: normalize has {len(normalize[0])} means for {channels}-channel images")
     mean, std = normalize or _channel_stats((images[i] for i in train_idx), channels)
     splits = {}
-    with Progress() as progress:
+    with Progress(console=Console(stderr=True)) as progress:  # stdout stays for results (--json, JSON lines)
         for split, idx in (("train", train_idx), ("val", val_idx)):
             samples = [(keys[i], images[i], int(labels[i])) for i in idx]
             splits[split] = _write_split(dst, split, samples, shard_size, progress)
