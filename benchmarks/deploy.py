@@ -13,9 +13,10 @@ Students: MobileNetV2 width 0.5 at CIFAR size (32x32) and MobileNetV2 at 224, Mo
 (10 classes at 32, 1000 at 224); its weights are not trained (latency does not depend on their
 values), and its BatchNorm statistics are drawn at random so that int8 calibration sees
 realistic ranges. top1 / agreement come from the same architecture trained on scikit-learn's
-digits (8x8, one channel; a short Adam run) and exported to the same form: there are no
-trained CIFAR students on this machine, and agreement with a trained student is what tells an
-export apart (a fresh net answers nearly the same class for every input).
+digits (8x8, one channel; a short Adam run) and exported to the same form: training four
+students on CIFAR-10 here takes an hour, and agreement with a trained student is what tells an
+export apart (a fresh net answers nearly the same class for every input). CIFAR-10 accuracy of
+exported files comes from ``distill export RUN --to ... --json`` on CIFAR runs (BENCHMARKS.md).
 
 Forms are entries of ``FORMS`` (``Form``): runtime, form name, the scheme of the student it
 takes (None: the float student), and ``make(model, example, path, calibration)`` which writes
