@@ -29,24 +29,28 @@ the reason. Low-bit students quantize their classifier too (``LOWBIT_OPTIONS``: 
 
     python -m benchmarks.deploy --students mobilenet_v2_224 --profile   # + ETDump time per op of lowbit files
 
-``--profile`` prints, for each ``lowbit`` file, the mean microseconds per inference of every
-custom op and delegate call (and XNNPACK's ops inside them) from ExecuTorch's ETDump, 1 thread.
+``--profile`` prints, for each ``lowbit`` file and the XNNPACK int8 file it is measured against, the
+mean microseconds per inference of every custom op and delegate call (and XNNPACK's ops inside
+them) from ExecuTorch's ETDump, at each thread count. ``--keep DIR`` keeps the exported files (named
+``<student>-<runtime>-<form>.<ext>``) for ``--time-file`` runs of your own.
 
 A file's profile by symbol (the kernels' share of the time; Linux perf):
 
     python -m benchmarks.deploy --time-file FILE.pte --threads 1 --size 224 --seconds 20 &
     perf record -F 5000 -p $! -o perf.data -- sleep 10; perf report -i perf.data --sort symbol
 
-``--isolate`` times each file in a process of its own (``--time-file``), the files taking turns
-round by round: with two threads on a two-core machine, the worker threads that one runtime leaves
-spinning or parked in a shared process slowed the next runtime's calls (every runtime measured
-slower on two threads than on one in-process; in processes of their own they were not). The eager
-PyTorch row is then left out (it is no file).
+``--isolate`` times each file in ``--rounds // 3`` processes of its own (``--time-file``, 5
+interleaved rounds each; the row is the median of those processes), the files taking turns: with
+two threads on a two-core machine, the worker threads that one runtime leaves spinning or parked
+in a shared process slowed the next runtime's calls (every runtime measured slower on two threads
+than on one in-process; in processes of their own they were not). The eager PyTorch row is then
+left out (it is no file).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
@@ -221,6 +225,7 @@ def latency(name: str, forms: list[Form], threads: list[int], rounds: int, acc: 
             ms = interleaved_ms(fns, example[:1], rounds)
         best = {kind: min((v for f, v in ms.items() if f.form == kind and f.runtime != "torch"), default=None)
                 for kind in ("fp32", "int8")}
+        timing = {"processes_per_file": processes(rounds), "rounds_per_process": 5} if isolate else {"rounds": rounds}
         for f in forms:
             row: dict[str, Any] = {"bench": "deploy", "student": name, "input": [3, size, size], "runtime": f.runtime,
                                    "form": f.form, "scheme": f.scheme, "threads": t, "batch": 1}
@@ -232,24 +237,32 @@ def latency(name: str, forms: list[Form], threads: list[int], rounds: int, acc: 
             row.update(latency_ms=round(ms[f], 4), bytes=path.stat().st_size if path.is_file() else None,
                        speedup_vs_best_fp32_runtime=round(best["fp32"] / ms[f], 3) if best["fp32"] else None,
                        speedup_vs_best_int8_runtime=round(best["int8"] / ms[f], 3) if best["int8"] else None,
-                       accuracy_on="digits 8x8 (trained, same arch)", rounds=rounds, cpu=cpu)
+                       accuracy_on="digits 8x8 (trained, same arch)", **timing, cpu=cpu)
             print(json.dumps(row), flush=True)
-    if prof:
+    if prof:  # the low-bit programs, and the XNNPACK int8 program they are measured against
         from students.deploy.runner import _executorch_pool
 
-        _executorch_pool(1)
-        for f in loaders:
-            if f.form.startswith("lowbit"):
-                us = profile(tmp / f"{name}-{f.runtime}-{f.form}{f.suffix}", example[:1])
-                print(json.dumps({"bench": "deploy", "student": name, "form": f.form, "threads": 1, "profile_us": us}))
+        for t in threads:
+            _executorch_pool(t)
+            for f in loaders:
+                if f.runtime == "executorch" and (f.form.startswith("lowbit") or f.form == "int8"):
+                    us = profile(tmp / f"{name}-{f.runtime}-{f.form}{f.suffix}", example[:1])
+                    print(json.dumps({"bench": "deploy", "student": name, "form": f.form, "threads": t, "profile_us": us}))
+
+
+def processes(rounds: int) -> int:
+    """Processes per file under ``--isolate``: each times 5 interleaved rounds of its own, so a
+    third of ``--rounds`` keeps the run's length near an in-process one."""
+    return max(1, rounds // 3)
 
 
 def isolated_ms(files: dict[Any, Path], size: int, threads: int, rounds: int) -> dict[Any, float]:
-    """Median milliseconds per batch-1 call of each file, each timed by a process of its own
-    (``--time-file``), the files taking turns round by round (module docstring: ``--isolate``)."""
+    """Median over ``processes(rounds)`` processes of the milliseconds per batch-1 call of each
+    file, each process timing one file (``--time-file``), the files taking turns (module
+    docstring: ``--isolate``)."""
     times: dict[Any, list[float]] = {k: [] for k in files}
     keys = list(files)
-    for r in range(max(1, rounds // 3)):
+    for r in range(processes(rounds)):
         for k in keys if r % 2 == 0 else reversed(keys):
             cmd = [sys.executable, "-m", "benchmarks.deploy", "--time-file", str(files[k]), "--threads", str(threads),
                    "--size", str(size)]  # fmt: skip
@@ -313,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", nargs="+", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None, help="digits training steps per student form")
-    ap.add_argument("--profile", action="store_true", help="ETDump time per op of each lowbit file (1 thread)")
+    ap.add_argument("--profile", action="store_true",
+                    help="ETDump time per op of each lowbit file and the XNNPACK int8 file, at each thread count")
+    ap.add_argument("--keep", type=Path, default=None, help="write the exported files here (kept) instead of a temp dir")
     ap.add_argument("--isolate", action="store_true", help="time each file in a process of its own (docstring)")
     ap.add_argument("--time-file", type=Path, help=argparse.SUPPRESS)  # the child of --isolate
     ap.add_argument("--size", type=int, default=32, help=argparse.SUPPRESS)
@@ -328,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (150 if args.quick else 400)
     forms = [f for f in FORMS if f.quick or not args.quick]
     data = digits()
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory() as tmp:
         for name in names:
             arch = STUDENTS[name][0]
             # Accuracy once per architecture: the 224 MobileNetV2 is the 32 one's architecture at another size.
