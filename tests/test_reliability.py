@@ -105,6 +105,29 @@ def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(tmp_path):
         check_resumable(ckpts, Console())
 
 
+def test_a_half_deleted_old_checkpoint_is_never_resumed(tmp_path):
+    """A SIGKILL inside the delete of ``last.ckpt.old`` (rmtree took ``latest`` first, then died) left a
+    folder DeepSpeed cannot load, which a resume over a damaged ``last`` used to pick; found by
+    test_killed_driver_leaves_no_ray_and_resume_continues."""
+    from distill.train.checkpoint import publish
+
+    ckpts = tmp_path / "checkpoints"
+    last = _deepspeed_like(ckpts / "last.ckpt", 8)
+    old = _deepspeed_like(ckpts / "last.ckpt.old", 6)
+    _deepspeed_like(ckpts / "best.ckpt", 4)
+    (old / "latest").unlink()
+    _flip_middle(last / "checkpoint" / "mp_rank_00_model_states.pt")
+    chosen, damaged = resumable_checkpoint(ckpts)
+    assert chosen == str(ckpts / "best.ckpt")
+    assert damaged[1] == f"{old}: has no 'latest' file naming its checkpoint (an interrupted write or delete)"
+
+    # publishing renames a folder out of the readable names before deleting it, and clears leftovers
+    (ckpts / ".last.ckpt.old.deleting").mkdir()
+    publish(_deepspeed_like(ckpts / "last.ckpt.partial", 10), last)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert resumable_checkpoint(ckpts) == (str(last), [])
+
+
 def test_truncated_plain_checkpoint_is_damaged(tmp_path):
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": {"w": torch.randn(256)}}, path)

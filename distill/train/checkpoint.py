@@ -10,7 +10,10 @@ write into ``<name>.partial``, then rank 0 renames the published folder to
 ``<name>.old``, ``<name>.partial`` to ``<name>``, and deletes ``<name>.old``.
 At every instant ``<name>`` or, between the two renames, ``<name>.old`` is a
 complete checkpoint, and ``last_checkpoint`` picks whichever exists; a
-``.partial`` folder is never read.
+``.partial`` folder is never read. A folder is deleted by renaming it to a
+hidden ``.<name>.deleting`` first: a process killed inside the recursive delete
+(which removes ``latest`` before the shards) would otherwise leave a half-deleted
+``<name>.old`` that looks like a checkpoint.
 
 Checkpoints are taken at epoch ends only (global step a multiple of the
 epoch's steps). The training data of each epoch is a pure function of
@@ -80,10 +83,11 @@ def checkpoint_problem(path: str | Path) -> str | None:
     files = [path] if path.is_file() else sorted(path.rglob("*.pt"))
     if path.is_dir():
         latest = path / "latest"
-        if latest.is_file():
-            tag = latest.read_bytes().decode("utf-8", "replace").strip()
-            if not tag.isprintable() or not (path / tag).is_dir():
-                return f"{latest}: names tag {tag[:40]!r}, which is not a folder of {path}"
+        if not latest.is_file():  # DeepSpeed writes it with every checkpoint and loads nothing without it
+            return f"{path}: has no 'latest' file naming its checkpoint (an interrupted write or delete)"
+        tag = latest.read_bytes().decode("utf-8", "replace").strip()
+        if not tag.isprintable() or not (path / tag).is_dir():
+            return f"{latest}: names tag {tag[:40]!r}, which is not a folder of {path}"
         if not files:
             return f"{path}: holds no checkpoint files"
     for f in files:
@@ -121,10 +125,19 @@ def _old(path: Path) -> Path:
 
 
 def _remove(path: Path) -> None:
+    """Delete a checkpoint file or folder; a folder leaves its readable name in one rename first (module docstring)."""
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        trash = path.with_name(f".{path.name}.deleting")
+        _remove_tree(trash)  # a previous delete that was killed
+        os.replace(path, trash)
+        _remove_tree(trash)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
 
 
 def _fsync_tree(path: Path) -> None:
