@@ -47,10 +47,10 @@ def test_large_m_gemms_match_reference(isa, m, k, n, threads):
 
 
 # (B, C, H, W, stride, padding): channel tails of every vector width, images smaller than the
-# window's interior, odd sizes at stride 2, batch > 1.
+# window's interior, odd sizes at stride 2, batch > 1, an interior of column blocks and a remainder.
 DEPTHWISE = [
     (1, 16, 32, 32, 1, 1), (2, 37, 9, 7, 2, 1), (1, 5, 3, 3, 1, 0), (1, 20, 1, 1, 1, 1), (1, 19, 2, 5, 2, 1),
-    (1, 96, 17, 16, 2, 0), (3, 8, 4, 4, 1, 1), (1, 33, 8, 8, 2, 1),
+    (1, 96, 17, 16, 2, 0), (3, 8, 4, 4, 1, 1), (1, 33, 8, 8, 2, 1), (1, 21, 5, 11, 1, 1),
 ]  # fmt: skip
 
 

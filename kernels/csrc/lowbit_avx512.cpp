@@ -324,6 +324,7 @@ struct VDw16 {
   using T = __m512;
   using Mask = __mmask16;
   static constexpr int N = 16;
+  static constexpr int COLS = 4;
   TGT ALWAYS_INLINE static Mask mask(int n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
   TGT ALWAYS_INLINE static T load(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
   TGT ALWAYS_INLINE static void store(float* p, T v, Mask m) { _mm512_mask_storeu_ps(p, m, v); }

@@ -348,6 +348,7 @@ struct VDw4 {
   using T = float32x4_t;
   using Mask = int;  // channels in use, 1..4
   static constexpr int N = 4;
+  static constexpr int COLS = 4;
   static DL_INLINE Mask mask(int n) { return n; }
   static DL_INLINE T load(const float* p, Mask m) {
     if (m == 4) return vld1q_f32(p);

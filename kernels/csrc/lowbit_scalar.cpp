@@ -102,6 +102,7 @@ struct V1 {
   using T = float;
   using Mask = int;
   static constexpr int N = 1;
+  static constexpr int COLS = 1;
   static Mask mask(int) { return 1; }
   static T load(const float* p, Mask) { return *p; }
   static void store(float* p, T v, Mask) { *p = v; }
