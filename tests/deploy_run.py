@@ -27,9 +27,9 @@ def short_run(run_dir: Path, digits_root: Path, *, arch: str = "mobilenet_v1", o
         doc["student"]["quantization"] = {"scheme": scheme}
     spec = parse_spec(doc)
     meta = load_meta(digits_root)
+    torch.manual_seed(0)  # before the model is built: its init must not depend on the tests run before
     model = check_student(spec, meta).train()
     x, y = load_split(digits_root, meta, "train")
-    torch.manual_seed(0)
     train(model, x, y, steps, batch=64, lr=lr)  # Adam, one-cycle: real weights and BN statistics
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))

@@ -165,6 +165,27 @@ def test_quantize_and_binarize_match_reference(isa, m, k):
     assert torch.equal(beta, beta_r)  # the exact sum: same float whatever the summation order
 
 
+def test_binarize_beta_is_exact_at_ties_extremes_and_nan(isa):
+    """The kernels sum beta in integers (|x| scaled by a power of two and rounded half to even) where
+    a float can hold the scale, else in doubles: rows at rounding ties, of subnormal, huge and
+    infinite absmax, with a NaN, and over 9 decades, against the spec's double sums."""
+    g = torch.Generator().manual_seed(3)
+    tie = 2.0**-28  # the grid of a row whose absmax is in [1, 2): 1.5 and 2.5 grid steps are ties
+    rows = [torch.tensor([1.0, 1.5 * tie, 2.5 * tie, -3.5 * tie, 0.5 * tie] + [0.0] * 40),
+            torch.randn(45, generator=g) * 1e-39, torch.randn(45, generator=g) * 1e37,
+            torch.randn(45, generator=g) * 3e38, torch.randn(45, generator=g) * 1e-30,
+            torch.randn(45, generator=g) * torch.logspace(-6, 3, 45)]
+    x = torch.stack(rows)
+    x[3, 7] = float("inf")
+    nan_row = torch.randn(1, 45, generator=g)
+    nan_row[0, 40] = float("nan")
+    bits, beta = ops.binarize_rows(x)
+    bits_r, beta_r = reference.binarize_rows(x)
+    assert torch.equal(bits, bits_r) and torch.equal(beta, beta_r)
+    assert beta[0] == reference.row_abs_mean(x[:1])[0] and beta[1] > 0  # a subnormal row's beta is not lost
+    assert torch.isnan(ops.binarize_rows(nan_row)[1]).all() == torch.isnan(reference.binarize_rows(nan_row)[1]).all()
+
+
 def test_row_abs_mean_is_the_mean_and_does_not_depend_on_order():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 777, generator=g) * torch.logspace(-6, 3, 777)  # values over 9 decades

@@ -174,6 +174,24 @@ static inline double dl_abs_sum_magic(float amax) {
 }
 static inline double dl_abs_rounded(float a, double c) { return ((double)a + c) - c; }
 
+// The same rounding in integers, for SIMD: with amax = m * 2^e (frexp), (|x| + c) - c equals
+// round_half_even(|x| * 2^(29 - e)) * 2^(e - 29), and |x| * 2^(29 - e) is exact in float (a power of
+// two) and below 2^29, so vcvtps2dq gives that integer and int64 lanes sum K of them exactly; no
+// double arithmetic per element. Fills *scale = 2^(29 - e) and *unit = 2^(e - 29) and returns 1, or
+// returns 0 where a float cannot hold the scale (amax zero, subnormal, inf or NaN): the caller then
+// takes the double path.
+static inline int dl_abs_sum_scale(float amax, float* scale, double* unit) {
+  uint32_t b;
+  memcpy(&b, &amax, 4);
+  const int be = (int)((b >> 23) & 0xFF), e = be - 126, sh = 29 - e;
+  if (be == 0 || be == 255 || sh + 127 < 1 || sh + 127 > 254) return 0;
+  const uint32_t sb = (uint32_t)(sh + 127) << 23;
+  const uint64_t ub = (uint64_t)(e - 29 + 1023) << 52;
+  memcpy(scale, &sb, 4);
+  memcpy(unit, &ub, 8);
+  return 1;
+}
+
 // Sign word of up to 32 activations in the tile bit order (bit 8j+s <- x[4s+j]).
 static inline uint32_t dl_sign_word(const float* x, int64_t n) {
   uint32_t word = 0;

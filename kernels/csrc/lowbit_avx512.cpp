@@ -149,6 +149,40 @@ TGT void quantize_rows_z(const float* x, int64_t n, int64_t K, int64_t Kp, int8_
   }
 }
 
+// lowbit_simd.h's binarize_row in 512-bit steps, the tail masked: sign bits in the tile order and
+// beta's exact sum in int64 lanes (dl_abs_sum_scale); rows it cannot take go to the double path.
+TGT void binarize_row_z(const float* x, int64_t K, int64_t Kp, uint8_t* bits, float* beta) {
+  const int64_t full = K & ~(int64_t)15;
+  const __mmask16 tail = (__mmask16)((1u << (K - full)) - 1);
+  __m512 vmax = _mm512_setzero_ps();
+  for (int64_t k = 0; k < full; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+  if (tail) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail, x + full)));
+  float scale;
+  double unit;
+  if (!dl_abs_sum_scale(_mm512_reduce_max_ps(vmax), &scale, &unit)) return binarize_row_double(x, K, Kp, bits, beta);
+  const __m512 vs = _mm512_set1_ps(scale);
+  __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+  __mmask16 nan = 0;
+  for (int64_t kb = 0; kb < Kp / DL_BK; ++kb) {
+    uint32_t mask = 0;
+    for (int h = 0; h < 2; ++h) {  // masked-off lanes (past K) load 0: sign bit 0, nothing summed
+      const int64_t k = kb * DL_BK + 16 * h, n = K - k;
+      const __mmask16 m = n >= 16 ? (__mmask16)0xFFFF : n > 0 ? (__mmask16)((1u << n) - 1) : (__mmask16)0;
+      const __m512 v = _mm512_maskz_loadu_ps(m, x + k);
+      nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      mask |= (uint32_t)_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ) << (16 * h);
+      const __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_abs_ps(v), vs));
+      s0 = _mm512_add_epi64(s0, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(r)));
+      s1 = _mm512_add_epi64(s1, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(r, 1)));
+    }
+    const uint32_t word = tile_order(mask);
+    memcpy(bits + 4 * kb, &word, 4);
+  }
+  if (nan) return binarize_row_double(x, K, Kp, bits, beta);
+  const double total = (double)_mm512_reduce_add_epi64(_mm512_add_epi64(s0, s1)) * unit;
+  *beta = K > 0 ? (float)(total / (double)K) : 0.0f;
+}
+
 // ---------------------------------------------------------------- ternary
 
 template <bool TTQ>
@@ -343,7 +377,7 @@ TGT void depthwise3x3_z_row(const DlDepthwise* d, int64_t oh, const float* const
   dw3x3_row<VDw16>(d, in, kh0, kh1, yrow);
 }
 
-const DlKernels kTable = {quantize_row_z, binarize_row,       ternary_z, binary_i8_z,    xnor_z,
+const DlKernels kTable = {quantize_row_z, binarize_row_z,     ternary_z, binary_i8_z,    xnor_z,
                           depthwise3x3_z, depthwise3x3_z_row, conv3x3_z, quantize_rows_z};
 
 }  // namespace
