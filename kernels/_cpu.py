@@ -51,10 +51,14 @@ _p, _i64, _i32, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_f
 
 
 class Pointwise(ctypes.Structure):
-    """lowbit.h's DlPointwise: one 1x1 ternary conv of a fused block."""
+    """lowbit.h's DlPointwise: one 1x1 conv of a fused block (kind: PW_KINDS)."""
 
     _fields_ = [("w", _p), ("K", _i64), ("N", _i64), ("scale_pos", _p), ("scale_neg", _p), ("bias", _p),
-                ("act_lo", _f32), ("act_hi", _f32)]  # fmt: skip
+                ("act_lo", _f32), ("act_hi", _f32), ("kind", _i32)]  # fmt: skip
+
+
+# lowbit.h's DlPointwiseKind: a fused block's 1x1 convs are ternary, or XNOR with or without beta.
+PW_TERNARY, PW_XNOR, PW_XNOR_UNIT = 0, 1, 2
 
 
 _pw = ctypes.POINTER(Pointwise)

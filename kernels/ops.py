@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from kernels import _cpu, reference
+from kernels._cpu import PW_TERNARY, PW_XNOR, PW_XNOR_UNIT  # noqa: F401  (the fused block's 1x1 kinds)
 from kernels.packing import binary_packed_shape, dw_codes_shape, sign_bytes, ternary_packed_shape
 
 __all__ = [
@@ -521,17 +522,18 @@ def depthwise_direct(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int
 
 
 def _pointwise(w_packed: Tensor, k: int, n: int, scale_pos: Tensor, scale_neg: Tensor | None, bias: Tensor | None,
-               act_min: float | None, act_max: float | None) -> _cpu.Pointwise:  # fmt: skip
+               act_min: float | None, act_max: float | None, kind: int = PW_TERNARY) -> _cpu.Pointwise:  # fmt: skip
     return _cpu.Pointwise(w_packed.data_ptr(), k, n, scale_pos.data_ptr(), _cpu.ptr(scale_neg), _cpu.ptr(bias),
-                          *_bounds(act_min, act_max))  # fmt: skip
+                          *_bounds(act_min, act_max), kind)  # fmt: skip
 
 
 def inverted_residual_direct(x: Tensor, expand: tuple | None, dw: tuple, project: tuple, residual: bool) -> Tensor | None:
     """A whole MobileNetV2 block in one C call (lowbit.h, dl_inverted_residual_nhwc) on a
     channels-last ``direct`` input; None when x is not channels-last dense.
 
-    expand / project: (w_packed, K, N, scale_pos, scale_neg, bias, act_min, act_max) of a 1x1
-    ternary conv (expand None: no expansion); dw: (weight [3, 3, C], bias, stride, act_min, act_max).
+    expand / project: (w_packed, K, N, scale_pos, scale_neg, bias, act_min, act_max[, kind]) of a 1x1
+    ternary conv, or of an XNOR one (kind PW_XNOR / PW_XNOR_UNIT; expand None: no expansion); dw:
+    (weight [3, 3, C], bias, stride, act_min, act_max).
     The same bits as running the three layers one after another, without the expanded tensor
     ever leaving the cache.
     """
@@ -574,10 +576,12 @@ def inverted_residual(
     p_act_max: float | None,
     residual: bool,
     dw_scale: Tensor | None = None,
+    pw_kind: int = 0,
 ) -> Tensor:
-    """A whole MobileNetV2 block (spec: reference.inverted_residual): [expand 1x1 ternary,]
-    depthwise 3x3 (padding 1), project 1x1 ternary, [+ x], channels last, one kernel call
-    (lowbit.h, dl_inverted_residual_nhwc). e_* None: no expansion (e_w None). Widths come from
+    """A whole MobileNetV2 block (spec: reference.inverted_residual): [expand 1x1,] depthwise 3x3
+    (padding 1), project 1x1, [+ x], channels last, one kernel call (lowbit.h,
+    dl_inverted_residual_nhwc). The 1x1s are ternary (pw_kind PW_TERNARY) or XNOR (PW_XNOR, or
+    PW_XNOR_UNIT without beta; scale_neg None). e_* None: no expansion (e_w None). Widths come from
     the scales: Cmid = len(e_scale_pos) (or C_in), C_out = len(p_scale_pos). ``dw_scale``: the
     depthwise weight is ternary codes (as depthwise_conv2d's ``weight_scale``)."""
     name = "inverted_residual"
@@ -585,10 +589,13 @@ def inverted_residual(
     cmid = c if e_w is None else e_scale_pos.shape[0]
     dw_w = _dw_weight(dw_w, dw_scale, cmid, name)
     n = p_scale_pos.shape[0]
+    if pw_kind not in (PW_TERNARY, PW_XNOR, PW_XNOR_UNIT) or (pw_kind and (e_scale_neg is not None or p_scale_neg is not None)):
+        raise ValueError(f"{name}: pw_kind must be 0 (ternary), 1 or 2 (XNOR, no scale_neg); got {pw_kind}")
+    packed_shape = ternary_packed_shape if pw_kind == PW_TERNARY else binary_packed_shape
     expand = None if e_w is None else (e_w, e_scale_pos, e_scale_neg, e_bias, e_act_min, e_act_max)
     if expand is not None:
-        _check_weights(e_w, ternary_packed_shape(cmid, c), cmid, c, name)
-    _check_weights(p_w, ternary_packed_shape(n, cmid), n, cmid, name)
+        _check_weights(e_w, packed_shape(cmid, c), cmid, c, name)
+    _check_weights(p_w, packed_shape(n, cmid), n, cmid, name)
     if dw_w.shape != (3, 3, cmid) or stride not in (1, 2) or (residual and (stride != 1 or n != c)):
         raise ValueError(f"{name}: depthwise weight must be [3, 3, {cmid}], stride 1 or 2, and a residual "
                          f"block stride 1 with C_out == C_in (got {list(dw_w.shape)}, {stride}, {c} -> {n})")  # fmt: skip
@@ -598,19 +605,19 @@ def inverted_residual(
         e = None
         if expand is not None:
             e = (e_w.contiguous(), c, cmid, *vecs((e_scale_pos, e_scale_neg, e_bias), cmid, "an expand vector"),
-                 e_act_min, e_act_max)  # fmt: skip
+                 e_act_min, e_act_max, pw_kind)  # fmt: skip
         p = (p_w.contiguous(), cmid, n, *vecs((p_scale_pos, p_scale_neg, p_bias), n, "a project vector"), p_act_min,
-             p_act_max)  # fmt: skip
+             p_act_max, pw_kind)  # fmt: skip
         dw = (dw_w.float().contiguous(), _check_vec(dw_bias, cmid, name, "dw_bias"), stride, dw_act_min, dw_act_max)
         return inverted_residual_direct(xc, e, dw, p, residual).to(x.dtype)
     project = (p_w, p_scale_pos, p_scale_neg, p_bias, p_act_min, p_act_max)
     dw = (dw_w, dw_bias, stride, dw_act_min, dw_act_max)
-    return reference.inverted_residual(x, expand, dw, project, residual).to(x.dtype)
+    return reference.inverted_residual(x, expand, dw, project, residual, pw_kind).to(x.dtype)
 
 
 @inverted_residual.register_fake
 def _(x, e_w, e_scale_pos, e_scale_neg, e_bias, e_act_min, e_act_max, dw_w, dw_bias, stride, dw_act_min, dw_act_max,
-      p_w, p_scale_pos, p_scale_neg, p_bias, p_act_min, p_act_max, residual, dw_scale=None):  # fmt: skip
+      p_w, p_scale_pos, p_scale_neg, p_bias, p_act_min, p_act_max, residual, dw_scale=None, pw_kind=0):  # fmt: skip
     b, _, h, w = x.shape
     n = p_scale_pos.shape[0]
     return x.new_empty((b, n, (h - 1) // stride + 1, (w - 1) // stride + 1)).contiguous(memory_format=torch.channels_last)

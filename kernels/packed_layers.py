@@ -570,9 +570,18 @@ def _block_layers(conv: nn.Sequential) -> tuple[nn.Module | None, nn.Module, nn.
 
 
 def _pointwise_args(layer: nn.Module) -> tuple | None:
-    ok = isinstance(layer, PackedTernaryConv2d) and layer._pointwise
-    return (layer.weight_packed, layer.in_channels, layer.out_channels, layer.scale_pos, layer.scale_neg,
-            layer.bias, layer.act_min, layer.act_max) if ok else None  # fmt: skip
+    """(w_packed, K, N, scale_pos, scale_neg, bias, act_min, act_max, kind) of a 1x1 layer a fused block
+    can run (ternary, or XNOR: binary weights and activations), else None."""
+    if not getattr(layer, "_pointwise", False):
+        return None
+    if isinstance(layer, PackedTernaryConv2d):
+        kind, neg = ops.PW_TERNARY, layer.scale_neg
+    elif isinstance(layer, PackedBinaryConv2d) and layer.binary_activations:
+        kind, neg = (ops.PW_XNOR if layer.act_scale else ops.PW_XNOR_UNIT), None
+    else:
+        return None
+    return (layer.weight_packed, layer.in_channels, layer.out_channels, layer.scale_pos, neg, layer.bias,
+            layer.act_min, layer.act_max, kind)  # fmt: skip
 
 
 class PackedInvertedResidual(nn.Module):
@@ -592,15 +601,14 @@ class PackedInvertedResidual(nn.Module):
 
     @staticmethod
     def fusable(conv: nn.Module) -> bool:
-        """True when ``conv`` is [expand,] depthwise, project with packed ternary 1x1s and our depthwise."""
+        """True when ``conv`` is [expand,] depthwise, project with packed 1x1s of one kind (ternary, or
+        XNOR with the same beta setting) and our depthwise."""
         if not isinstance(conv, nn.Sequential) or len(conv) not in (2, 3):
             return False
         layers = [_sole_layer(s) for s in conv]
-        dw = layers[-2]
-        return (
-            isinstance(dw, PackedDepthwiseConv2d) and dw.padding == 1 and _pointwise_args(layers[-1]) is not None
-            and (len(layers) == 2 or _pointwise_args(layers[0]) is not None)
-        )  # fmt: skip
+        dw, p = layers[-2], _pointwise_args(layers[-1])
+        e = _pointwise_args(layers[0]) if len(layers) == 3 else p
+        return isinstance(dw, PackedDepthwiseConv2d) and dw.padding == 1 and p is not None and e is not None and e[8] == p[8]
 
     def layers(self) -> tuple[nn.Module | None, nn.Module, nn.Module]:
         """(expand or None, depthwise, project), read from ``conv`` at each call: whoever swaps a
@@ -633,11 +641,11 @@ def _fused_block(conv: nn.Sequential, x: Tensor, residual: bool) -> Tensor:
         y = ops.inverted_residual_direct(x, expand, dw, _pointwise_args(p_layer), residual)
         if y is not None:
             return y
-    e = (None,) * 8 if e_layer is None else _pointwise_args(e_layer)
+    e = (None,) * 9 if e_layer is None else _pointwise_args(e_layer)
     p = _pointwise_args(p_layer)
     dw_w, dw_scale = d.kernel_weight()
     return ops.inverted_residual(x, e[0], e[3], e[4], e[5], e[6], e[7], dw_w, d.bias, d.stride, d.act_min,
-                                 d.act_max, p[0], p[3], p[4], p[5], p[6], p[7], residual, dw_scale)  # fmt: skip
+                                 d.act_max, p[0], p[3], p[4], p[5], p[6], p[7], residual, dw_scale, p[8])  # fmt: skip
 
 
 def fuse_inverted_residuals(model: nn.Module) -> nn.Module:

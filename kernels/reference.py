@@ -311,16 +311,20 @@ def inverted_residual(
     dw: tuple,
     project: tuple,
     residual: bool,
+    kind: int = 0,
 ) -> torch.Tensor:
     """A MobileNetV2 block as its three layers in turn: the spec of the fused kernel
     (lowbit.h, dl_inverted_residual_nhwc), which must give exactly these bits.
 
     expand / project: (w_packed, scale_pos, scale_neg, bias, act_min, act_max) of a 1x1
-    ternary conv (expand None: none); dw: (weight [3, 3, C], bias, stride, act_min, act_max),
+    ternary conv (expand None: none), or with kind 1 / 2 of an XNOR conv (scale_pos its scale,
+    scale_neg None; 2: no beta); dw: (weight [3, 3, C], bias, stride, act_min, act_max),
     padding 1. residual: y = x + project(...).
     """
     def pointwise(t, p):
         w, sp, sn, b, lo, hi = p
+        if kind:
+            return binary_conv2d(t, w, 1, sp, b, xnor=True, act_scale=kind == 1, act_min=lo, act_max=hi)
         return ternary_conv2d(t, w, 1, sp, sn, b, act_min=lo, act_max=hi)
 
     e = x if expand is None else pointwise(x, expand)

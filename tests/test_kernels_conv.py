@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels import ops, packing, reference
-from kernels.packed_layers import PackedDepthwiseConv2d, PackedTernaryConv2d, load_packed, save_packed
+from kernels.packed_layers import PackedBinaryConv2d, PackedDepthwiseConv2d, PackedTernaryConv2d, load_packed, save_packed
 
 isa = test_kernels.isa  # the fixture: every instruction set this CPU has, then back to the best
 
@@ -164,13 +164,21 @@ def test_direct_pointwise_path_equals_the_op():
     assert not ops.direct(torch.randn(2, 3, requires_grad=True))
 
 
-def _block(cin: int, cmid: int, cout: int, stride: int, expand: bool, ttq: bool, g: torch.Generator):
-    """A zoo-like inverted residual (conv Sequential of conv-bn-act stages, as export leaves them)."""
+def _block(cin: int, cmid: int, cout: int, stride: int, expand: bool, ttq: bool, g: torch.Generator,
+           xnor: str | None = None):
+    """A zoo-like inverted residual (conv Sequential of conv-bn-act stages, as export leaves them); its
+    1x1s ternary (TTQ: two scales), or with ``xnor`` "beta" / "unit" XNOR convs with or without beta."""
 
     def pointwise(k, n, act):
         conv = nn.Conv2d(k, n, 1)
         codes = torch.randint(-1, 2, (n, k, 1, 1), generator=g).float()
         pos, neg = torch.rand(n, 1, 1, 1, generator=g) + 0.5, torch.rand(n, 1, 1, 1, generator=g) + 0.5
+        if xnor:
+            w = torch.where(codes > 0, pos, -pos)
+            layer = PackedBinaryConv2d.from_conv(conv, w, binary_activations=True, act_scale=xnor == "beta")
+            if act:
+                layer.act_min, layer.act_max = 0.0, 6.0
+            return nn.Sequential(layer, nn.Identity(), nn.Identity())
         w = torch.where(codes > 0, pos, neg if ttq else pos) * codes
         layer = PackedTernaryConv2d.from_conv(conv, w)
         if act:
@@ -198,13 +206,23 @@ BLOCKS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("cin,cmid,cout,s,h,w,expand,residual,ttq", BLOCKS)
+# XNOR blocks (the XNOR student's, whose depthwise convs stay float): K off the 32-input tile,
+# without expansion, two threads, and beta off.
+XNOR_BLOCKS = [
+    (16, 96, 16, 1, 9, 8, True, True, "beta"), (8, 40, 24, 2, 11, 7, True, False, "beta"),
+    (24, 24, 16, 1, 6, 6, False, False, "unit"), (48, 288, 48, 1, 8, 8, True, True, "beta"),
+    (16, 96, 16, 1, 40, 12, True, True, "unit"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cin,cmid,cout,s,h,w,expand,residual,ttq", BLOCKS + XNOR_BLOCKS)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fused_block_equals_its_layers(isa, cin, cmid, cout, s, h, w, expand, residual, ttq, threads):
     from kernels.packed_layers import PackedInvertedResidual
 
     g = _gen(cin + cmid + h)
-    conv = _block(cin, cmid, cout, s, expand, ttq, g)
+    xnor = ttq if isinstance(ttq, str) else None
+    conv = _block(cin, cmid, cout, s, expand, ttq is True, g, xnor)
     assert PackedInvertedResidual.fusable(conv)
     block = PackedInvertedResidual(conv, residual)
     x = torch.randn(2, cin, h, w, generator=g).contiguous(memory_format=torch.channels_last)
@@ -223,16 +241,18 @@ def test_fused_block_equals_its_layers(isa, cin, cmid, cout, s, h, w, expand, re
         assert torch.equal(block(x.contiguous()), want)  # NCHW input: the op
 
 
-def test_fused_block_op_and_export():
+@pytest.mark.parametrize("xnor", [None, "beta"])
+def test_fused_block_op_and_export(xnor):
     from kernels.packed_layers import PackedInvertedResidual, _pointwise_args
 
     g = _gen(3)
-    block = PackedInvertedResidual(_block(16, 64, 16, 1, True, False, g), True)
+    block = PackedInvertedResidual(_block(16, 64, 16, 1, True, False, g, xnor), True)
     x = torch.randn(1, 16, 5, 5, generator=g)
     e, d, p = block.layers()
     e, p = _pointwise_args(e), _pointwise_args(p)
+    assert p[8] == (ops.PW_XNOR if xnor else ops.PW_TERNARY)
     args = (x, e[0], e[3], e[4], e[5], e[6], e[7], d.weight, d.bias, d.stride, d.act_min, d.act_max,
-            p[0], p[3], p[4], p[5], p[6], p[7], True)  # fmt: skip
+            p[0], p[3], p[4], p[5], p[6], p[7], True, None, p[8])  # fmt: skip
     torch.library.opcheck(ops.inverted_residual, args)
     ep = torch.export.export(block, (x,))
     assert "distill.inverted_residual" in str(ep.graph)

@@ -286,8 +286,11 @@ int dl_conv3x3_nhwc(const float* x, int64_t B, int64_t H, int64_t W, int64_t Cin
                     int64_t sc, int64_t Cout, int stride, int pad, const float* w, const float* bias, float* y,
                     int nthreads, float act_lo, float act_hi);
 
-// One 1x1 ternary conv of a fused block: dl_ternary_linear's arguments without x, M and y
-// (w, scale_pos, scale_neg, bias as there; act_lo / act_hi: its clamp, +-INFINITY for none).
+// One 1x1 conv of a fused block: dl_ternary_linear's arguments without x, M and y (w, scale_pos,
+// scale_neg, bias as there; act_lo / act_hi: its clamp, +-INFINITY for none); or, with kind
+// DL_PW_XNOR / DL_PW_XNOR_UNIT, dl_xnor_linear's (w binary-packed, scale_pos its scale, scale_neg
+// NULL, act_scale 1 / 0).
+enum DlPointwiseKind { DL_PW_TERNARY = 0, DL_PW_XNOR = 1, DL_PW_XNOR_UNIT = 2 };
 typedef struct DlPointwise {
   const uint8_t* w;
   int64_t K, N;
@@ -295,15 +298,16 @@ typedef struct DlPointwise {
   const float* scale_neg;
   const float* bias;
   float act_lo, act_hi;
+  int32_t kind;
 } DlPointwise;
 
 // A MobileNetV2 inverted residual block in one call, channels last:
-//   e = expand(x)            1x1 ternary, [B, H, W, Cin] -> [B, H, W, Cmid]  (expand NULL: e = x)
+//   e = expand(x)            1x1 ternary or XNOR, [B, H, W, Cin] -> [B, H, W, Cmid]  (expand NULL: e = x)
 //   d = depthwise3x3(e)      stride 1 or 2, pad 1, w [3, 3, Cmid], bias [Cmid] or NULL, clamp dw_lo/hi
-//   y = project(d)           1x1 ternary, -> [B, Ho, Wo, Cout]
+//   y = project(d)           1x1 ternary or XNOR, -> [B, Ho, Wo, Cout]
 //   y = x + y                when residual (needs stride 1 and Cin == Cout)
-// Each stage computes exactly what its own entry point (dl_ternary_linear, dl_depthwise3x3_nhwc)
-// computes, so the result equals the three calls bit for bit; but the expanded tensor e (the
+// Each stage computes exactly what its own entry point (dl_ternary_linear or dl_xnor_linear,
+// dl_depthwise3x3_nhwc) computes, so the result equals the three calls bit for bit; but the expanded tensor e (the
 // largest of the block) only ever exists as the three rows the depthwise window needs, and d as
 // one row, both in cache: the block reads x and writes y, nothing else goes to memory.
 // Cin = expand ? expand->K : project->K; Cmid = expand ? expand->N : Cin; project->K must be

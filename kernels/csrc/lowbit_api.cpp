@@ -346,14 +346,26 @@ bool block_bufs(int64_t W, int64_t Wo, int64_t cmid, int64_t kmax, BlockBufs* b)
   return true;
 }
 
-// A 1x1 layer on n rows in cache: quantize them, then the GEMM, on this thread.
+// A 1x1 layer on n rows in cache: quantize (ternary) or binarize (XNOR) them, then the GEMM, on
+// this thread. The sign bits of a row take Kp / 8 of the Kp bytes an int8 row has in b.xq.
 void pointwise_rows(const DlPointwise* p, const float* x, int64_t n, float* y, const BlockBufs& b) {
   const DlKernels* kt = kernels();
-  DlGemm g = make_gemm(n, p->K, DL_TK, p->w, p->N);
+  const bool xnor = p->kind != DL_PW_TERNARY;
+  DlGemm g = make_gemm(n, p->K, xnor ? DL_BK : DL_TK, p->w, p->N);
   set_clamp(&g, p->act_lo, p->act_hi);
-  quantize_rows(x, 0, n, p->K, g.Kp, b.xq, b.scales, b.sums);
-  g.xq = b.xq, g.xsum = b.sums, g.xscale = b.scales;
+  g.xscale = b.scales;
   g.scale_pos = p->scale_pos, g.scale_neg = p->scale_neg, g.bias = p->bias, g.y = y;
+  if (xnor) {
+    uint8_t* bits = (uint8_t*)b.xq;
+    for (int64_t m = 0; m < n; ++m) {
+      kt->binarize_row(x + m * p->K, p->K, g.Kp, bits + m * (g.Kp / 8), b.scales + m);
+      if (p->kind == DL_PW_XNOR_UNIT) b.scales[m] = 1.0f;
+    }
+    g.xbits = bits;
+    return kt->xnor(&g, 0, n, 0, (p->N + DL_NB - 1) / DL_NB);
+  }
+  quantize_rows(x, 0, n, p->K, g.Kp, b.xq, b.scales, b.sums);
+  g.xq = b.xq, g.xsum = b.sums;
   kt->ternary(&g, 0, n, 0, (p->N + DL_NB - 1) / DL_NB);
 }
 
@@ -524,8 +536,9 @@ int dl_inverted_residual_nhwc(const float* x, int64_t B, int64_t H, int64_t W, c
                               const float* dw_w, const float* dw_bias, int stride, float dw_lo, float dw_hi,
                               const DlPointwise* project, int residual, float* y, int nthreads) {
   const int64_t cin = expand ? expand->K : project->K, cmid = expand ? expand->N : cin;
+  const auto kind_ok = [](const DlPointwise* p) { return !p || (p->kind >= DL_PW_TERNARY && p->kind <= DL_PW_XNOR_UNIT); };
   if (B < 0 || H < 1 || W < 1 || (stride != 1 && stride != 2) || project->K != cmid ||
-      (residual && (stride != 1 || project->N != cin)))
+      (residual && (stride != 1 || project->N != cin)) || !kind_ok(expand) || !kind_ok(project))
     return -2;
   DlDepthwise d;
   memset(&d, 0, sizeof(d));

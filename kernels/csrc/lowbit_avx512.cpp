@@ -149,8 +149,35 @@ TGT void quantize_rows_z(const float* x, int64_t n, int64_t K, int64_t Kp, int8_
   }
 }
 
-// lowbit_simd.h's binarize_row in 512-bit steps, the tail masked: sign bits in the tile order and
-// beta's exact sum in int64 lanes (dl_abs_sum_scale); rows it cannot take go to the double path.
+// Sum of the 16 uint32 lanes of v, in int64 (the lanes may add up past 2^32).
+TGT ALWAYS_INLINE int64_t sum_u32(__m512i v) {
+  return _mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(v)),
+                                                  _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(v, 1))));
+}
+
+// One tile of 32 activations (masks m0, m1 of its two halves: lanes past K load 0, sign bit 0, sum 0):
+// its sign word, and the integers round(|x| * scale) added to lo (low 16 bits) and hi (the rest) in
+// int32 lanes: no widening per vector. OR-ing them into `bad` catches a NaN (vcvtps2dq gives INT_MIN).
+template <bool MASKED>
+TGT ALWAYS_INLINE uint32_t binarize_tile_z(const float* x, __mmask16 m0, __mmask16 m1, __m512 vs, __m512i* lo,
+                                           __m512i* hi, __m512i* bad) {
+  const __m512 v0 = MASKED ? _mm512_maskz_loadu_ps(m0, x) : _mm512_loadu_ps(x);
+  const __m512 v1 = MASKED ? _mm512_maskz_loadu_ps(m1, x + 16) : _mm512_loadu_ps(x + 16);
+  const __m512 zero = _mm512_setzero_ps();
+  const uint32_t mask = (uint32_t)_mm512_cmp_ps_mask(v0, zero, _CMP_GT_OQ) |
+                        ((uint32_t)_mm512_cmp_ps_mask(v1, zero, _CMP_GT_OQ) << 16);
+  const __m512i r0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_abs_ps(v0), vs));
+  const __m512i r1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_abs_ps(v1), vs));
+  const __m512i low = _mm512_set1_epi32(0xFFFF);
+  *bad = _mm512_or_si512(*bad, _mm512_or_si512(r0, r1));
+  *lo = _mm512_add_epi32(*lo, _mm512_add_epi32(_mm512_and_si512(r0, low), _mm512_and_si512(r1, low)));
+  *hi = _mm512_add_epi32(*hi, _mm512_add_epi32(_mm512_srli_epi32(r0, 16), _mm512_srli_epi32(r1, 16)));
+  return tile_order(mask);
+}
+
+// lowbit_simd.h's binarize_row in 512-bit steps: sign bits in the tile order and beta's exact sum
+// (dl_abs_sum_scale) split into 16-bit halves so that int32 lanes hold it (a lane adds two values per
+// tile: the low sums stay below 2^31 for K < 2^19). Rows it cannot take go to the double path.
 TGT void binarize_row_z(const float* x, int64_t K, int64_t Kp, uint8_t* bits, float* beta) {
   const int64_t full = K & ~(int64_t)15;
   const __mmask16 tail = (__mmask16)((1u << (K - full)) - 1);
@@ -159,27 +186,24 @@ TGT void binarize_row_z(const float* x, int64_t K, int64_t Kp, uint8_t* bits, fl
   if (tail) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail, x + full)));
   float scale;
   double unit;
-  if (!dl_abs_sum_scale(_mm512_reduce_max_ps(vmax), &scale, &unit)) return binarize_row_double(x, K, Kp, bits, beta);
+  if (K >= (1 << 19) || !dl_abs_sum_scale(_mm512_reduce_max_ps(vmax), &scale, &unit))
+    return binarize_row_double(x, K, Kp, bits, beta);
   const __m512 vs = _mm512_set1_ps(scale);
-  __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-  __mmask16 nan = 0;
-  for (int64_t kb = 0; kb < Kp / DL_BK; ++kb) {
-    uint32_t mask = 0;
-    for (int h = 0; h < 2; ++h) {  // masked-off lanes (past K) load 0: sign bit 0, nothing summed
-      const int64_t k = kb * DL_BK + 16 * h, n = K - k;
-      const __mmask16 m = n >= 16 ? (__mmask16)0xFFFF : n > 0 ? (__mmask16)((1u << n) - 1) : (__mmask16)0;
-      const __m512 v = _mm512_maskz_loadu_ps(m, x + k);
-      nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-      mask |= (uint32_t)_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ) << (16 * h);
-      const __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_abs_ps(v), vs));
-      s0 = _mm512_add_epi64(s0, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(r)));
-      s1 = _mm512_add_epi64(s1, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(r, 1)));
-    }
-    const uint32_t word = tile_order(mask);
+  __m512i lo = _mm512_setzero_si512(), hi = lo, bad = lo;
+  const int64_t tiles = K / DL_BK;
+  for (int64_t kb = 0; kb < tiles; ++kb) {
+    const uint32_t word = binarize_tile_z<false>(x + kb * DL_BK, 0xFFFF, 0xFFFF, vs, &lo, &hi, &bad);
     memcpy(bits + 4 * kb, &word, 4);
   }
-  if (nan) return binarize_row_double(x, K, Kp, bits, beta);
-  const double total = (double)_mm512_reduce_add_epi64(_mm512_add_epi64(s0, s1)) * unit;
+  for (int64_t kb = tiles; kb < Kp / DL_BK; ++kb) {  // the partial tile, and padding tiles (all zero)
+    const int64_t n = K - kb * DL_BK;
+    const __mmask16 m0 = n >= 16 ? (__mmask16)0xFFFF : n > 0 ? (__mmask16)((1u << n) - 1) : (__mmask16)0;
+    const __mmask16 m1 = n >= 32 ? (__mmask16)0xFFFF : n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : (__mmask16)0;
+    const uint32_t word = binarize_tile_z<true>(x + kb * DL_BK, m0, m1, vs, &lo, &hi, &bad);
+    memcpy(bits + 4 * kb, &word, 4);
+  }
+  if (_mm512_cmplt_epi32_mask(bad, _mm512_setzero_si512())) return binarize_row_double(x, K, Kp, bits, beta);  // a NaN
+  const double total = (double)(sum_u32(hi) * 65536 + sum_u32(lo)) * unit;
   *beta = K > 0 ? (float)(total / (double)K) : 0.0f;
 }
 

@@ -368,9 +368,9 @@ Tensor& depthwise_conv2d_out(KernelRuntimeContext& ctx, const Tensor& x, const T
 }
 
 DlPointwise pointwise(const Tensor& w, int64_t k, const Tensor& scale_pos, const OptTensor& scale_neg,
-                      const OptTensor& bias, OptDouble lo, OptDouble hi) {
+                      const OptTensor& bias, OptDouble lo, OptDouble hi, int64_t kind) {
   return DlPointwise{w.const_data_ptr<uint8_t>(), k, (int64_t)scale_pos.size(0), scale_pos.const_data_ptr<float>(),
-                     fptr(scale_neg), fptr(bias), lo_of(lo), hi_of(hi)};
+                     fptr(scale_neg), fptr(bias), lo_of(lo), hi_of(hi), (int32_t)kind};
 }
 
 Tensor& inverted_residual_out(KernelRuntimeContext& ctx, const Tensor& x, const OptTensor& e_w,
@@ -379,17 +379,17 @@ Tensor& inverted_residual_out(KernelRuntimeContext& ctx, const Tensor& x, const 
                               int64_t stride, OptDouble dw_min, OptDouble dw_max, const Tensor& p_w,
                               const Tensor& p_scale_pos, const OptTensor& p_scale_neg, const OptTensor& p_bias,
                               OptDouble p_min, OptDouble p_max, bool residual, const OptTensor& dw_scale,
-                              Tensor& out) {
+                              int64_t pw_kind, Tensor& out) {
   ET_KERNEL_CHECK(ctx, x.dim() == 4 && x.scalar_type() == ScalarType::Float && e_w.has_value() == e_scale_pos.has_value(),
                   InvalidArgument, out);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t mid = e_w.has_value() ? e_scale_pos->size(0) : C;
   const float* dw = dw_weights(dw_w, dw_scale, mid);
   ET_KERNEL_CHECK_MSG(ctx, dw != nullptr, InvalidArgument, out, "distill inverted_residual: bad dw_w or dw_scale");
-  const DlPointwise project = pointwise(p_w, mid, p_scale_pos, p_scale_neg, p_bias, p_min, p_max);
+  const DlPointwise project = pointwise(p_w, mid, p_scale_pos, p_scale_neg, p_bias, p_min, p_max, pw_kind);
   if (!nhwc_out(ctx, out, B, project.N, (H - 1) / stride + 1, (W - 1) / stride + 1)) return out;
   DlPointwise expand;
-  if (e_w.has_value()) expand = pointwise(*e_w, C, *e_scale_pos, e_scale_neg, e_bias, e_min, e_max);
+  if (e_w.has_value()) expand = pointwise(*e_w, C, *e_scale_pos, e_scale_neg, e_bias, e_min, e_max, pw_kind);
   float* scratch;
   const float* xs = nhwc(x, &scratch);
   const int rc = xs ? dl_inverted_residual_nhwc(xs, B, H, W, e_w.has_value() ? &expand : nullptr,
