@@ -334,3 +334,16 @@ def test_lowbit_programs_compute_the_packed_model(arch, size, tmp_path):
         want = students.export(model)(x)
     got = run_lowbit(load_lowbit(tmp_path / "s.pte"), x, batch=1)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_a_file_exported_before_pw_kind_still_runs():
+    """tests/data/executorch_v1: a fused ternary block exported when distill::inverted_residual had 21
+    arguments (before pw_kind, commit 2899e9e), with its input and the packed module's output then. The
+    runtime entry takes both layouts: a user's old .pte keeps running and gives the same bits."""
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data" / "executorch_v1"
+    io = torch.load(data / "inverted_residual_v1.io.pt", weights_only=True)
+    method = load_lowbit(data / "inverted_residual_v1.pte")
+    (y,) = method.execute([io["x"]])
+    assert torch.equal(y, io["y"])

@@ -184,6 +184,11 @@ def test_binarize_beta_is_exact_at_ties_extremes_and_nan(isa):
     assert torch.equal(bits, bits_r) and torch.equal(beta, beta_r)
     assert beta[0] == reference.row_abs_mean(x[:1])[0] and beta[1] > 0  # a subnormal row's beta is not lost
     assert torch.isnan(ops.binarize_rows(nan_row)[1]).all() == torch.isnan(reference.binarize_rows(nan_row)[1]).all()
+    # 16 rows at a time: every kind of row among ordinary ones, in a batch of 40
+    many = torch.cat([torch.randn(12, 45, generator=g), x, nan_row, torch.randn(21, 45, generator=g)])
+    (bits, beta), (bits_r, beta_r) = ops.binarize_rows(many), reference.binarize_rows(many)
+    assert torch.equal(bits, bits_r)
+    torch.testing.assert_close(beta, beta_r, rtol=0, atol=0, equal_nan=True)
 
 
 def test_row_abs_mean_is_the_mean_and_does_not_depend_on_order():

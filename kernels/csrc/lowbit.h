@@ -113,6 +113,8 @@ typedef struct DlKernels {
   // quantize_row on n rows x[i * K ...] -> q[i * Kp ...], scale[i], sum[i]: the same bits, the
   // per-row reductions done for many rows at once. NULL: quantize_row row by row.
   void (*quantize_rows)(const float* x, int64_t n, int64_t K, int64_t Kp, int8_t* q, float* scale, int32_t* sum);
+  // binarize_row on n rows x[i * K ...] -> bits[i * Kp / 8 ...], beta[i], likewise. NULL: row by row.
+  void (*binarize_rows)(const float* x, int64_t n, int64_t K, int64_t Kp, uint8_t* bits, float* beta);
 } DlKernels;
 
 // Each returns NULL when the compiler could not build that instruction set.

@@ -175,6 +175,19 @@ void quantize_rows(const float* x, int64_t m0, int64_t m1, int64_t K, int64_t Kp
   for (int64_t m = m0; m < m1; ++m) kt->quantize_row(x + m * K, K, Kp, q + m * Kp, scale + m, sum + m);
 }
 
+// Rows [m0, m1) of x [., K] binarized into bits [., Kp / 8] and beta (batched, else row by row);
+// unit_beta: beta 1 instead of mean |x| (XNOR without beta).
+void binarize_rows(const float* x, int64_t m0, int64_t m1, int64_t K, int64_t Kp, uint8_t* bits, float* beta,
+                   bool unit_beta = false) {
+  const DlKernels* kt = kernels();
+  if (kt->binarize_rows)
+    kt->binarize_rows(x + m0 * K, m1 - m0, K, Kp, bits + m0 * (Kp / 8), beta + m0);
+  else
+    for (int64_t m = m0; m < m1; ++m) kt->binarize_row(x + m * K, K, Kp, bits + m * (Kp / 8), beta + m);
+  if (unit_beta)
+    for (int64_t m = m0; m < m1; ++m) beta[m] = 1.0f;
+}
+
 enum Prep { PREP_NONE, PREP_QUANTIZE, PREP_BINARIZE };
 bool use_panels(const DlGemm* g, Prep prep, int nth);
 void run_panels(const DlGemm* g, const float* x, DlGemmFn gemm, int nth);
@@ -189,10 +202,7 @@ void run(DlGemm* g, const float* x, Prep prep, DlGemmFn gemm, int nth, bool unit
     if (prep == PREP_QUANTIZE)
       return quantize_rows(x, m0, m1, g->K, g->Kp, const_cast<int8_t*>(g->xq), xscale, const_cast<int32_t*>(g->xsum));
     if (prep == PREP_BINARIZE)
-      for (int64_t m = m0; m < m1; ++m) {
-        kt->binarize_row(x + m * g->K, g->K, g->Kp, const_cast<uint8_t*>(g->xbits) + m * (g->Kp / 8), xscale + m);
-        if (unit_xscale) xscale[m] = 1.0f;
-      }
+      binarize_rows(x, m0, m1, g->K, g->Kp, const_cast<uint8_t*>(g->xbits), xscale, unit_xscale);
   };
   if (nth < 1) nth = 1;
   if (use_panels(g, prep, nth)) return run_panels(g, x, gemm, nth);
@@ -357,10 +367,7 @@ void pointwise_rows(const DlPointwise* p, const float* x, int64_t n, float* y, c
   g.scale_pos = p->scale_pos, g.scale_neg = p->scale_neg, g.bias = p->bias, g.y = y;
   if (xnor) {
     uint8_t* bits = (uint8_t*)b.xq;
-    for (int64_t m = 0; m < n; ++m) {
-      kt->binarize_row(x + m * p->K, p->K, g.Kp, bits + m * (g.Kp / 8), b.scales + m);
-      if (p->kind == DL_PW_XNOR_UNIT) b.scales[m] = 1.0f;
-    }
+    binarize_rows(x, 0, n, p->K, g.Kp, bits, b.scales, p->kind == DL_PW_XNOR_UNIT);
     g.xbits = bits;
     return kt->xnor(&g, 0, n, 0, (p->N + DL_NB - 1) / DL_NB);
   }
@@ -452,9 +459,7 @@ int dl_quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* sca
 // Sign bits [M, Kp/8] (Kp = K rounded up to 32) in the tile order, and beta [M].
 int dl_binarize_rows(const float* x, int64_t M, int64_t K, uint8_t* bits, float* beta, int nthreads) {
   (void)nthreads;
-  const DlKernels* kt = kernels();
-  const int64_t Kp = round_up(K, DL_BK);
-  for (int64_t m = 0; m < M; ++m) kt->binarize_row(x + m * K, K, Kp, bits + m * (Kp / 8), beta + m);
+  binarize_rows(x, 0, M, K, round_up(K, DL_BK), bits, beta);
   return 0;
 }
 

@@ -207,6 +207,80 @@ TGT void binarize_row_z(const float* x, int64_t K, int64_t Kp, uint8_t* bits, fl
   *beta = K > 0 ? (float)(total / (double)K) : 0.0f;
 }
 
+// binarize_row_z on n rows, 16 at a time: the per-row work (the absmax and the two sums reduced across
+// lanes, beta's double arithmetic) took as long as the row itself at K = 96 (about 100 cycles a row),
+// so it is done for 16 rows at once, as quantize_rows_z does: one reduction network per quantity, the
+// scales from the absmax bits in vector ops, beta for 8 rows per double vector. The same bits: a
+// row the integer path cannot take (K >= 2^15, where the 16-lane int32 sums could overflow; an
+// absmax below 2^-99 or not finite; a NaN) is redone on the double path.
+TGT void binarize_rows_z(const float* x, int64_t n, int64_t K, int64_t Kp, uint8_t* bits, float* beta) {
+  if (K < 1 || K >= (1 << 15)) {
+    for (int64_t m = 0; m < n; ++m) binarize_row_z(x + m * K, K, Kp, bits + m * (Kp / 8), beta + m);
+    return;
+  }
+  const int64_t full = K & ~(int64_t)15, tiles = K / DL_BK, words = Kp / DL_BK;
+  const __mmask16 tail = (__mmask16)((1u << (K - full)) - 1);
+  for (int64_t r0 = 0; r0 < n; r0 += 16) {
+    const int nr = n - r0 < 16 ? (int)(n - r0) : 16;
+    const __mmask16 rows = (__mmask16)((1u << nr) - 1);
+    const float* xr = x + r0 * K;
+    __m512 v[16];
+    for (int r = 0; r < 16; ++r) {
+      __m512 m = _mm512_setzero_ps();
+      if (r < nr) {
+        for (int64_t k = 0; k < full; k += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(xr + r * K + k)));
+        if (tail) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail, xr + r * K + full)));
+      }
+      v[r] = m;
+    }
+    // dl_abs_sum_scale on 16 lanes: biased exponent be, scale 2^(155 - be), unit 2^(be - 155), for be in [28, 254]
+    const __m512i be = _mm512_and_si512(_mm512_srli_epi32(_mm512_castps_si512(reduce16(v, MaxPs())), 23),
+                                        _mm512_set1_epi32(0xFF));
+    __mmask16 ok = rows & _mm512_cmpge_epi32_mask(be, _mm512_set1_epi32(28)) &
+                   _mm512_cmple_epi32_mask(be, _mm512_set1_epi32(254));
+    alignas(64) float scales[16];
+    _mm512_store_si512(scales, _mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(282), be), 23));
+    __m512 lo[16], hi[16];
+    for (int r = 0; r < 16; ++r) {
+      __m512i l = _mm512_setzero_si512(), h = l, bad = l;
+      if ((ok >> r) & 1) {
+        const __m512 vs = _mm512_set1_ps(scales[r]);
+        const float* row = xr + r * K;
+        uint8_t* out = bits + (r0 + r) * (Kp / 8);
+        for (int64_t kb = 0; kb < tiles; ++kb) {
+          const uint32_t word = binarize_tile_z<false>(row + kb * DL_BK, 0xFFFF, 0xFFFF, vs, &l, &h, &bad);
+          memcpy(out + 4 * kb, &word, 4);
+        }
+        for (int64_t kb = tiles; kb < words; ++kb) {
+          const int64_t left = K - kb * DL_BK;
+          const __mmask16 m0 = left >= 16 ? (__mmask16)0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : (__mmask16)0;
+          const __mmask16 m1 = left >= 32 ? (__mmask16)0xFFFF
+                               : left > 16 ? (__mmask16)((1u << (left - 16)) - 1) : (__mmask16)0;  // fmt: skip
+          const uint32_t word = binarize_tile_z<true>(row + kb * DL_BK, m0, m1, vs, &l, &h, &bad);
+          memcpy(out + 4 * kb, &word, 4);
+        }
+        if (_mm512_cmplt_epi32_mask(bad, _mm512_setzero_si512())) ok &= (__mmask16)~(1u << r);  // a NaN
+      }
+      lo[r] = _mm512_castsi512_ps(l), hi[r] = _mm512_castsi512_ps(h);
+    }
+    const __m512i lsum = _mm512_castps_si512(reduce16(lo, AddEpi32()));
+    const __m512i hsum = _mm512_castps_si512(reduce16(hi, AddEpi32()));
+    const __m512d k = _mm512_set1_pd((double)K), c16 = _mm512_set1_pd(65536.0);
+    for (int half = 0; half < 2; ++half) {  // rows 8 * half .. 8 * half + 7
+      const __m256i l8 = half ? _mm512_extracti64x4_epi64(lsum, 1) : _mm512_castsi512_si256(lsum);
+      const __m256i h8 = half ? _mm512_extracti64x4_epi64(hsum, 1) : _mm512_castsi512_si256(hsum);
+      const __m256i b8 = half ? _mm512_extracti64x4_epi64(be, 1) : _mm512_castsi512_si256(be);
+      const __m512d unit = _mm512_castsi512_pd(_mm512_slli_epi64(
+          _mm512_add_epi64(_mm512_cvtepu32_epi64(b8), _mm512_set1_epi64(868)), 52));
+      const __m512d total = _mm512_add_pd(_mm512_mul_pd(_mm512_cvtepu32_pd(h8), c16), _mm512_cvtepu32_pd(l8));
+      const __m256 b = _mm512_cvtpd_ps(_mm512_div_pd(_mm512_mul_pd(total, unit), k));
+      _mm256_mask_storeu_ps(beta + r0 + 8 * half, (__mmask8)(ok >> (8 * half)), b);
+    }
+    for (int r = 0; r < nr; ++r)
+      if (!((ok >> r) & 1)) binarize_row_double(xr + r * K, K, Kp, bits + (r0 + r) * (Kp / 8), beta + r0 + r);
+  }
+}
+
 // ---------------------------------------------------------------- ternary
 
 template <bool TTQ>
@@ -402,7 +476,7 @@ TGT void depthwise3x3_z_row(const DlDepthwise* d, int64_t oh, const float* const
 }
 
 const DlKernels kTable = {quantize_row_z, binarize_row_z,     ternary_z, binary_i8_z,    xnor_z,
-                          depthwise3x3_z, depthwise3x3_z_row, conv3x3_z, quantize_rows_z};
+                          depthwise3x3_z, depthwise3x3_z_row, conv3x3_z, quantize_rows_z, binarize_rows_z};
 
 }  // namespace
 

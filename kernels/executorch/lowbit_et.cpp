@@ -402,6 +402,30 @@ Tensor& inverted_residual_out(KernelRuntimeContext& ctx, const Tensor& x, const 
   return out;
 }
 
+// The op as files exported before pw_kind existed call it (21 arguments): ternary 1x1s.
+Tensor& inverted_residual_ternary_out(KernelRuntimeContext& ctx, const Tensor& x, const OptTensor& e_w,
+                                      const OptTensor& e_scale_pos, const OptTensor& e_scale_neg,
+                                      const OptTensor& e_bias, OptDouble e_min, OptDouble e_max, const Tensor& dw_w,
+                                      const OptTensor& dw_bias, int64_t stride, OptDouble dw_min, OptDouble dw_max,
+                                      const Tensor& p_w, const Tensor& p_scale_pos, const OptTensor& p_scale_neg,
+                                      const OptTensor& p_bias, OptDouble p_min, OptDouble p_max, bool residual,
+                                      const OptTensor& dw_scale, Tensor& out) {
+  return inverted_residual_out(ctx, x, e_w, e_scale_pos, e_scale_neg, e_bias, e_min, e_max, dw_w, dw_bias, stride,
+                               dw_min, dw_max, p_w, p_scale_pos, p_scale_neg, p_bias, p_min, p_max, residual, dw_scale,
+                               0, out);
+}
+
+constexpr char kInvertedResidual[] = "distill::inverted_residual.out";
+
+// The registered entry: a stack of 22 values (21 arguments and out) is a file from before pw_kind,
+// 23 one of now; each unboxed by ExecuTorch's own wrapper, so both kinds of file keep running.
+void inverted_residual_boxed(KernelRuntimeContext& ctx, executorch::runtime::Span<executorch::runtime::EValue*> stack) {
+  using executorch::extension::WrapUnboxedIntoFunctor;
+  if (stack.size() == 22)
+    return WrapUnboxedIntoFunctor<EXECUTORCH_FN_TYPE(inverted_residual_ternary_out, kInvertedResidual)>::call(ctx, stack);
+  WrapUnboxedIntoFunctor<EXECUTORCH_FN_TYPE(inverted_residual_out, kInvertedResidual)>::call(ctx, stack);
+}
+
 Tensor& conv3x3_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& weight, const OptTensor& bias,
                     int64_t stride, int64_t padding, OptDouble act_min, OptDouble act_max, Tensor& out) {
   ET_KERNEL_CHECK(ctx, x.dim() == 4 && weight.dim() == 4 && x.scalar_type() == ScalarType::Float &&
@@ -492,7 +516,8 @@ EXECUTORCH_LIBRARY(distill, "xnor_linear.out", distill_et::xnor_linear_out);
 EXECUTORCH_LIBRARY(distill, "ternary_conv2d_cl.out", distill_et::ternary_conv2d_out);
 EXECUTORCH_LIBRARY(distill, "binary_conv2d_cl.out", distill_et::binary_conv2d_out);
 EXECUTORCH_LIBRARY(distill, "depthwise_conv2d.out", distill_et::depthwise_conv2d_out);
-EXECUTORCH_LIBRARY(distill, "inverted_residual.out", distill_et::inverted_residual_out);
+static auto g_inverted_residual = executorch::runtime::register_kernel(
+    executorch::runtime::Kernel(distill_et::kInvertedResidual, distill_et::inverted_residual_boxed));
 EXECUTORCH_LIBRARY(distill, "conv3x3.out", distill_et::conv3x3_out);
 EXECUTORCH_LIBRARY(distill, "mean_hw.out", distill_et::mean_hw_out);
 EXECUTORCH_LIBRARY(distill, "concat_shuffle.out", distill_et::concat_shuffle_out);
