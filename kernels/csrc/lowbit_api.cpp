@@ -196,7 +196,6 @@ void run_panels(const DlGemm* g, const float* x, DlGemmFn gemm, int nth);
 // (threads_for(M * N * Kp) for a call of its own; a fused block passes its own count).
 // unit_xscale: binarized rows keep scale 1 instead of mean |x| (XNOR without K).
 void run(DlGemm* g, const float* x, Prep prep, DlGemmFn gemm, int nth, bool unit_xscale = false) {
-  const DlKernels* kt = kernels();
   auto prepare = [&](int64_t m0, int64_t m1) {  // rows [m0, m1)
     float* xscale = const_cast<float*>(g->xscale);
     if (prep == PREP_QUANTIZE)

@@ -100,6 +100,22 @@ TGT ALWAYS_INLINE __m512 reduce16(__m512* v, Op op) {
   return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), r);
 }
 
+// Lane r: max |x| over row r of the nr (<= 16) rows of xr [., K] (0 for r >= nr), one reduction network.
+TGT ALWAYS_INLINE __m512 absmax16(const float* xr, int nr, int64_t K) {
+  const int64_t full = K & ~(int64_t)15;
+  const __mmask16 tail = (__mmask16)((1u << (K - full)) - 1);
+  __m512 v[16];
+  for (int r = 0; r < 16; ++r) {
+    __m512 m = _mm512_setzero_ps();
+    if (r < nr) {
+      for (int64_t k = 0; k < full; k += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(xr + r * K + k)));
+      if (tail) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail, xr + r * K + full)));
+    }
+    v[r] = m;
+  }
+  return reduce16(v, MaxPs());
+}
+
 // quantize_row_z on n rows, 16 at a time: one reduction network for the 16 absmax values, one
 // vector division for their 127 / absmax and scales, one network for the 16 sums (the same bits:
 // max and integer sums do not depend on the order, and vdivps rounds as the scalar division).
@@ -110,16 +126,8 @@ TGT void quantize_rows_z(const float* x, int64_t n, int64_t K, int64_t Kp, int8_
   for (int64_t r0 = 0; r0 < n; r0 += 16) {
     const int nr = n - r0 < 16 ? (int)(n - r0) : 16;
     const float* xr = x + r0 * K;
+    const __m512 amax = absmax16(xr, nr, K);
     __m512 v[16];
-    for (int r = 0; r < 16; ++r) {
-      __m512 m = _mm512_setzero_ps();
-      if (r < nr) {
-        for (int64_t k = 0; k < full; k += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(xr + r * K + k)));
-        if (tail) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail, xr + r * K + full)));
-      }
-      v[r] = m;
-    }
-    const __m512 amax = reduce16(v, MaxPs());
     const __mmask16 rows = (__mmask16)((1u << nr) - 1);
     const __m512 c127 = _mm512_set1_ps(127.0f);
     alignas(64) float inv[16];
@@ -218,23 +226,13 @@ TGT void binarize_rows_z(const float* x, int64_t n, int64_t K, int64_t Kp, uint8
     for (int64_t m = 0; m < n; ++m) binarize_row_z(x + m * K, K, Kp, bits + m * (Kp / 8), beta + m);
     return;
   }
-  const int64_t full = K & ~(int64_t)15, tiles = K / DL_BK, words = Kp / DL_BK;
-  const __mmask16 tail = (__mmask16)((1u << (K - full)) - 1);
+  const int64_t tiles = K / DL_BK, words = Kp / DL_BK;
   for (int64_t r0 = 0; r0 < n; r0 += 16) {
     const int nr = n - r0 < 16 ? (int)(n - r0) : 16;
     const __mmask16 rows = (__mmask16)((1u << nr) - 1);
     const float* xr = x + r0 * K;
-    __m512 v[16];
-    for (int r = 0; r < 16; ++r) {
-      __m512 m = _mm512_setzero_ps();
-      if (r < nr) {
-        for (int64_t k = 0; k < full; k += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(xr + r * K + k)));
-        if (tail) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail, xr + r * K + full)));
-      }
-      v[r] = m;
-    }
     // dl_abs_sum_scale on 16 lanes: biased exponent be, scale 2^(155 - be), unit 2^(be - 155), for be in [28, 254]
-    const __m512i be = _mm512_and_si512(_mm512_srli_epi32(_mm512_castps_si512(reduce16(v, MaxPs())), 23),
+    const __m512i be = _mm512_and_si512(_mm512_srli_epi32(_mm512_castps_si512(absmax16(xr, nr, K)), 23),
                                         _mm512_set1_epi32(0xFF));
     __mmask16 ok = rows & _mm512_cmpge_epi32_mask(be, _mm512_set1_epi32(28)) &
                    _mm512_cmple_epi32_mask(be, _mm512_set1_epi32(254));

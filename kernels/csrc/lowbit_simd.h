@@ -76,6 +76,7 @@ TGT float row_absmax(const float* x, int64_t K) {
   return amax;
 }
 
+#ifndef DL_OWN_TABLE  // lowbit_avx512.cpp has its own (quantize_row_z)
 TGT void quantize_row(const float* x, int64_t K, int64_t Kp, int8_t* q, float* scale, int32_t* sum) {
   const float amax = row_absmax(x, K);
   const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
@@ -105,6 +106,7 @@ TGT void quantize_row(const float* x, int64_t K, int64_t Kp, int8_t* q, float* s
   *scale = amax / 127.0f;
   *sum = s;
 }
+#endif
 
 // Rearranges a 32-bit sign mask (bit i <- x[i]) into the tile order (bit 8j+s <- x[4s+j]).
 TGT ALWAYS_INLINE uint32_t tile_order(uint32_t mask) {
@@ -147,6 +149,7 @@ TGT void binarize_row_double(const float* x, int64_t K, int64_t Kp, uint8_t* bit
   *beta = K > 0 ? (float)(total / (double)K) : 0.0f;
 }
 
+#ifndef DL_OWN_TABLE  // lowbit_avx512.cpp has its own (binarize_row_z)
 // Sign bits (bit 1 for x > 0) in the tile order, and beta = mean |x|, its exact sum in int64 lanes
 // (dl_abs_sum_scale): the double path's two dependent double adds per 8 floats made binarization
 // 31% of an XNOR MobileNetV2 at 224 (AVX-512, perf). A row with a NaN, or an absmax that a float
@@ -189,6 +192,7 @@ TGT void binarize_row(const float* x, int64_t K, int64_t Kp, uint8_t* bits, floa
   }
   *beta = K > 0 ? (float)((double)total * unit / (double)K) : 0.0f;
 }
+#endif
 
 // ---------------------------------------------------------------- driver
 
