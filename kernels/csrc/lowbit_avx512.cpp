@@ -157,12 +157,6 @@ TGT void quantize_rows_z(const float* x, int64_t n, int64_t K, int64_t Kp, int8_
   }
 }
 
-// Sum of the 16 uint32 lanes of v, in int64 (the lanes may add up past 2^32).
-TGT ALWAYS_INLINE int64_t sum_u32(__m512i v) {
-  return _mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(v)),
-                                                  _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(v, 1))));
-}
-
 // One tile of 32 activations (masks m0, m1 of its two halves: lanes past K load 0, sign bit 0, sum 0):
 // its sign word, and the integers round(|x| * scale) added to lo (low 16 bits) and hi (the rest) in
 // int32 lanes: no widening per vector. OR-ing them into `bad` catches a NaN (vcvtps2dq gives INT_MIN).
@@ -183,39 +177,9 @@ TGT ALWAYS_INLINE uint32_t binarize_tile_z(const float* x, __mmask16 m0, __mmask
   return tile_order(mask);
 }
 
-// lowbit_simd.h's binarize_row in 512-bit steps: sign bits in the tile order and beta's exact sum
-// (dl_abs_sum_scale) split into 16-bit halves so that int32 lanes hold it (a lane adds two values per
-// tile: the low sums stay below 2^31 for K < 2^19). Rows it cannot take go to the double path.
-TGT void binarize_row_z(const float* x, int64_t K, int64_t Kp, uint8_t* bits, float* beta) {
-  const int64_t full = K & ~(int64_t)15;
-  const __mmask16 tail = (__mmask16)((1u << (K - full)) - 1);
-  __m512 vmax = _mm512_setzero_ps();
-  for (int64_t k = 0; k < full; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
-  if (tail) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail, x + full)));
-  float scale;
-  double unit;
-  if (K >= (1 << 19) || !dl_abs_sum_scale(_mm512_reduce_max_ps(vmax), &scale, &unit))
-    return binarize_row_double(x, K, Kp, bits, beta);
-  const __m512 vs = _mm512_set1_ps(scale);
-  __m512i lo = _mm512_setzero_si512(), hi = lo, bad = lo;
-  const int64_t tiles = K / DL_BK;
-  for (int64_t kb = 0; kb < tiles; ++kb) {
-    const uint32_t word = binarize_tile_z<false>(x + kb * DL_BK, 0xFFFF, 0xFFFF, vs, &lo, &hi, &bad);
-    memcpy(bits + 4 * kb, &word, 4);
-  }
-  for (int64_t kb = tiles; kb < Kp / DL_BK; ++kb) {  // the partial tile, and padding tiles (all zero)
-    const int64_t n = K - kb * DL_BK;
-    const __mmask16 m0 = n >= 16 ? (__mmask16)0xFFFF : n > 0 ? (__mmask16)((1u << n) - 1) : (__mmask16)0;
-    const __mmask16 m1 = n >= 32 ? (__mmask16)0xFFFF : n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : (__mmask16)0;
-    const uint32_t word = binarize_tile_z<true>(x + kb * DL_BK, m0, m1, vs, &lo, &hi, &bad);
-    memcpy(bits + 4 * kb, &word, 4);
-  }
-  if (_mm512_cmplt_epi32_mask(bad, _mm512_setzero_si512())) return binarize_row_double(x, K, Kp, bits, beta);  // a NaN
-  const double total = (double)(sum_u32(hi) * 65536 + sum_u32(lo)) * unit;
-  *beta = K > 0 ? (float)(total / (double)K) : 0.0f;
-}
-
-// binarize_row_z on n rows, 16 at a time: the per-row work (the absmax and the two sums reduced across
+// lowbit_simd.h's binarize_row in 512-bit steps on n rows, 16 at a time: sign bits in the tile order
+// and beta's exact sum (dl_abs_sum_scale) in int32 lanes as 16-bit halves (binarize_tile_z). The
+// per-row work (the absmax and the two sums reduced across
 // lanes, beta's double arithmetic) took as long as the row itself at K = 96 (about 100 cycles a row),
 // so it is done for 16 rows at once, as quantize_rows_z does: one reduction network per quantity, the
 // scales from the absmax bits in vector ops, beta for 8 rows per double vector. The same bits: a
@@ -223,7 +187,7 @@ TGT void binarize_row_z(const float* x, int64_t K, int64_t Kp, uint8_t* bits, fl
 // absmax below 2^-99 or not finite; a NaN) is redone on the double path.
 TGT void binarize_rows_z(const float* x, int64_t n, int64_t K, int64_t Kp, uint8_t* bits, float* beta) {
   if (K < 1 || K >= (1 << 15)) {
-    for (int64_t m = 0; m < n; ++m) binarize_row_z(x + m * K, K, Kp, bits + m * (Kp / 8), beta + m);
+    for (int64_t m = 0; m < n; ++m) binarize_row_double(x + m * K, K, Kp, bits + m * (Kp / 8), beta + m);
     return;
   }
   const int64_t tiles = K / DL_BK, words = Kp / DL_BK;
@@ -277,6 +241,12 @@ TGT void binarize_rows_z(const float* x, int64_t n, int64_t K, int64_t Kp, uint8
     for (int r = 0; r < nr; ++r)
       if (!((ok >> r) & 1)) binarize_row_double(xr + r * K, K, Kp, bits + (r0 + r) * (Kp / 8), beta + r0 + r);
   }
+}
+
+// One row: the batched kernel on n = 1 (every caller in lowbit_api.cpp batches; this is the table's
+// single-row entry).
+TGT void binarize_row_z(const float* x, int64_t K, int64_t Kp, uint8_t* bits, float* beta) {
+  binarize_rows_z(x, 1, K, Kp, bits, beta);
 }
 
 // ---------------------------------------------------------------- ternary
