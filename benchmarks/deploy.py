@@ -39,6 +39,16 @@ A file's profile by symbol (the kernels' share of the time; Linux perf):
     python -m benchmarks.deploy --time-file FILE.pte --threads 1 --size 224 --seconds 20 &
     perf record -F 5000 -p $! -o perf.data -- sleep 10; perf report -i perf.data --sort symbol
 
+``--time-file FILE --threads T --size S [--gap-us G]`` prints one file's ms per call in this process
+alone; with ``--gap-us``, per single call after G microseconds of the caller's own work (see
+``time_file``).
+
+``--files DIR`` times the files an earlier ``--keep DIR`` run wrote (each student's, every form
+with a file), in processes of their own, without training or exporting again: more processes
+per file (``--rounds``) for the same files, e.g. two threads on a noisy host:
+
+    python -m benchmarks.deploy --files runs/deploy-files-2 --students mobilenet_v2_32 --threads 2 --rounds 27
+
 ``--isolate`` times each file in ``--rounds // 3`` processes of its own (``--time-file``, 5
 interleaved rounds each; the row is the median of those processes), the files taking turns: with
 two threads on a two-core machine, the worker threads that one runtime leaves spinning or parked
@@ -208,21 +218,41 @@ def latency(name: str, forms: list[Form], threads: list[int], rounds: int, acc: 
     loaders: dict[Form, Loader] = {}
     skipped: dict[Form, str] = {}
     for f in forms:
-        path = tmp / f"{name}-{f.runtime}-{f.form}{f.suffix}"
         try:
-            loaders[f] = f.make(models[f.scheme], example, path, calib)
+            loaders[f] = f.make(models[f.scheme], example, file_of(tmp, name, f), calib)
         except deploy.DeployError as exc:  # a runtime missing here: the row says why
             skipped[f] = str(exc)
+    time_rows(name, forms, loaders, skipped, threads, rounds, acc, tmp, isolate)
+    if prof:  # the low-bit programs, and the XNNPACK int8 program they are measured against
+        from students.deploy.runner import _executorch_pool
+
+        for t in threads:
+            _executorch_pool(t)
+            for f in loaders:
+                if f.runtime == "executorch" and (f.form.startswith("lowbit") or f.form == "int8"):
+                    us = profile(file_of(tmp, name, f), example[:1])
+                    print(json.dumps({"bench": "deploy", "student": name, "form": f.form, "threads": t, "profile_us": us}))
+
+
+def file_of(folder: Path, name: str, f: Form) -> Path:
+    return folder / f"{name}-{f.runtime}-{f.form}{f.suffix}"
+
+
+def time_rows(name: str, forms: list[Form], loaders: dict[Form, Loader], skipped: dict[Form, str],
+              threads: list[int], rounds: int, acc: dict, folder: Path, isolate: bool) -> None:
+    """Times every loadable form at each thread count (in-process, or ``isolate``: a process per
+    file) and prints one row per form, with its speed against the fastest fp32 and int8 runtime."""
+    size = STUDENTS[name][1]
     cpu = _cpu_model()
     if isolate:
         loaders = {f: v for f, v in loaders.items() if f.runtime != "torch" or f.form != "fp32"}
         skipped.update({f: "eager PyTorch is not timed with --isolate" for f in forms if f not in loaders})
     for t in threads:
         if isolate:
-            ms = isolated_ms({f: tmp / f"{name}-{f.runtime}-{f.form}{f.suffix}" for f in loaders}, size, t, rounds)
+            ms = isolated_ms({f: file_of(folder, name, f) for f in loaders}, size, t, rounds)
         else:
             fns = {f: load(t) for f, load in loaders.items()}
-            ms = interleaved_ms(fns, example[:1], rounds)
+            ms = interleaved_ms(fns, torch.randn(1, 3, size, size), rounds)
         best = {kind: min((v for f, v in ms.items() if f.form == kind and f.runtime != "torch"), default=None)
                 for kind in ("fp32", "int8")}
         timing = {"processes_per_file": processes(rounds), "rounds_per_process": 5} if isolate else {"rounds": rounds}
@@ -232,22 +262,21 @@ def latency(name: str, forms: list[Form], threads: list[int], rounds: int, acc: 
             if f in skipped:
                 print(json.dumps({**row, "skipped": skipped[f]}), flush=True)
                 continue
-            path = tmp / f"{name}-{f.runtime}-{f.form}{f.suffix}"
+            path = file_of(folder, name, f)
             row.update({"top1": None, "agreement": None, **acc.get((f.runtime, f.form), {})})
             row.update(latency_ms=round(ms[f], 4), bytes=path.stat().st_size if path.is_file() else None,
                        speedup_vs_best_fp32_runtime=round(best["fp32"] / ms[f], 3) if best["fp32"] else None,
                        speedup_vs_best_int8_runtime=round(best["int8"] / ms[f], 3) if best["int8"] else None,
-                       accuracy_on="digits 8x8 (trained, same arch)", **timing, cpu=cpu)
+                       accuracy_on="digits 8x8 (trained, same arch)" if acc else None, **timing, cpu=cpu)
             print(json.dumps(row), flush=True)
-    if prof:  # the low-bit programs, and the XNNPACK int8 program they are measured against
-        from students.deploy.runner import _executorch_pool
 
-        for t in threads:
-            _executorch_pool(t)
-            for f in loaders:
-                if f.runtime == "executorch" and (f.form.startswith("lowbit") or f.form == "int8"):
-                    us = profile(tmp / f"{name}-{f.runtime}-{f.form}{f.suffix}", example[:1])
-                    print(json.dumps({"bench": "deploy", "student": name, "form": f.form, "threads": t, "profile_us": us}))
+
+def time_kept_files(name: str, forms: list[Form], folder: Path, threads: list[int], rounds: int) -> None:
+    """``--files DIR``: times the files an earlier ``--keep DIR`` run wrote for this student (no
+    training, no export, no accuracy), each in processes of its own; a form with no file is skipped."""
+    present = [f for f in forms if f.suffix and file_of(folder, name, f).is_file()]
+    skipped = {f: f"no file {file_of(folder, name, f).name} in {folder}" for f in forms if f not in present}
+    time_rows(name, forms, {f: (lambda t: None) for f in present}, skipped, threads, rounds, {}, folder, True)
 
 
 def processes(rounds: int) -> int:
@@ -271,15 +300,29 @@ def isolated_ms(files: dict[Any, Path], size: int, threads: int, rounds: int) ->
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def time_file(path: Path, threads: int, size: int, seconds: float = 0.0) -> float:
+def time_file(path: Path, threads: int, size: int, seconds: float = 0.0, gap_us: float = 0.0) -> float:
     """``--time-file``: median ms per call of one exported file in this process alone (5 interleaved
-    rounds); with ``seconds``, calls it for that long first (a window for a sampling profiler)."""
+    rounds); with ``seconds``, calls it for that long first (a window for a sampling profiler).
+    With ``gap_us``: the median of 1,000 single calls, each after a busy ``gap_us`` on the calling
+    thread (an application that does its own work between frames): a runtime's idle worker threads
+    may then have gone to sleep, and the call pays for waking them."""
     run = deploy.load(path, threads=threads)
     x = torch.randn(1, 3, size, size)
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         run(x)
-    return interleaved_ms({"file": run}, x, rounds=5)["file"]
+    if gap_us <= 0:
+        return interleaved_ms({"file": run}, x, rounds=5)["file"]
+    times = []
+    with torch.inference_mode():
+        for _ in range(1000):
+            resume = time.perf_counter() + gap_us * 1e-6
+            while time.perf_counter() < resume:
+                pass
+            start = time.perf_counter()
+            run(x)
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
 
 
 def profile(path: Path, x: Tensor, runs: int = 20) -> dict[str, float]:
@@ -330,18 +373,27 @@ def main(argv: list[str] | None = None) -> int:
                     help="ETDump time per op of each lowbit file and the XNNPACK int8 file, at each thread count")
     ap.add_argument("--keep", type=Path, default=None, help="write the exported files here (kept) instead of a temp dir")
     ap.add_argument("--isolate", action="store_true", help="time each file in a process of its own (docstring)")
+    ap.add_argument("--files", type=Path, default=None,
+                    help="time the files an earlier --keep DIR run wrote (implies --isolate; no training or export)")
     ap.add_argument("--time-file", type=Path, help=argparse.SUPPRESS)  # the child of --isolate
     ap.add_argument("--size", type=int, default=32, help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--gap-us", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.time_file:
-        print(time_file(args.time_file, (args.threads or [1])[0], args.size, args.seconds))
+        print(time_file(args.time_file, (args.threads or [1])[0], args.size, args.seconds, args.gap_us))
         return 0
     names = args.students or (["mobilenet_v2_32"] if args.quick else list(STUDENTS))
     threads = args.threads or ([1] if args.quick else [1, 2])
     rounds = args.rounds or (7 if args.quick else 15)
     steps = args.steps or (150 if args.quick else 400)
     forms = [f for f in FORMS if f.quick or not args.quick]
+    if args.files:
+        if not args.files.is_dir():
+            raise SystemExit(f"--files {args.files}: no such folder (give the DIR of an earlier --keep DIR run)")
+        for name in names:
+            time_kept_files(name, forms, args.files, threads, rounds)
+        return 0
     data = digits()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
