@@ -47,7 +47,8 @@ alone; with ``--gap-us``, per single call after G microseconds of the caller's o
 with a file), in processes of their own, without training or exporting again: more processes
 per file (``--rounds``) for the same files, e.g. two threads on a noisy host:
 
-    python -m benchmarks.deploy --files runs/deploy-files-2 --students mobilenet_v2_32 --threads 2 --rounds 27
+    python -m benchmarks.deploy --files runs/deploy-files-2 --students mobilenet_v2_32 --threads 2 --rounds 27 \
+        --forms fp32 int8 lowbit lowbit-xnor
 
 ``--isolate`` times each file in ``--rounds // 3`` processes of its own (``--time-file``, 5
 interleaved rounds each; the row is the median of those processes), the files taking turns: with
@@ -373,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="ETDump time per op of each lowbit file and the XNNPACK int8 file, at each thread count")
     ap.add_argument("--keep", type=Path, default=None, help="write the exported files here (kept) instead of a temp dir")
     ap.add_argument("--isolate", action="store_true", help="time each file in a process of its own (docstring)")
+    ap.add_argument("--forms", nargs="+", choices=sorted({f.form for f in FORMS}), default=None,
+                    help="only these forms (e.g. fp32 int8 lowbit): fewer files to export and time")
     ap.add_argument("--files", type=Path, default=None,
                     help="time the files an earlier --keep DIR run wrote (implies --isolate; no training or export)")
     ap.add_argument("--time-file", type=Path, help=argparse.SUPPRESS)  # the child of --isolate
@@ -387,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or ([1] if args.quick else [1, 2])
     rounds = args.rounds or (7 if args.quick else 15)
     steps = args.steps or (150 if args.quick else 400)
-    forms = [f for f in FORMS if f.quick or not args.quick]
+    forms = [f for f in FORMS if (f.quick or not args.quick) and (not args.forms or f.form in args.forms)]
     if args.files:
         if not args.files.is_dir():
             raise SystemExit(f"--files {args.files}: no such folder (give the DIR of an earlier --keep DIR run)")
