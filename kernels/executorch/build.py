@@ -1,4 +1,4 @@
-"""Builds the ExecuTorch runtime kernels (lowbit_et.cpp + kernels/csrc) into one shared library.
+"""Builds the ExecuTorch runtime kernels (lowbit_et.cpp, spin_pool.cpp + kernels/csrc) into one shared library.
 
 No ExecuTorch source build: the executorch pip wheel ships the headers
 (``executorch/include``) and ``lib/libexecutorch.so``, whose operator registry is the
@@ -30,7 +30,7 @@ from pathlib import Path
 from kernels import _cpu
 
 HERE = Path(__file__).parent
-SOURCES = [HERE / "lowbit_et.cpp", *(_cpu.CSRC / s for s in _cpu.SOURCES)]
+SOURCES = [HERE / "lowbit_et.cpp", HERE / "spin_pool.cpp", *(_cpu.CSRC / s for s in _cpu.SOURCES)]
 # The flags the wheel's own libraries were built with (its ABI), then the kernels' own
 # (-ffp-contract=off: every path rounds as kernels/reference.py does).
 FLAGS = [
@@ -82,7 +82,7 @@ def compile_command(cxx: str, root: Path, output: Path, target_flags: Sequence[s
 def _key(cxx: str, root: Path, target_flags: Sequence[str]) -> str:
     h = hashlib.sha256()
     h.update(" ".join([cxx, *FLAGS, *target_flags, str(root), executorch_version()]).encode())
-    for src in sorted({*SOURCES, *_cpu.CSRC.glob("*.h")}):
+    for src in sorted({*SOURCES, *HERE.glob("*.h"), *_cpu.CSRC.glob("*.h")}):
         h.update(src.name.encode() + src.read_bytes())
     return h.hexdigest()[:16]
 

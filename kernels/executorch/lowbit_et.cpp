@@ -32,10 +32,11 @@
 
 
 #include "lowbit.h"  // the C contract of kernels/csrc
+#include "spin_pool.h"
 
 // ExecuTorch's threadpool (libexecutorch_threadpool.so; the wheel ships no header for it, so the
 // few functions used are declared here): the one XNNPACK runs on, sized by _unsafe_reset_threadpool
-// in Python. The packed kernels run their parallel loops on it too (pool_parallel_for below).
+// in Python. Its size is the packed kernels' thread count too (threads() below).
 struct pthreadpool;
 namespace executorch {
 namespace extension {
@@ -45,8 +46,6 @@ pthreadpool* get_pthreadpool();
 }  // namespace extension
 }  // namespace executorch
 extern "C" size_t pthreadpool_get_threads_count(pthreadpool* pool);
-extern "C" void pthreadpool_parallelize_1d(pthreadpool* pool, void (*task)(void*, size_t), void* ctx, size_t range,
-                                           uint32_t flags);
 
 namespace distill_et {
 
@@ -71,27 +70,8 @@ int threads() {
   return t < 1 ? 1 : (int)t;
 }
 
-// The kernels' parallel loops on ExecuTorch's pthreadpool, whose workers spin between calls (as they
-// do for XNNPACK): one wake-up costs about a microsecond, where a second (OpenMP) pool, spinning on
-// the same cores as the first, made a two-thread program slower than a one-thread one.
-struct PoolTask {
-  DlTask task;
-  void* ctx;
-};
-
-void pool_parallel_for(DlTask task, void* ctx, int64_t n, int nthreads) {
-  pthreadpool* pool = nthreads > 1 ? executorch::extension::threadpool::get_pthreadpool() : nullptr;
-  if (!pool) {
-    for (int64_t i = 0; i < n; ++i) task(ctx, i);
-    return;
-  }
-  PoolTask t{task, ctx};
-  pthreadpool_parallelize_1d(
-      pool, [](void* c, size_t i) { static_cast<PoolTask*>(c)->task(static_cast<PoolTask*>(c)->ctx, (int64_t)i); },
-      &t, (size_t)n, 0);
-}
-
-const bool g_pool_installed = (dl_set_parallel_for(pool_parallel_for), true);
+// The kernels' parallel loops run on spin_pool.cpp's helpers (it says why not on this pthreadpool).
+const bool g_pool_installed = (dl_set_parallel_for(spin_parallel_for), true);
 
 const float* fptr(const OptTensor& t) { return t.has_value() ? t->const_data_ptr<float>() : nullptr; }
 

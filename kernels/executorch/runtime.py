@@ -45,8 +45,9 @@ def load(path: str | Path | None = None) -> ctypes.CDLL:
 
 
 def set_num_threads(n: int) -> None:
-    """Threads for the whole program: ExecuTorch's threadpool, which XNNPACK and the packed kernels
-    share (the kernels, unpinned, read the pool's size at each call). A method loaded before the
+    """Threads for the whole program: ExecuTorch's threadpool, which XNNPACK runs on and whose size
+    the packed kernels, unpinned, read at each call (they run on helpers of their own,
+    kernels/executorch/spin_pool.cpp). A method loaded before the
     pool is resized must be loaded again (students.deploy.runner: the delegates keep the old pool)."""
     from executorch.extension.pybindings import portable_lib
 
