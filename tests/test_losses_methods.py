@@ -148,13 +148,14 @@ def test_mlkd_by_hand():
     want = 0.1308120360 + 0.015625 + 0.0703125
     inp = logit_inputs(torch.zeros(1, 2, dtype=D), [torch.tensor([[LN3, 0.0]], dtype=D)])
     assert MLKDTerm("m", temperatures=[1.0])(inp).item() == pytest.approx(want, abs=1e-9)
-    # Several temperatures: the mean of T^2 * (parts at T); at T = 2 the teacher is [sqrt3, 1] / (sqrt3 + 1).
+    # Several temperatures: the mean over T of T^2 * ins + bat + cls (T^2 on the KL term only, as
+    # the authors' code); at T = 2 the teacher is [sqrt3, 1] / (sqrt3 + 1).
     p = math.sqrt(3) / (math.sqrt(3) + 1)
     ins2 = p * math.log(2 * p) + (1 - p) * math.log(2 * (1 - p))
     bat2 = (0.5 - p**2 - (1 - p) ** 2) ** 2
     cls2 = ((0.25 - p**2) ** 2 + 2 * (0.25 - p * (1 - p)) ** 2 + (0.25 - (1 - p) ** 2) ** 2) / 2
     two = MLKDTerm("m", temperatures=[1.0, 2.0])(inp).item()
-    assert two == pytest.approx((want + 4 * (ins2 + bat2 + cls2)) / 2, abs=1e-9)
+    assert two == pytest.approx((want + 4 * ins2 + bat2 + cls2) / 2, abs=1e-9)
     with pytest.raises(ValueError, match="temperatures must be"):
         MLKDTerm("m", temperatures=[])
 
