@@ -22,6 +22,7 @@
 #include <sched.h>
 #include <time.h>
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <thread>
@@ -170,13 +171,16 @@ struct Pool {
   }
 
   void run(DlTask fn, void* c, int64_t n, int nthreads) {
-    std::unique_lock<std::mutex> lock(caller, std::try_to_lock);
-    if (!lock.owns_lock() || n > (int64_t)UINT32_MAX) {
+    // A loop inside a task (this pool's job in progress on this thread) or beside another
+    // thread's job runs on its caller alone.
+    static thread_local bool in_job = false;
+    std::unique_lock<std::mutex> lock(caller, std::defer_lock);
+    if (in_job || n > (int64_t)UINT32_MAX || !lock.try_lock()) {
       for (int64_t i = 0; i < n; ++i) fn(c, i);
       return;
     }
-    const int parts = (int)(nthreads < n ? nthreads : n) < kMaxHelpers + 1 ? (int)(nthreads < n ? nthreads : n)
-                                                                          : kMaxHelpers + 1;
+    in_job = true;
+    const int parts = (int)std::min<int64_t>({(int64_t)nthreads, n, (int64_t)kMaxHelpers + 1});
     ensure(parts - 1);
     task = fn, ctx = c;
     done.store(0, std::memory_order_relaxed);
@@ -188,6 +192,7 @@ struct Pool {
     if (sleepers.load(std::memory_order_seq_cst) > 0) futex_wake_all(&epoch);
     work(0);
     while (done.load(std::memory_order_acquire) < n) relax();  // tasks helpers took and still run
+    in_job = false;
   }
 };
 
