@@ -220,20 +220,25 @@ def test_runtime_kernels_equal_the_spec_bit_for_bit(all_ops_pte):
 def test_threads_give_the_same_numbers(all_ops_pte):
     """Every op's parallel loop (spin_pool.cpp) gives the one-thread numbers: on 2 threads, on 3 (more
     threads than this machine's cores: a helper that is descheduled must not be waited for), and
-    after idle gaps longer than a helper's spin (helpers asleep on the futex, woken by the next op)."""
+    after idle gaps longer than a helper's spin (helpers asleep on the futex, woken by the next op).
+    Two inputs take turns, so a task the pool dropped would leave the other input's numbers in the
+    program's planned output buffer, not the right ones."""
     model, path = all_ops_pte
     method = load_lowbit(path)
-    xs = model.inputs(3)
+    inputs = [model.inputs(3), model.inputs(4)]
     runtime.set_num_threads(1)
-    one = [t.clone() for t in method.execute(xs)]
+    want = [[t.clone() for t in method.execute(xs)] for xs in inputs]
+    assert not torch.equal(want[0][0], want[1][0])  # the two inputs give different outputs
     try:
         for threads in (2, 3):
             runtime.set_num_threads(threads)
             assert runtime.pin_kernel_threads(None) == threads  # unpinned, the kernels follow the resized pool
             method = load_lowbit(path)  # a program loaded before the resize must not run after it
-            for _ in range(4):
-                assert all(torch.equal(a, b) for a, b in zip(one, method.execute(xs), strict=True)), threads
-                time.sleep(0.002)  # > the helpers' 200 us spin
+            for step in range(6):
+                got = method.execute(inputs[step % 2])
+                assert all(torch.equal(a, b) for a, b in zip(want[step % 2], got, strict=True)), (threads, step)
+                if step % 3 == 2:
+                    time.sleep(0.002)  # > the helpers' 200 us spin
     finally:
         runtime.set_num_threads(1)
 
