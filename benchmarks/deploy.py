@@ -224,25 +224,33 @@ def latency(name: str, forms: list[Form], threads: list[int], rounds: int, acc: 
         except deploy.DeployError as exc:  # a runtime missing here: the row says why
             skipped[f] = str(exc)
     time_rows(name, forms, loaders, skipped, threads, rounds, acc, tmp, isolate)
-    if prof:  # the low-bit programs, and the XNNPACK int8 program they are measured against
-        from students.deploy.runner import _executorch_pool
+    if prof:
+        profile_rows(name, list(loaders), tmp, threads)
 
-        for t in threads:
-            _executorch_pool(t)
-            for f in loaders:
-                if f.runtime == "executorch" and (f.form.startswith("lowbit") or f.form == "int8"):
-                    us = profile(file_of(tmp, name, f), example[:1])
-                    print(json.dumps({"bench": "deploy", "student": name, "form": f.form, "threads": t, "profile_us": us}))
+
+def profile_rows(name: str, forms: list[Form], folder: Path, threads: list[int]) -> None:
+    """``--profile``: one row per thread count for each low-bit program and the XNNPACK int8 program
+    it is measured against, with ``profile``'s microseconds per op."""
+    from students.deploy.runner import _executorch_pool
+
+    x = torch.randn(1, 3, STUDENTS[name][1], STUDENTS[name][1])
+    for t in threads:
+        _executorch_pool(t)
+        for f in forms:
+            if f.runtime == "executorch" and (f.form.startswith("lowbit") or f.form == "int8"):
+                us = profile(file_of(folder, name, f), x)
+                print(json.dumps({"bench": "deploy", "student": name, "form": f.form, "threads": t, "profile_us": us}))
 
 
 def file_of(folder: Path, name: str, f: Form) -> Path:
     return folder / f"{name}-{f.runtime}-{f.form}{f.suffix}"
 
 
-def time_rows(name: str, forms: list[Form], loaders: dict[Form, Loader], skipped: dict[Form, str],
+def time_rows(name: str, forms: list[Form], loaders: dict[Form, Loader | None], skipped: dict[Form, str],
               threads: list[int], rounds: int, acc: dict, folder: Path, isolate: bool) -> None:
-    """Times every loadable form at each thread count (in-process, or ``isolate``: a process per
-    file) and prints one row per form, with its speed against the fastest fp32 and int8 runtime."""
+    """Times every form in ``loaders`` at each thread count (in-process through its loader, or
+    ``isolate``: its file in processes of its own, where the loader is not used) and prints one row
+    per form, with its speed against the fastest fp32 and int8 runtime."""
     size = STUDENTS[name][1]
     cpu = _cpu_model()
     if isolate:
@@ -252,7 +260,7 @@ def time_rows(name: str, forms: list[Form], loaders: dict[Form, Loader], skipped
         if isolate:
             ms = isolated_ms({f: file_of(folder, name, f) for f in loaders}, size, t, rounds)
         else:
-            fns = {f: load(t) for f, load in loaders.items()}
+            fns = {f: load(t) for f, load in loaders.items() if load is not None}
             ms = interleaved_ms(fns, torch.randn(1, 3, size, size), rounds)
         best = {kind: min((v for f, v in ms.items() if f.form == kind and f.runtime != "torch"), default=None)
                 for kind in ("fp32", "int8")}
@@ -272,12 +280,16 @@ def time_rows(name: str, forms: list[Form], loaders: dict[Form, Loader], skipped
             print(json.dumps(row), flush=True)
 
 
-def time_kept_files(name: str, forms: list[Form], folder: Path, threads: list[int], rounds: int) -> None:
+def time_kept_files(name: str, forms: list[Form], folder: Path, threads: list[int], rounds: int,
+                    prof: bool = False) -> None:
     """``--files DIR``: times the files an earlier ``--keep DIR`` run wrote for this student (no
-    training, no export, no accuracy), each in processes of its own; a form with no file is skipped."""
+    training, no export, no accuracy), each in processes of its own; a form with no file is skipped.
+    With ``prof``, the ``--profile`` rows of those files too."""
     present = [f for f in forms if f.suffix and file_of(folder, name, f).is_file()]
     skipped = {f: f"no file {file_of(folder, name, f).name} in {folder}" for f in forms if f not in present}
-    time_rows(name, forms, {f: (lambda t: None) for f in present}, skipped, threads, rounds, {}, folder, True)
+    time_rows(name, forms, dict.fromkeys(present), skipped, threads, rounds, {}, folder, True)
+    if prof:
+        profile_rows(name, present, folder, threads)
 
 
 def processes(rounds: int) -> int:
@@ -333,6 +345,12 @@ def profile(path: Path, x: Tensor, runs: int = 20) -> dict[str, float]:
     from executorch.devtools import Inspector
     from executorch.runtime import Runtime
 
+    from students.deploy.runner import uses_distill_kernels
+
+    if uses_distill_kernels(path):  # a --files run has not loaded the program through the runner
+        from kernels.executorch import runtime as distill_kernels
+
+        distill_kernels.load()
     program = Runtime.get().load_program(path, enable_etdump=True, debug_buffer_size=0)
     method = program.load_method("forward")
     for _ in range(runs):
@@ -395,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.files.is_dir():
             raise SystemExit(f"--files {args.files}: no such folder (give the DIR of an earlier --keep DIR run)")
         for name in names:
-            time_kept_files(name, forms, args.files, threads, rounds)
+            time_kept_files(name, forms, args.files, threads, rounds, args.profile)
         return 0
     data = digits()
     if args.keep:

@@ -1,12 +1,11 @@
 // A small work-claiming thread pool for the packed kernels' parallel loops in ExecuTorch.
 //
 // Why not ExecuTorch's own pthreadpool, which the kernels used before: on two threads the TWN
-// MobileNetV2 at 224 ran slower than on one (4.1-5.5 ms against 3.9; 2-core AMD EPYC VM), and at
-// 32x32 a process either ran at 0.25 ms or at 0.35-0.47 ms for its whole life, the slow ones with
-// about one voluntary context switch of the worker per inference (perf stat, /proc), the fast ones
-// one per eight. pthreadpool's Linux build (its sources since 2024) spins a waiting worker for
-// 1000 pauses, a few microseconds, before it sleeps on a futex; a batch-1 program has gaps longer
-// than that between its parallel ops (Python between inferences, ops small enough for one thread).
+// MobileNetV2 at 224 often ran slower than on one (2.7-5.5 ms per process, median 4.3, against 3.9;
+// 2-core AMD EPYC VM). pthreadpool's Linux build (its sources since 2024) spins a waiting worker for
+// 1000 pauses, a few microseconds, before it sleeps on a futex, and waits for the workers it woke;
+// a batch-1 program has longer gaps than that between its parallel ops (Python between
+// inferences, ops small enough for one thread).
 //
 // Here the caller never waits for a helper that has not started: each participant's share of a
 // job is a claim word, and each task is taken by a compare-and-swap (the owner from the front,
@@ -14,7 +13,7 @@
 // helper spins for kSpinNs after its last task (yielding the CPU now and then, so another pool's
 // worker on the same core can run), then sleeps on a futex that the next job wakes. Measured
 // against the pthreadpool (BENCHMARKS.md, "Two threads"): MobileNetV2-224 TWN on two threads
-// 4.08 -> 2.85 ms, the 32x32 students within the host's two-thread noise.
+// 4.08 -> 2.85 ms; the 32x32 students no faster (ShuffleNet v2 7-19% slower).
 #include "spin_pool.h"
 
 #include <limits.h>
