@@ -41,7 +41,8 @@ A file's profile by symbol (the kernels' share of the time; Linux perf):
 
 ``--time-file FILE --threads T --size S [--gap-us G]`` prints one file's ms per call in this process
 alone; with ``--gap-us``, per single call after G microseconds of the caller's own work (see
-``time_file``).
+``time_file``); with ``--series N``, one JSON line with the ms per call of N back-to-back batches of
+300 calls in this process (``series_ms``: does a two-thread program drift within a process?).
 
 ``--files DIR`` times the files an earlier ``--keep DIR`` run wrote (each student's, every form
 with a file), in processes of their own, without training or exporting again: more processes
@@ -313,6 +314,23 @@ def isolated_ms(files: dict[Any, Path], size: int, threads: int, rounds: int) ->
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def series_ms(path: Path, threads: int, size: int, batches: int, calls: int = 300) -> list[float]:
+    """``--time-file F --series N``: ms per call of each of N back-to-back batches of ``calls`` calls
+    in this one process, after a warm-up batch. On a shared VM a two-thread program's speed drifts
+    within a process (not only between processes); the series shows when it does, and by how much."""
+    run = deploy.load(path, threads=threads)
+    x = torch.randn(1, 3, size, size)
+    out = []
+    with torch.inference_mode():
+        for b in range(batches + 1):
+            start = time.perf_counter()
+            for _ in range(calls):
+                run(x)
+            if b:  # batch 0 warms up
+                out.append(round(1000 * (time.perf_counter() - start) / calls, 4))
+    return out
+
+
 def time_file(path: Path, threads: int, size: int, seconds: float = 0.0, gap_us: float = 0.0) -> float:
     """``--time-file``: median ms per call of one exported file in this process alone (5 interleaved
     rounds); with ``seconds``, calls it for that long first (a window for a sampling profiler).
@@ -400,7 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=32, help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--gap-us", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--series", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.time_file and args.series > 0:
+        ms = series_ms(args.time_file, (args.threads or [1])[0], args.size, args.series)
+        print(json.dumps({"bench": "deploy", "file": args.time_file.name, "threads": (args.threads or [1])[0],
+                          "series_ms": ms, "cpu": _cpu_model()}))
+        return 0
     if args.time_file:
         print(time_file(args.time_file, (args.threads or [1])[0], args.size, args.seconds, args.gap_us))
         return 0

@@ -135,7 +135,8 @@ def test_deploy_benchmark_times_kept_files(tmp_path, capsys):
     """`benchmarks.deploy --files DIR` times the files of an earlier `--keep DIR` (here one
     ExecuTorch fp32 file of MobileNetV2-32) in a process of its own, without exporting again:
     a row with a measured latency and the file's bytes for it, a skipped row for every other form
-    that ``--forms`` keeps, and a one-line refusal of a folder that does not exist."""
+    that ``--forms`` keeps, and a one-line refusal of a folder that does not exist; ``--time-file
+    --series 2`` gives two batches' ms per call in one process."""
     pytest.importorskip("executorch")
     from benchmarks import deploy as bench
     from students import deploy
@@ -153,5 +154,8 @@ def test_deploy_benchmark_times_kept_files(tmp_path, capsys):
     assert timed[0]["speedup_vs_best_fp32_runtime"] == 1.0 and timed[0]["processes_per_file"] == 1
     assert all("skipped" in r for r in rows if r not in timed)
     assert sorted(r["runtime"] for r in rows) == ["executorch", "onnxruntime", "torch"]  # --forms fp32 only
+    assert bench.main(["--time-file", str(path), "--threads", "1", "--size", str(size), "--series", "2"]) == 0
+    series = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert series["file"] == path.name and len(series["series_ms"]) == 2 and min(series["series_ms"]) > 0
     with pytest.raises(SystemExit, match="no such folder"):
         bench.main(["--files", str(tmp_path / "missing")])
