@@ -420,13 +420,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gap-us", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--series", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.time_file and args.series > 0:
-        ms = series_ms(args.time_file, (args.threads or [1])[0], args.size, args.series)
-        print(json.dumps({"bench": "deploy", "file": args.time_file.name, "threads": (args.threads or [1])[0],
-                          "series_ms": ms, "cpu": _cpu_model()}))
-        return 0
     if args.time_file:
-        print(time_file(args.time_file, (args.threads or [1])[0], args.size, args.seconds, args.gap_us))
+        t = (args.threads or [1])[0]
+        if args.series > 0:
+            ms = series_ms(args.time_file, t, args.size, args.series)
+            print(json.dumps({"bench": "deploy", "file": args.time_file.name, "threads": t, "series_ms": ms,
+                              "cpu": _cpu_model()}))
+        else:
+            print(time_file(args.time_file, t, args.size, args.seconds, args.gap_us))
         return 0
     names = args.students or (["mobilenet_v2_32"] if args.quick else list(STUDENTS))
     threads = args.threads or ([1] if args.quick else [1, 2])
