@@ -267,10 +267,63 @@ def conv3x3_out_hw(h: int, w: int, stride: int, padding: int) -> tuple[int, int]
     return (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
 
 
+def fma32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """a * b + c rounded once to float32 (IEEE fused multiply-add, ties to even), for float32
+    values (in float32 or float64 tensors; broadcasting as a * b + c): the tap of the 3x3 conv
+    kernels. Every ISA's FMA (x86 vfmadd, NEON vfma, C fmaf) rounds exactly so, and one
+    instruction per tap instead of a multiply and an add is what the compute-bound depthwise
+    conv and stem gain from it."""
+    acc = torch.broadcast_tensors(a, b, c)[2].float().clone()
+    return FmaChain(acc).step(a, b)
+
+
+class FmaChain:
+    """acc = fma32(a, b, acc), step after step, in place on a float32 ``acc``: a conv's taps.
+
+    In float64 the product is exact (24 + 24 bits), so s = a * b + acc is rounded once there;
+    rounding s to float32 is then right unless s landed exactly on a midpoint between two floats
+    that a * b + acc was not on (double rounding). Only a float64 whose last 29 mantissa bits are
+    1 and 28 zeros is such a midpoint (or one whose float is subnormal, checked too): on those few
+    elements TwoSum gives what s lost, and its sign says on which side of the midpoint the exact
+    value lies, so which float is the answer. The float64 work tensors are kept from step to step
+    (a fresh 8-byte-per-element tensor per operation cost more in page faults than the arithmetic).
+    """
+
+    def __init__(self, acc: torch.Tensor):
+        self.acc = acc
+        self.c = acc.double()
+        self.s = torch.empty_like(self.c)
+        self.bits = torch.empty_like(self.c, dtype=torch.int64)
+        self.bits32 = torch.empty_like(acc, dtype=torch.int32)
+        self.maybe, self.tiny, self.nonzero = (torch.empty_like(acc, dtype=torch.bool) for _ in range(3))
+
+    def step(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a, b = a.double(), b.double()
+        s, acc = torch.addcmul(self.c, a, b, out=self.s), self.acc  # exact product: one rounding
+        acc.copy_(s)
+        torch.eq(torch.bitwise_and(s.view(torch.int64), 0x1FFFFFFF, out=self.bits), 0x10000000, out=self.maybe)
+        torch.eq(torch.bitwise_and(acc.view(torch.int32), 0x7F000000, out=self.bits32), 0, out=self.tiny)
+        self.maybe |= self.tiny.logical_and_(torch.ne(s, 0, out=self.nonzero))  # |acc| < 2^-125; zeros are exact
+        if bool(self.maybe.any()):
+            idx = self.maybe.nonzero(as_tuple=True)
+            pm, cm, sm, rm = (a * b).expand_as(s)[idx], self.c[idx], s[idx], acc[idx]
+            bb = sm - pm
+            lost = (pm - (sm - bb)) + (cm - bb)  # a * b + c == s + lost exactly (TwoSum)
+            r64 = rm.double()
+            d = sm - r64  # exact: s is within a float spacing of acc
+            t = r64 + 2 * d  # when s is a midpoint: the float on its other side
+            other = (d != 0) & (t.float().double() == t) & (lost != 0) & ((lost > 0) == (d > 0))
+            acc[idx] = torch.where(other, t.float(), rm)
+        self.c.copy_(acc)
+        return acc
+
+
 def _taps(x: torch.Tensor, stride: int, padding: int, ho: int, wo: int):
     """The nine (kh, kw, input window) of a 3x3 conv over ``x`` zero-padded, in (kh, kw) order:
     the order the kernels accumulate in."""
-    xp = F.pad(x.float(), (padding,) * 4)
+    # float64 (exact for float32 values: fma32 takes them so) and channels last like the
+    # accumulator, so each tap's elementwise ops run over one memory order
+    xp = F.pad(x.float(), (padding,) * 4).double().contiguous(memory_format=torch.channels_last)
     for i in range(3):
         for j in range(3):
             yield i, j, xp[:, :, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
@@ -289,17 +342,18 @@ def depthwise3x3(
 
     x: [B, C, H, W]; weight: [3, 3, C] (a torch depthwise weight [C, 1, 3, 3] permuted to
     (kh, kw, C), BatchNorm folded in); bias [C] or None. Each output is
-    acc = 0; acc = acc + x_tap * w_tap over the taps in (kh, kw) order; y = acc + bias, then
-    clamped (a fused ReLU / ReLU6). Every product and sum is rounded on its own (no fused
-    multiply-add), so the C kernels (lowbit.h, DlDepthwise) give these bits exactly, and a
-    result can differ from F.conv2d by float rounding. Returns NCHW in channels-last memory.
+    acc = 0; acc = fma32(x_tap, w_tap, acc) over the taps in (kh, kw) order; y = acc + bias,
+    then clamped (a fused ReLU / ReLU6). Each tap is rounded once (a fused multiply-add), so the
+    C kernels (lowbit.h, DlDepthwise) give these bits exactly on every ISA, and a result can
+    differ from F.conv2d by float rounding. Returns NCHW in channels-last memory.
     """
     b, c, h, w = x.shape
     _check_channels(x, weight.shape[2], "depthwise3x3")
     ho, wo = conv3x3_out_hw(h, w, stride, padding)
-    acc = torch.zeros(b, c, ho, wo).contiguous(memory_format=torch.channels_last)
+    taps = FmaChain(torch.zeros(b, c, ho, wo).contiguous(memory_format=torch.channels_last))
     for i, j, xs in _taps(x, stride, padding, ho, wo):
-        acc = acc + xs * weight[i, j].float().view(1, c, 1, 1)
+        taps.step(xs, weight[i, j].float().view(1, c, 1, 1))
+    acc = taps.acc
     if bias is not None:
         acc = acc + bias.float().view(1, c, 1, 1)
     return clamp_output(acc, act_min, act_max).contiguous(memory_format=torch.channels_last)
@@ -345,17 +399,18 @@ def conv3x3(
     """Dense 3x3 conv in float32 in the kernels' exact arithmetic (lowbit.h, DlConv3x3): the stem.
 
     x: [B, Cin, H, W]; weight [3, 3, Cin, Cout] (torch's [Cout, Cin, 3, 3] permuted). Each output
-    is acc = 0; acc = acc + x * w over (kh, kw, ci) in that order; y = clamp(acc + bias), no
-    fused multiply-add. Returns NCHW in channels-last memory.
+    is acc = 0; acc = fma32(x, w, acc) over (kh, kw, ci) in that order; y = clamp(acc + bias).
+    Returns NCHW in channels-last memory.
     """
     b, cin, h, w = x.shape
     _check_channels(x, weight.shape[2], "conv3x3")
     cout = weight.shape[3]
     ho, wo = conv3x3_out_hw(h, w, stride, padding)
-    acc = torch.zeros(b, cout, ho, wo).contiguous(memory_format=torch.channels_last)
+    taps = FmaChain(torch.zeros(b, cout, ho, wo).contiguous(memory_format=torch.channels_last))
     for i, j, xs in _taps(x, stride, padding, ho, wo):
         for ci in range(cin):
-            acc = acc + xs[:, ci : ci + 1] * weight[i, j, ci].float().view(1, cout, 1, 1)
+            taps.step(xs[:, ci : ci + 1], weight[i, j, ci].float().view(1, cout, 1, 1))
+    acc = taps.acc
     if bias is not None:
         acc = acc + bias.float().view(1, cout, 1, 1)
     return clamp_output(acc, act_min, act_max).contiguous(memory_format=torch.channels_last)

@@ -352,11 +352,13 @@ def test_lowbit_programs_compute_the_packed_model(arch, size, tmp_path):
 def test_a_file_exported_before_pw_kind_still_runs():
     """tests/data/executorch_v1: a fused ternary block exported when distill::inverted_residual had 21
     arguments (before pw_kind, commit 2899e9e), with its input and the packed module's output then. The
-    runtime entry takes both layouts: a user's old .pte keeps running and gives the same bits."""
+    runtime entry takes both layouts: a user's old .pte keeps running. The output then was bit for bit
+    the kernels' of the time; since the depthwise taps became fused multiply-adds (reference.fma32) it
+    equals it to float rounding (here at most 2e-6 on values up to 25)."""
     from pathlib import Path
 
     data = Path(__file__).parent / "data" / "executorch_v1"
     io = torch.load(data / "inverted_residual_v1.io.pt", weights_only=True)
     method = load_lowbit(data / "inverted_residual_v1.pte")
     (y,) = method.execute([io["x"]])
-    assert torch.equal(y, io["y"])
+    torch.testing.assert_close(y, io["y"], rtol=0, atol=1e-5)

@@ -4,6 +4,10 @@ every instruction set this CPU has; the direct (ctypes) eager path against the o
 
 from __future__ import annotations
 
+import math
+import struct
+from fractions import Fraction
+
 import pytest
 import test_kernels
 import torch
@@ -63,9 +67,43 @@ def test_depthwise_matches_reference(isa, b, c, h, w, s, p):
             y = ops.depthwise_conv2d(x, wt, bv, s, p, lo, hi)
             assert y.is_contiguous(memory_format=torch.channels_last)
             assert torch.equal(y, reference.depthwise3x3(x, wt, bv, s, p, lo, hi))
-    # the spec is a depthwise conv (to float rounding: no FMA, a fixed order of the taps)
+    # the spec is a depthwise conv (to float rounding: a fused multiply-add per tap, a fixed order)
     conv = F.conv2d(x, wt.permute(2, 0, 1).unsqueeze(1), bias, s, p, groups=c)
     torch.testing.assert_close(reference.depthwise3x3(x, wt, bias, s, p), conv, rtol=1e-5, atol=1e-5)
+
+
+def _f32_nearest(q: Fraction) -> float:
+    """The float32 nearest to the rational q, ties to even: the oracle of an exact rounding."""
+    r = torch.tensor(float(q), dtype=torch.float64).float()
+    near = [r, torch.nextafter(r, torch.tensor(math.inf)), torch.nextafter(r, torch.tensor(-math.inf))]
+    dist = [abs(Fraction(float(v)) - q) for v in near]
+    best = [v for v, dv in zip(near, dist, strict=True) if dv == min(dist)]
+    even = [v for v in best if not struct.unpack("<I", struct.pack("<f", float(v)))[0] & 1]
+    return float((even or best)[0])
+
+
+def test_fma32_rounds_once():
+    """reference.fma32 is a * b + c rounded once, checked against exact rationals: on random
+    triples over 60 binades, and on products that fall on a midpoint between two floats, where
+    rounding the float64 sum a second time (what a plain float64 evaluation does) goes wrong."""
+    g = _gen(3)
+    n = 3000
+    a = torch.randn(n, generator=g) * torch.exp2(torch.randint(-30, 30, (n,), generator=g).float())
+    b = torch.randn(n, generator=g)
+    c = torch.randn(n, generator=g) * torch.exp2(torch.randint(-60, 30, (n,), generator=g).float())
+    # (1 + 2^-12)^2 = 1 + 2^-11 + 2^-24: a midpoint; c nudges the exact sum off it by less than
+    # a float64 can hold next to 1, so the sum in float64 is the midpoint itself
+    m = torch.tensor([1 + 2**-12, -(1 + 2**-12), 1 + 3 * 2**-12, 1 + 2**-12])
+    cm = torch.tensor([2.0**-80, -(2.0**-80), -(2.0**-90), -(2.0**-100)])
+    a, b, c = torch.cat([a, m]), torch.cat([b, m.abs()]), torch.cat([c, cm])
+    got = reference.fma32(a, b, c)
+    want = torch.tensor([_f32_nearest(Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z)))
+                         for x, y, z in zip(a.tolist(), b.tolist(), c.tolist(), strict=True)])
+    assert torch.equal(got, want)
+    twice = (a.double() * b.double() + c.double()).float()
+    assert not torch.equal(twice[-4:], want[-4:])  # the midpoint cases do catch a double rounding
+    # a multiply and an add rounded apart differ from it on random data
+    assert (a * b + c != want).any()
 
 
 def test_depthwise_two_threads_and_nan(isa):

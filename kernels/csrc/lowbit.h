@@ -58,11 +58,12 @@ typedef void (*DlGemmFn)(const DlGemm* g, int64_t m0, int64_t m1, int64_t b0, in
 // Arguments of one depthwise 3x3 convolution (stride 1 or 2, zero padding 0 or 1), channels
 // last, float32, BatchNorm already folded into w and bias. kernels/reference.py
 // (depthwise3x3) is the spec: each output is
-//   acc = +0; for kh in 0..2, for kw in 0..2: acc = acc + x[ih][iw][c] * w[kh][kw][c]
+//   acc = +0; for kh in 0..2, for kw in 0..2: acc = fma(x[ih][iw][c], w[kh][kw][c], acc)
 //   y = clamp(acc + bias[c])
-// in exactly that order, products and sums rounded separately (no FMA); taps that fall on
-// the zero padding are skipped, which gives the same float (acc + (+-0) == acc for acc != -0,
-// and acc, starting at +0, is never -0).
+// in exactly that order, each tap a fused multiply-add (one rounding: half the instructions of a
+// multiply and an add, where the depthwise conv is bound by them); taps that fall on the zero
+// padding are skipped, which gives the same float (fma(+-0, w, acc) == acc for acc != -0, and
+// acc, starting at +0, is never -0).
 typedef struct DlDepthwise {
   const float* x;     // [B, H, W, C]
   int64_t B, H, W, C, Ho, Wo;
@@ -84,8 +85,8 @@ typedef void (*DlDepthwiseRowFn)(const DlDepthwise* d, int64_t oh, const float* 
 // Arguments of one dense (groups = 1) 3x3 convolution in float32 with few input channels (a
 // CNN's stem), BatchNorm folded, clamp fused. The input is read through element strides, so an
 // NCHW and an NHWC input both work without a copy; the output is channels last. Spec
-// (reference.conv3x3): acc = +0; for kh, for kw, for ci: acc = acc + x[ci][ih][iw] * w[kh][kw][ci][co];
-// y = clamp(acc + bias[co]), each product and sum rounded on its own; taps on the padding skipped.
+// (reference.conv3x3): acc = +0; for kh, for kw, for ci: acc = fma(x[ci][ih][iw], w[kh][kw][ci][co], acc);
+// y = clamp(acc + bias[co]), each tap rounded once (a fused multiply-add); taps on the padding skipped.
 typedef struct DlConv3x3 {
   const float* x;
   int64_t B, H, W, Cin, Cout, Ho, Wo;

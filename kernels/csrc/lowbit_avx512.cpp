@@ -431,7 +431,7 @@ struct VDw16 {
   TGT ALWAYS_INLINE static T zero() { return _mm512_setzero_ps(); }
   TGT ALWAYS_INLINE static T set1(float v) { return _mm512_set1_ps(v); }
   TGT ALWAYS_INLINE static T add(T a, T b) { return _mm512_add_ps(a, b); }
-  TGT ALWAYS_INLINE static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
+  TGT ALWAYS_INLINE static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
   TGT ALWAYS_INLINE static T clamp(T v, T lo, T hi) { return _mm512_min_ps(hi, _mm512_max_ps(lo, v)); }
 };
 

@@ -2,7 +2,9 @@
 // width. An includer defines a traits struct V and instantiates dw3x3<V>:
 //   V::N                  floats per vector
 //   V::Mask, V::mask(n)   a mask of the first n lanes (n <= N)
-//   V::load(p, m), V::store(p, v, m), V::zero(), V::set1(f), V::add(a, b), V::mul(a, b)
+//   V::load(p, m), V::store(p, v, m), V::zero(), V::set1(f), V::add(a, b)
+//   V::fma(a, b, c)       a * b + c rounded once (the spec's tap: reference.fma32); every ISA's
+//                         fused multiply-add is exact, so all of them give the same bits
 //   V::clamp(v, lo, hi)   min(hi, max(lo, v)), NaN passing through (as dl_clamp)
 //   V::COLS               output columns computed together inside the image (1: one at a time)
 // Channels are the vector lanes (NHWC): one output row at a time, one chunk of N channels
@@ -27,7 +29,7 @@ DL_DW_INLINE typename V::T dw_pixel(const float* const* rows, int kh0, int kh1, 
                                     int64_t C, const typename V::T* wv, typename V::Mask m) {
   typename V::T acc = V::zero();
   for (int kh = kh0; kh < kh1; ++kh)
-    for (int kw = kw0; kw < kw1; ++kw) acc = V::add(acc, V::mul(V::load(rows[kh] + (iw0 + kw) * C, m), wv[3 * kh + kw]));
+    for (int kw = kw0; kw < kw1; ++kw) acc = V::fma(V::load(rows[kh] + (iw0 + kw) * C, m), wv[3 * kh + kw], acc);
   return acc;
 }
 
@@ -60,7 +62,7 @@ DL_DW_INLINE int64_t dw_columns(const DlDepthwise* d, const float* const* rows, 
       typename V::T xin[NX];
       for (int t = 0; t < NX; ++t) xin[t] = V::load(rows[kh] + (iw0 + t) * C, m);
       for (int kw = 0; kw < 3; ++kw)
-        for (int q = 0; q < P; ++q) acc[q] = V::add(acc[q], V::mul(xin[q + kw], wv[3 * kh + kw]));
+        for (int q = 0; q < P; ++q) acc[q] = V::fma(xin[q + kw], wv[3 * kh + kw], acc[q]);
     }
     for (int q = 0; q < P; ++q) dw_finish<V>(d, yrow + (ow + q) * C + c0, acc[q], bias, lo, hi, m);
   }
@@ -145,7 +147,7 @@ DL_DW_INLINE void conv3x3_pixels(const DlConv3x3* c, int64_t b, int64_t ih0, int
         for (int j = 0; j < NC; ++j) wv[j] = V::load(wp + ci * Cout + j * V::N, m[j]);
         for (int q = 0; q < P; ++q) {
           const typename V::T xv = V::set1(xp[q * s * c->sw + ci * c->sc]);
-          for (int j = 0; j < NC; ++j) acc[q][j] = V::add(acc[q][j], V::mul(xv, wv[j]));
+          for (int j = 0; j < NC; ++j) acc[q][j] = V::fma(xv, wv[j], acc[q][j]);
         }
       }
     }

@@ -365,7 +365,7 @@ struct VDw4 {
   static DL_INLINE T zero() { return vdupq_n_f32(0.0f); }
   static DL_INLINE T set1(float v) { return vdupq_n_f32(v); }
   static DL_INLINE T add(T a, T b) { return vaddq_f32(a, b); }
-  static DL_INLINE T mul(T a, T b) { return vmulq_f32(a, b); }
+  static DL_INLINE T fma(T a, T b, T c) { return vfmaq_f32(c, a, b); }  // c + a * b, rounded once
   static DL_INLINE T clamp(T v, T lo, T hi) { return clamp4(v, lo, hi); }
 };
 

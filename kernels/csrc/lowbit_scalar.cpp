@@ -109,7 +109,7 @@ struct V1 {
   static T zero() { return 0.0f; }
   static T set1(float v) { return v; }
   static T add(T a, T b) { return a + b; }
-  static T mul(T a, T b) { return a * b; }
+  static T fma(T a, T b, T c) { return fmaf(a, b, c); }  // a * b + c, rounded once (C99)
   static T clamp(T v, T lo, T hi) {
     v = lo > v ? lo : v;
     return hi < v ? hi : v;

@@ -250,7 +250,7 @@ struct VDw8 {
   TGT ALWAYS_INLINE static T zero() { return _mm256_setzero_ps(); }
   TGT ALWAYS_INLINE static T set1(float v) { return _mm256_set1_ps(v); }
   TGT ALWAYS_INLINE static T add(T a, T b) { return _mm256_add_ps(a, b); }
-  TGT ALWAYS_INLINE static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
+  TGT ALWAYS_INLINE static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
   // max(lo, v) returns v when v is NaN: NaN passes, as in dl_clamp
   TGT ALWAYS_INLINE static T clamp(T v, T lo, T hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
 };

@@ -32,7 +32,7 @@ from kernels import _cpu
 HERE = Path(__file__).parent
 SOURCES = [HERE / "lowbit_et.cpp", HERE / "spin_pool.cpp", *(_cpu.CSRC / s for s in _cpu.SOURCES)]
 # The flags the wheel's own libraries were built with (its ABI), then the kernels' own
-# (-ffp-contract=off: every path rounds as kernels/reference.py does).
+# (-ffp-contract=off: no FMA but the spec's explicit ones, so every path rounds as kernels/reference.py does).
 FLAGS = [
     "-std=c++17", "-O3", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
     "-fvisibility=hidden", "-D_GLIBCXX_USE_CXX11_ABI=1", "-DC10_USING_CUSTOM_GENERATED_MACROS",
